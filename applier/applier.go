@@ -1,0 +1,211 @@
+// Package applier applies the events of a Kafka topic to Postgres, exactly once
+// in effect. It is domain-agnostic: a Handler decodes and applies events.
+//
+// One consumer group member runs one worker goroutine per assigned partition.
+// A worker applies its partition's records in batches, each in one database
+// transaction that
+//   - moves the partition's applied position by compare-and-set (so a stale
+//     member whose partition moved elsewhere cannot commit a late batch),
+//   - claims the batch's event IDs in the processed-event table (dedup),
+//   - applies the new events through the Handler,
+//   - quarantines records that can never apply,
+//
+// and only after that transaction commits are the records marked for the Kafka
+// offset commit. On assignment a partition resumes from its applied position in
+// Postgres; the Kafka commit serves lag tools. Transient failures are retried
+// with exponential backoff forever: a partition never skips a record silently.
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+
+	"embed"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations holds the goose migrations for the applier's tables (applied
+// positions and quarantine).
+var Migrations, _ = fs.Sub(migrations, "migrations")
+
+// Config configures an Applier. Brokers, Topic and Group are required.
+type Config struct {
+	Brokers []string
+	Topic   string
+	Group   string
+	// MaxBatchRecords bounds the records applied in one transaction (default 1000).
+	MaxBatchRecords int
+	// MaxBatchBytes bounds the record bytes applied in one transaction (default 4 MiB).
+	MaxBatchBytes int
+	// Linger is how long a partition waits for more records before applying a
+	// batch smaller than the limits (default 0: apply what has arrived).
+	Linger time.Duration
+	// ShutdownGrace bounds how long Run waits, once its context ends, for
+	// in-flight batches to commit before rolling them back (default 10s).
+	ShutdownGrace time.Duration
+	// Logger receives the applier's logs (default: discard).
+	Logger *slog.Logger
+	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
+	KafkaOpts []kgo.Opt
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxBatchRecords <= 0 {
+		c.MaxBatchRecords = 1000
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 4 << 20
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports what to change in an incomplete Config.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("no Kafka brokers: set --brokers or HEED_BROKERS"))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("no topic: set --topic or HEED_TOPIC"))
+	}
+	if c.Group == "" {
+		errs = append(errs, errors.New("no consumer group: set --group or HEED_GROUP"))
+	}
+	return errors.Join(errs...)
+}
+
+// Applier is one member of the applier consumer group. Create it with New, run
+// it with Run. Its methods are safe for concurrent use.
+type Applier struct {
+	cfg     Config
+	pool    *pgxpool.Pool
+	handler Handler
+	log     *slog.Logger
+	cl      *kgo.Client
+	stats   counters
+
+	// hard is canceled when in-flight transactions must roll back.
+	hard       context.Context
+	cancelHard context.CancelFunc
+
+	mu    sync.Mutex
+	parts map[int32]*partition
+}
+
+// New creates an Applier that applies cfg.Topic to pool through h. The pool's
+// search_path must be the schema the migrations were applied to. It returns an
+// error if cfg is incomplete or the Kafka client cannot be created.
+func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition)}
+	a.hard, a.cancelHard = context.WithCancel(context.Background())
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(time.Second),
+		kgo.AdjustFetchOffsetsFn(a.assigned),
+		kgo.OnPartitionsRevoked(a.revoked),
+		kgo.OnPartitionsLost(a.lost),
+		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka"))),
+	}
+	cl, err := kgo.NewClient(append(opts, cfg.KafkaOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka consumer: %w", err)
+	}
+	a.cl = cl
+	return a, nil
+}
+
+// Run consumes and applies until ctx ends or the client fails. When ctx ends it
+// lets in-flight batches commit (bounded by ShutdownGrace), commits the marked
+// offsets and leaves the group. It returns nil after a clean stop.
+func (a *Applier) Run(ctx context.Context) error {
+	defer a.cancelHard()
+	a.log.Info("applier started", "topic", a.cfg.Topic, "group", a.cfg.Group, "brokers", a.cfg.Brokers)
+	var lastFetchErr time.Time
+	for {
+		fetches := a.cl.PollRecords(ctx, 4*a.cfg.MaxBatchRecords)
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			break
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, context.Canceled) || time.Since(lastFetchErr) < 5*time.Second {
+				return
+			}
+			lastFetchErr = time.Now()
+			a.log.Warn("fetch failed; retrying", "topic", topic, "partition", p, "err", err)
+		})
+		fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
+			if len(ftp.Records) == 0 {
+				return
+			}
+			a.mu.Lock()
+			w := a.parts[ftp.Partition]
+			a.mu.Unlock()
+			if w != nil {
+				w.feed(ctx, ftp.Records)
+			}
+		})
+		a.cl.AllowRebalance()
+	}
+	a.shutdown()
+	return nil
+}
+
+// shutdown stops every worker (finishing or rolling back in-flight batches),
+// commits the marked offsets and closes the client.
+func (a *Applier) shutdown() {
+	a.mu.Lock()
+	all := make([]*partition, 0, len(a.parts))
+	for p, w := range a.parts {
+		all = append(all, w)
+		delete(a.parts, p)
+	}
+	a.mu.Unlock()
+	timer := time.AfterFunc(a.cfg.ShutdownGrace, a.cancelHard)
+	stopAll(all)
+	timer.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.cl.CommitMarkedOffsets(ctx); err != nil {
+		a.log.Warn("commit offsets at shutdown failed; the next owner resumes from the database position", "err", err)
+	}
+	a.cl.AllowRebalance()
+	a.cl.Close()
+	a.log.Info("applier stopped")
+}
+
+// Stats returns counters of what this Applier has done so far.
+func (a *Applier) Stats() Stats { return a.stats.snapshot() }
+
+func stopAll(ws []*partition) {
+	for _, w := range ws {
+		w.stop()
+	}
+	for _, w := range ws {
+		<-w.done
+	}
+}

@@ -1,0 +1,125 @@
+package applier
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// assigned runs when partitions are added to this member, before fetching
+// starts: it reads each partition's applied position from the database (the
+// truth about progress), starts the partition's worker there and tells the
+// client to fetch from that offset.
+func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	parts := offsets[a.cfg.Topic]
+	if len(parts) == 0 {
+		return offsets, nil
+	}
+	ids := slices.Sorted(maps.Keys(parts))
+	var positions map[int32]int64
+	err := backoff.Retry(func() error {
+		var err error
+		positions, err = loadPositions(ctx, a.pool, a.cfg.Topic, ids)
+		if err != nil {
+			a.log.Warn("read applied positions failed; retrying", "err", err)
+		}
+		return err
+	}, backoff.WithContext(newBackoff(), ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read applied positions: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range ids {
+		pos := positions[p]
+		if old := a.parts[p]; old != nil { // not revoked in between: should not happen
+			old.stop()
+			<-old.done
+		}
+		a.parts[p] = startPartition(a, p, pos)
+		parts[p] = kgo.NewOffset().At(pos).WithEpoch(-1)
+	}
+	a.log.Info("partitions assigned", "topic", a.cfg.Topic, "positions", positions)
+	return offsets, nil
+}
+
+// revoked stops the workers of revoked partitions, letting in-flight batches
+// commit or roll back, then commits what they marked.
+func (a *Applier) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	a.release(revoked[a.cfg.Topic], "revoked")
+	if err := cl.CommitMarkedOffsets(ctx); err != nil {
+		a.log.Warn("commit offsets on revoke failed; the next owner resumes from the database position", "err", err)
+	}
+}
+
+// lost stops the workers of partitions this member no longer owns.
+func (a *Applier) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	a.release(lost[a.cfg.Topic], "lost")
+}
+
+func (a *Applier) release(ps []int32, why string) {
+	if len(ps) == 0 {
+		return
+	}
+	a.mu.Lock()
+	var ws []*partition
+	for _, p := range ps {
+		if w := a.parts[p]; w != nil {
+			ws = append(ws, w)
+			delete(a.parts, p)
+		}
+	}
+	a.mu.Unlock()
+	stopAll(ws)
+	a.log.Info("partitions "+why, "topic", a.cfg.Topic, "partitions", ps)
+}
+
+// loadPositions makes sure every partition has an applied_positions row and
+// returns each partition's next offset to apply.
+func loadPositions(ctx context.Context, pool *pgxpool.Pool, topic string, ps []int32) (map[int32]int64, error) {
+	if _, err := pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset)
+SELECT $1, p, 0 FROM unnest($2::int[]) AS p
+ON CONFLICT (topic, partition) DO NOTHING`, topic, ps); err != nil {
+		return nil, err
+	}
+	rows, err := pool.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1 AND partition = ANY($2::int[])`, topic, ps)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[int32]int64, len(ps))
+	for rows.Next() {
+		var (
+			p   int32
+			pos int64
+		)
+		if err := rows.Scan(&p, &pos); err != nil {
+			return nil, err
+		}
+		out[p] = pos
+	}
+	return out, rows.Err()
+}
+
+// loadPosition reads one partition's next offset to apply.
+func loadPosition(ctx context.Context, pool *pgxpool.Pool, topic string, p int32) (int64, error) {
+	var pos int64
+	err := pool.QueryRow(ctx, `SELECT next_offset FROM applied_positions WHERE topic = $1 AND partition = $2`, topic, p).Scan(&pos)
+	return pos, err
+}
+
+// newBackoff is the retry schedule for transient failures: exponential from
+// 100ms to 5s, forever.
+func newBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.MaxInterval = 5 * time.Second
+	b.MaxElapsedTime = 0
+	return b
+}

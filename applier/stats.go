@@ -1,0 +1,37 @@
+package applier
+
+import "sync/atomic"
+
+// Stats counts what an Applier has done since it was created.
+type Stats struct {
+	// Batches is the number of committed transactions.
+	Batches int64
+	// Applied is the number of new events handed to the Handler and committed.
+	Applied int64
+	// Duplicates is the number of events skipped because their ID was processed before.
+	Duplicates int64
+	// Conflicts is the number of events whose ID was processed before with other content.
+	Conflicts int64
+	// Quarantined is the number of records that could never apply.
+	Quarantined int64
+	// Retries is the number of failed batch attempts that were retried.
+	Retries int64
+	// Stale is the number of batches rolled back because another member moved the position.
+	Stale int64
+}
+
+type counters struct {
+	batches, applied, duplicates, conflicts, quarantined, retries, stale atomic.Int64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Batches:     c.batches.Load(),
+		Applied:     c.applied.Load(),
+		Duplicates:  c.duplicates.Load(),
+		Conflicts:   c.conflicts.Load(),
+		Quarantined: c.quarantined.Load(),
+		Retries:     c.retries.Load(),
+		Stale:       c.stale.Load(),
+	}
+}

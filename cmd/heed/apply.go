@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"os"
+)
+
+var applyVerb = verb{
+	name:    "apply",
+	summary: "apply the topic's events to Postgres (one member of the applier group)",
+	example: "heed apply --brokers 127.0.0.1:9092 --database-url postgres://postgres@127.0.0.1:5432/heed",
+	new:     func() command { return new(applyCmd) },
+}
+
+type applyCmd struct {
+	kafka    kafkaFlags
+	db       dbFlags
+	apply    applyFlags
+	maxConns int
+	log      logFlags
+}
+
+func (c *applyCmd) flags(fs *flag.FlagSet) {
+	c.kafka.register(fs, true)
+	c.db.register(fs, "", "Postgres URL to apply to, e.g. postgres://postgres@127.0.0.1:5432/heed")
+	c.apply.register(fs)
+	fs.IntVar(&c.maxConns, "max-conns", 16, "database connections (one per partition applied at once)")
+	c.log.register(fs)
+}
+
+func (c *applyCmd) run(ctx context.Context, _, _ io.Writer) error {
+	logger, err := c.log.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if err := c.db.validate(); err != nil {
+		return err
+	}
+	pool, err := openDB(ctx, c.db, int32(c.maxConns), false, logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return applyFrom(ctx, logger, c.kafka, c.apply, pool)
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/heed-dev/heed/devstack"
+)
+
+var brokerVerb = verb{
+	name:    "broker",
+	summary: "run the embedded Kafka-protocol broker alone, persisted under --data-dir",
+	example: "heed broker --listen 127.0.0.1:9092 --data-dir .heed",
+	new:     func() command { return new(brokerCmd) },
+}
+
+type brokerCmd struct {
+	listen     string
+	dataDir    string
+	partitions int
+	log        logFlags
+}
+
+func (c *brokerCmd) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.listen, "listen", devstack.DefaultBrokerListen, "address to serve the Kafka protocol on")
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "directory the broker persists to (in DIR/kafka)")
+	fs.IntVar(&c.partitions, "partitions", defaultPartitions, "partitions of topics created without a count")
+	c.log.register(fs)
+}
+
+func (c *brokerCmd) run(ctx context.Context, stdout, _ io.Writer) error {
+	logger, err := c.log.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	b, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
+		Listen:     c.listen,
+		DataDir:    filepath.Join(c.dataDir, "kafka"),
+		Partitions: int32(c.partitions),
+		Logger:     logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	fmt.Fprintf(stdout, "broker listening on %s, data in %s (Ctrl-C stops it)\n", b.Addrs()[0], filepath.Join(c.dataDir, "kafka"))
+	<-ctx.Done()
+	return nil
+}

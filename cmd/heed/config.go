@@ -1,0 +1,156 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/heed-dev/heed/schema"
+)
+
+// envName is the environment fallback of a flag: --database-url → HEED_DATABASE_URL.
+func envName(flagName string) string {
+	return "HEED_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func annotateEnv(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
+}
+
+// applyEnv sets every flag not given on the command line from its HEED_*
+// environment variable, if that is set.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := os.LookupEnv(envName(f.Name))
+		if given[f.Name] || !ok || err != nil {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("%s=%q: %v (fix the variable or pass --%s)", envName(f.Name), v, e, f.Name)
+		}
+	})
+	return err
+}
+
+// Defaults shared by the verbs.
+const (
+	defaultTopic      = "heed.ledger.events"
+	defaultGroup      = "heed-applier"
+	defaultListen     = "127.0.0.1:8080"
+	defaultDataDir    = ".heed"
+	defaultPartitions = 8
+)
+
+// kafkaFlags are the flags of every verb that talks to Kafka.
+type kafkaFlags struct {
+	brokers string
+	topic   string
+}
+
+func (k *kafkaFlags) register(fs *flag.FlagSet, withBrokers bool) {
+	if withBrokers {
+		fs.StringVar(&k.brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers")
+	}
+	fs.StringVar(&k.topic, "topic", defaultTopic, "the event topic (the source of truth)")
+}
+
+func (k *kafkaFlags) brokerList() []string {
+	var out []string
+	for _, b := range strings.Split(k.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// dbFlags are the flags of every verb that talks to Postgres.
+type dbFlags struct {
+	url    string
+	schema string
+}
+
+func (d *dbFlags) register(fs *flag.FlagSet, urlDefault, urlUsage string) {
+	fs.StringVar(&d.url, "database-url", urlDefault, urlUsage)
+	fs.StringVar(&d.schema, "schema", schema.Default, "Postgres schema holding every heed table")
+}
+
+func (d *dbFlags) validate() error {
+	if d.url == "" {
+		return fmt.Errorf("no database: pass --database-url postgres://user@host:5432/db (or set HEED_DATABASE_URL)")
+	}
+	return schema.Validate(d.schema)
+}
+
+// logFlags configure the process's slog logger.
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&l.format, "log-format", "text", "text or json")
+}
+
+func (l *logFlags) logger(w *os.File) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", l.level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", l.format)
+}
+
+// applyFlags tune the applier.
+type applyFlags struct {
+	group        string
+	batchRecords int
+	batchBytes   int
+	batchLinger  time.Duration
+}
+
+func (a *applyFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&a.group, "group", defaultGroup, "the applier's Kafka consumer group")
+	fs.IntVar(&a.batchRecords, "batch-records", 1000, "most records applied in one database transaction")
+	fs.IntVar(&a.batchBytes, "batch-bytes", 4<<20, "most record bytes applied in one database transaction")
+	fs.DurationVar(&a.batchLinger, "batch-linger", 0, "how long a partition waits for more records before applying a small batch")
+}
+
+// serveFlags tune the command and query server.
+type serveFlags struct {
+	listen         string
+	partitions     int
+	produceLinger  time.Duration
+	compression    string
+	produceTimeout time.Duration
+	readWaitMax    time.Duration
+}
+
+func (s *serveFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.listen, "listen", defaultListen, "address to serve Connect, gRPC and gRPC-Web on")
+	fs.IntVar(&s.partitions, "partitions", defaultPartitions, "partitions of the topic when heed creates it")
+	fs.DurationVar(&s.produceLinger, "produce-linger", 0, "how long the producer waits to fill a batch")
+	fs.StringVar(&s.compression, "compression", "none", "record batch compression: none, gzip, snappy, lz4 or zstd")
+	fs.DurationVar(&s.produceTimeout, "produce-timeout", 10*time.Second, "longest wait for the broker's ack before a command fails with unavailable")
+	fs.DurationVar(&s.readWaitMax, "read-wait-max", 5*time.Second, "longest a read with a consistency_token waits for its write to be applied")
+}
+
+func (s *serveFlags) validate() error {
+	if s.partitions < 1 {
+		return fmt.Errorf("--partitions %d: must be at least 1", s.partitions)
+	}
+	return nil
+}

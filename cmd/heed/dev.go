@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/heed-dev/heed/devstack"
+	"github.com/heed-dev/heed/ingest"
+)
+
+var devVerb = verb{
+	name:    "dev",
+	summary: "run everything in one process: embedded broker, Postgres, server and applier",
+	example: "heed dev",
+	new:     func() command { return new(devCmd) },
+}
+
+type devCmd struct {
+	kafka        kafkaFlags
+	db           dbFlags
+	serve        serveFlags
+	apply        applyFlags
+	dataDir      string
+	brokerListen string
+	log          logFlags
+}
+
+func (c *devCmd) flags(fs *flag.FlagSet) {
+	c.kafka.register(fs, false)
+	c.db.register(fs, "", "Postgres URL; empty: the local server at 127.0.0.1:5432 (database heed), else a private cluster under --data-dir")
+	c.serve.register(fs)
+	c.apply.register(fs)
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data")
+	fs.StringVar(&c.brokerListen, "broker-listen", devstack.DefaultBrokerListen, "address the embedded broker serves the Kafka protocol on")
+	c.log.register(fs)
+}
+
+func (c *devCmd) run(ctx context.Context, stdout, _ io.Writer) error {
+	logger, err := c.log.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if err := c.serve.validate(); err != nil {
+		return err
+	}
+	ln, err := ingest.Listen(c.serve.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	kafkaDir := filepath.Join(c.dataDir, "kafka")
+	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
+		Listen:     c.brokerListen,
+		DataDir:    kafkaDir,
+		Partitions: int32(c.serve.partitions),
+		Logger:     logger.With("component", "broker"),
+	})
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+	c.kafka.brokers = strings.Join(broker.Addrs(), ",")
+
+	pg, err := devstack.ResolvePostgres(ctx, devstack.PostgresConfig{URL: c.db.url, DataDir: c.dataDir, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer pg.Close()
+	c.db.url = pg.URL()
+	pool, err := openDB(ctx, c.db, int32(c.serve.partitions)+8, true, logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	addr := ln.Addr().String()
+	fmt.Fprintf(stdout, `heed dev is running (Ctrl-C stops it; state survives a restart)
+  broker    %s (embedded, data in %s), topic %s
+  postgres  %s, schema %s
+  server    http://%s (Connect, gRPC, gRPC-Web; reflection on)
+Try:
+  grpcurl -plaintext -d '{"request_id":"walkthrough-1","account_id":"alice"}' %s heed.ledger.v1.LedgerService/OpenAccount
+  grpcurl -plaintext -d '{"account_id":"alice"}' %s heed.ledger.v1.LedgerService/GetAccount
+`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, addr, addr, addr)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, pool, ln) })
+	g.Go(func() error { return applyFrom(gctx, logger, c.kafka, c.apply, pool) })
+	return g.Wait()
+}

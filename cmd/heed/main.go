@@ -1,0 +1,117 @@
+// Command heed runs the listen-to-yourself pipeline: `heed dev` runs everything
+// in one process; `heed broker`, `heed serve`, `heed apply` and `heed migrate`
+// run the parts apart. `heed help VERB` explains a verb.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // from now on a second signal kills the process at once
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// command is one verb's flags and work. run is what tests drive in-process.
+type command interface {
+	flags(fs *flag.FlagSet)
+	run(ctx context.Context, stdout, stderr io.Writer) error
+}
+
+type verb struct {
+	name    string
+	summary string
+	example string // works as printed
+	new     func() command
+}
+
+func verbs() []verb {
+	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb}
+}
+
+func find(name string) (verb, bool) {
+	for _, v := range verbs() {
+		if v.name == name {
+			return v, true
+		}
+	}
+	return verb{}, false
+}
+
+// run executes the verb named by args[0] and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		return help(args, stdout, stderr)
+	}
+	v, ok := find(args[0])
+	if !ok {
+		fmt.Fprintf(stderr, "heed: unknown verb %q; run `heed help` for the list\n", args[0])
+		return 2
+	}
+	cmd := v.new()
+	fs := newFlagSet(v, cmd, stderr)
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "heed %s: unexpected arguments %q; run `heed help %s`\n", v.name, fs.Args(), v.name)
+		return 2
+	}
+	if err := applyEnv(fs); err != nil {
+		fmt.Fprintf(stderr, "heed %s: %v\n", v.name, err)
+		return 2
+	}
+	if err := cmd.run(ctx, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "heed %s: %v\n", v.name, err)
+		return 1
+	}
+	return 0
+}
+
+func newFlagSet(v verb, cmd command, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("heed "+v.name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	cmd.flags(fs)
+	annotateEnv(fs)
+	fs.Usage = func() { printVerb(v, fs, out) }
+	return fs
+}
+
+func printVerb(v verb, fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintf(w, "heed %s: %s\n\nUsage: heed %s [flags]\n\nExample:\n  %s\n\nFlags (each also read from the environment variable shown):\n", v.name, v.summary, v.name, v.example)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+func help(args []string, stdout, stderr io.Writer) int {
+	if len(args) >= 2 {
+		v, ok := find(args[1])
+		if !ok {
+			fmt.Fprintf(stderr, "heed help: unknown verb %q\n", args[1])
+			return 2
+		}
+		printVerb(v, newFlagSet(v, v.new(), stdout), stdout)
+		return 0
+	}
+	fmt.Fprintln(stdout, "heed: change a database and tell the world about it, without dual writes.")
+	fmt.Fprint(stdout, "\nUsage: heed VERB [flags]\n\nVerbs:\n")
+	for _, v := range verbs() {
+		fmt.Fprintf(stdout, "  %-8s %s\n", v.name, v.summary)
+	}
+	fmt.Fprintln(stdout, "\nRun `heed help VERB` for a verb's flags and an example.")
+	return 0
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"os"
+
+	"github.com/heed-dev/heed/ingest"
+)
+
+var serveVerb = verb{
+	name:    "serve",
+	summary: "serve the ledger's commands and queries (Connect, gRPC, gRPC-Web on one port)",
+	example: "heed serve --brokers 127.0.0.1:9092 --database-url postgres://postgres@127.0.0.1:5432/heed --listen 127.0.0.1:8080",
+	new:     func() command { return new(serveCmd) },
+}
+
+type serveCmd struct {
+	kafka kafkaFlags
+	db    dbFlags
+	serve serveFlags
+	log   logFlags
+}
+
+func (c *serveCmd) flags(fs *flag.FlagSet) {
+	c.kafka.register(fs, true)
+	c.db.register(fs, "", "Postgres URL for the read side, e.g. postgres://postgres@127.0.0.1:5432/heed")
+	c.serve.register(fs)
+	c.log.register(fs)
+}
+
+func (c *serveCmd) run(ctx context.Context, _, _ io.Writer) error {
+	logger, err := c.log.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if err := c.db.validate(); err != nil {
+		return err
+	}
+	if err := c.serve.validate(); err != nil {
+		return err
+	}
+	ln, err := ingest.Listen(c.serve.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	pool, err := openDB(ctx, c.db, 0, false, logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return serveOn(ctx, logger, c.kafka, c.serve, pool, ln)
+}

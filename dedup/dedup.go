@@ -1,0 +1,165 @@
+// Package dedup keeps the processed-event table: the record of every event ID
+// whose effect is in the database. Claiming a batch of IDs inside the transaction
+// that applies them is what makes a redelivered event change nothing.
+package dedup
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations holds the goose migrations that create the processed-event table.
+var Migrations = mustSub(migrations, "migrations")
+
+func mustSub(f fs.FS, dir string) fs.FS {
+	sub, err := fs.Sub(f, dir)
+	if err != nil {
+		panic(err)
+	}
+	return sub
+}
+
+// Status is what a claim found for one event ID.
+type Status uint8
+
+const (
+	// New means the ID was not processed before: apply the event.
+	New Status = iota + 1
+	// Duplicate means the ID was processed before with the same content: skip it.
+	Duplicate
+	// Conflict means the ID was processed before with different content: the
+	// client reused a request ID for another command. Skip it and report it.
+	Conflict
+)
+
+func (s Status) String() string {
+	switch s {
+	case New:
+		return "new"
+	case Duplicate:
+		return "duplicate"
+	case Conflict:
+		return "conflict"
+	}
+	return fmt.Sprintf("Status(%d)", uint8(s))
+}
+
+// Item is one event to claim: its ID and a fingerprint of its content.
+type Item struct {
+	ID          uuid.UUID
+	Fingerprint int64
+}
+
+// Querier is what Claim needs: a pgx.Tx, so that the claim commits or rolls back
+// with the state change it guards.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+const claimSQL = `INSERT INTO processed_events (event_id, fingerprint)
+SELECT * FROM unnest($1::uuid[], $2::int8[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id`
+
+const fingerprintsSQL = `SELECT event_id, fingerprint FROM processed_events WHERE event_id = ANY($1::uuid[])`
+
+// Claim records items as processed in one statement and returns, for each item in
+// order, whether it is New, a Duplicate or a Conflict. When an ID occurs twice in
+// items, the first occurrence is the one that can be New. Only when some items are
+// not new does it run a second statement to compare fingerprints.
+//
+// q must be the transaction that applies the new items: if it rolls back, the
+// claim rolls back too. Claim is as safe for concurrent use as q is.
+func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	ids := make([][16]byte, len(items))
+	fps := make([]int64, len(items))
+	for i, it := range items {
+		ids[i] = it.ID
+		fps[i] = it.Fingerprint
+	}
+	inserted, err := collectIDs(ctx, q, claimSQL, ids, fps)
+	if err != nil {
+		return nil, fmt.Errorf("claim event ids: %w", err)
+	}
+	out := make([]Status, len(items))
+	var seen []int
+	for i, it := range items {
+		if _, ok := inserted[it.ID]; ok {
+			delete(inserted, it.ID)
+			out[i] = New
+			continue
+		}
+		seen = append(seen, i)
+	}
+	if len(seen) == 0 {
+		return out, nil
+	}
+	dupIDs := make([][16]byte, len(seen))
+	for j, i := range seen {
+		dupIDs[j] = items[i].ID
+	}
+	stored, err := collectFingerprints(ctx, q, dupIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read fingerprints of processed events: %w", err)
+	}
+	for _, i := range seen {
+		fp, ok := stored[items[i].ID]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("claim event ids: %s neither inserted nor found", items[i].ID)
+		case fp == items[i].Fingerprint:
+			out[i] = Duplicate
+		default:
+			out[i] = Conflict
+		}
+	}
+	return out, nil
+}
+
+func collectIDs(ctx context.Context, q Querier, sql string, args ...any) (map[uuid.UUID]struct{}, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	got := make(map[uuid.UUID]struct{})
+	var id [16]byte
+	for rows.Next() {
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		got[id] = struct{}{}
+	}
+	return got, rows.Err()
+}
+
+func collectFingerprints(ctx context.Context, q Querier, ids [][16]byte) (map[uuid.UUID]int64, error) {
+	rows, err := q.Query(ctx, fingerprintsSQL, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	got := make(map[uuid.UUID]int64, len(ids))
+	var (
+		id [16]byte
+		fp int64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&id, &fp); err != nil {
+			return nil, err
+		}
+		got[id] = fp
+	}
+	return got, rows.Err()
+}

@@ -1,0 +1,180 @@
+// Package ingest is the command side of heed: it turns a validated command into
+// an event envelope, writes it to Kafka (idempotent producer, acks=all, keyed by
+// the aggregate) and answers only after the broker acknowledged it. It never
+// touches the state tables.
+//
+// It is domain-agnostic: a domain's Connect handlers call Publisher.Publish with
+// their event, and mount themselves on a Server, which adds validation,
+// reflection and health on one port speaking Connect, gRPC and gRPC-Web.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/envelope"
+	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+)
+
+// Record headers set on every event, for tools that do not decode protobuf.
+const (
+	HeaderEventType = "heed-event-type"
+	HeaderEventID   = "heed-event-id"
+)
+
+// Config configures a Publisher. Brokers and Topic are required.
+type Config struct {
+	Brokers []string
+	Topic   string
+	// Linger is how long the producer waits to fill a batch (default 0: records
+	// that arrive while a produce request is in flight still share the next batch).
+	Linger time.Duration
+	// Compression is one of none, gzip, snappy, lz4, zstd (default none).
+	Compression string
+	// ProduceTimeout bounds how long a command waits for the broker's ack when
+	// its caller set no shorter deadline (default 10s).
+	ProduceTimeout time.Duration
+	// Logger receives the producer's logs (default: discard).
+	Logger *slog.Logger
+	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
+	KafkaOpts []kgo.Opt
+}
+
+// Validate reports what to change in an incomplete Config.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("no Kafka brokers: set --brokers or HEED_BROKERS"))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("no topic: set --topic or HEED_TOPIC"))
+	}
+	if _, err := codec(c.Compression); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func codec(name string) (kgo.CompressionCodec, error) {
+	switch name {
+	case "", "none":
+		return kgo.NoCompression(), nil
+	case "gzip":
+		return kgo.GzipCompression(), nil
+	case "snappy":
+		return kgo.SnappyCompression(), nil
+	case "lz4":
+		return kgo.Lz4Compression(), nil
+	case "zstd":
+		return kgo.ZstdCompression(), nil
+	}
+	return kgo.NoCompression(), fmt.Errorf("compression %q: use one of none, gzip, snappy, lz4, zstd", name)
+}
+
+// Publisher writes events to the topic. It is safe for concurrent use; all
+// callers share one Kafka client and its batches.
+type Publisher struct {
+	cfg Config
+	cl  *kgo.Client
+}
+
+// NewPublisher creates a Publisher with an idempotent, acks=all producer.
+func NewPublisher(cfg Config) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ProduceTimeout <= 0 {
+		cfg.ProduceTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c, _ := codec(cfg.Compression)
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.DefaultProduceTopic(cfg.Topic),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(cfg.Linger),
+		kgo.ProducerBatchCompression(c),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2 of the key, like Kafka's Java client
+		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka"))),
+	}
+	cl, err := kgo.NewClient(append(opts, cfg.KafkaOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka producer: %w", err)
+	}
+	return &Publisher{cfg: cfg, cl: cl}, nil
+}
+
+// Client returns the underlying Kafka client (for admin calls and hooks).
+func (p *Publisher) Client() *kgo.Client { return p.cl }
+
+// Close flushes nothing (every Publish waits for its ack) and closes the client.
+func (p *Publisher) Close() { p.cl.Close() }
+
+// Publish wraps event in an envelope whose event ID is derived from requestID,
+// writes it keyed by aggregateID and waits for the broker's ack. It returns the
+// event ID and a consistency token for read-your-writes.
+//
+// Errors are *connect.Error: unavailable when the broker did not acknowledge
+// (the caller should retry with the same request ID, which yields the same event
+// ID), canceled when the caller went away, internal for a payload that cannot
+// be marshaled.
+func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, event proto.Message) (eventID, token string, err error) {
+	payload, err := anypb.New(event)
+	if err != nil {
+		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("wrap event: %w", err))
+	}
+	// Deterministic bytes, so a retried command has the same fingerprint.
+	payload.Value, err = proto.MarshalOptions{Deterministic: true}.Marshal(event)
+	if err != nil {
+		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("marshal event: %w", err))
+	}
+	id := envelope.EventID(requestID).String()
+	env := &envelopev1.Envelope{
+		EventId:     id,
+		Type:        string(event.ProtoReflect().Descriptor().FullName()),
+		RequestId:   requestID,
+		OccurredAt:  timestamppb.Now(),
+		AggregateId: aggregateID,
+		Payload:     payload,
+	}
+	value, err := proto.Marshal(env)
+	if err != nil {
+		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("marshal envelope: %w", err))
+	}
+	rec := &kgo.Record{
+		Key:   []byte(aggregateID),
+		Value: value,
+		Headers: []kgo.RecordHeader{
+			{Key: HeaderEventType, Value: []byte(env.Type)},
+			{Key: HeaderEventID, Value: []byte(id)},
+		},
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ProduceTimeout)
+	defer cancel()
+	if err := p.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return "", "", produceError(ctx, err)
+	}
+	return id, consistency.Token{Partition: rec.Partition, Offset: rec.Offset}.String(), nil
+}
+
+// produceError maps a failed produce to the code a caller can act on.
+func produceError(ctx context.Context, err error) error {
+	if errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled {
+		return connect.NewError(connect.CodeCanceled, err)
+	}
+	return connect.NewError(connect.CodeUnavailable,
+		fmt.Errorf("the event was not acknowledged by Kafka (%w); nothing was applied yet: retry with the same request_id", err))
+}

@@ -1,0 +1,213 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"regexp"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/heed-dev/heed/applier"
+	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+)
+
+// Applier applies ledger events to the accounts and command_results tables. It
+// is stateless and safe for concurrent use.
+type Applier struct{}
+
+var _ applier.Handler = Applier{}
+
+var accountIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// Decode unmarshals the payload of a ledger event and checks what the command
+// side validated, so that a record written around ingest (kcat, a bug) that
+// breaks the rules is quarantined instead of applied.
+func (Applier) Decode(env *envelopev1.Envelope) (any, error) {
+	var msg interface {
+		proto.Message
+		GetAccountId() string
+	}
+	var amount func() int64
+	switch env.GetType() {
+	case "heed.ledger.v1.AccountOpened":
+		msg = new(ledgerv1.AccountOpened)
+	case "heed.ledger.v1.FundsDeposited":
+		m := new(ledgerv1.FundsDeposited)
+		msg, amount = m, m.GetAmount
+	case "heed.ledger.v1.FundsWithdrawn":
+		m := new(ledgerv1.FundsWithdrawn)
+		msg, amount = m, m.GetAmount
+	default:
+		return nil, fmt.Errorf("unknown event type %q", env.GetType())
+	}
+	if err := proto.Unmarshal(env.GetPayload().GetValue(), msg); err != nil {
+		return nil, fmt.Errorf("invalid %s payload: %v", env.GetType(), err)
+	}
+	if !accountIDPattern.MatchString(msg.GetAccountId()) {
+		return nil, fmt.Errorf("invalid %s: account_id %q does not match %s", env.GetType(), msg.GetAccountId(), accountIDPattern)
+	}
+	if msg.GetAccountId() != env.GetAggregateId() {
+		return nil, fmt.Errorf("invalid %s: account_id %q is not the aggregate_id %q", env.GetType(), msg.GetAccountId(), env.GetAggregateId())
+	}
+	if amount != nil && amount() <= 0 {
+		return nil, fmt.Errorf("invalid %s: amount %d must be greater than 0", env.GetType(), amount())
+	}
+	return msg, nil
+}
+
+type account struct {
+	balance int64
+	exists  bool
+	dirty   bool
+}
+
+// Apply applies a batch in bulk: it reads every account the batch touches in one
+// query, decides each event in log order in memory, then writes the changed
+// accounts and all results with one statement each.
+func (Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) error {
+	accounts, err := readAccounts(ctx, tx, events)
+	if err != nil {
+		return err
+	}
+	res := results{
+		ids:      make([][16]byte, 0, len(events)),
+		requests: make([]string, 0, len(events)),
+		accounts: make([]string, 0, len(events)),
+		statuses: make([]int16, 0, len(events)),
+		reasons:  make([]string, 0, len(events)),
+		balances: make([]int64, 0, len(events)),
+	}
+	for _, ev := range events {
+		id := ev.AggregateID
+		a := accounts[id]
+		reason := decide(a, ev.Payload)
+		status := int16(ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED)
+		if reason != "" {
+			status = int16(ledgerv1.CommandStatus_COMMAND_STATUS_REJECTED)
+		}
+		res.add(ev, status, reason, a.balance)
+	}
+	if err := writeAccounts(ctx, tx, accounts); err != nil {
+		return err
+	}
+	return res.write(ctx, tx)
+}
+
+// decide applies one event to a in memory and returns "" or why it is rejected.
+func decide(a *account, payload any) string {
+	switch p := payload.(type) {
+	case *ledgerv1.AccountOpened:
+		if a.exists {
+			return fmt.Sprintf("account %s already exists", p.GetAccountId())
+		}
+		a.exists, a.balance, a.dirty = true, 0, true
+	case *ledgerv1.FundsDeposited:
+		switch {
+		case !a.exists:
+			return fmt.Sprintf("account %s does not exist", p.GetAccountId())
+		case a.balance > math.MaxInt64-p.GetAmount():
+			return fmt.Sprintf("deposit of %d would overflow the balance %d", p.GetAmount(), a.balance)
+		}
+		a.balance += p.GetAmount()
+		a.dirty = true
+	case *ledgerv1.FundsWithdrawn:
+		switch {
+		case !a.exists:
+			return fmt.Sprintf("account %s does not exist", p.GetAccountId())
+		case a.balance < p.GetAmount():
+			return fmt.Sprintf("insufficient funds: balance %d, withdrawal %d", a.balance, p.GetAmount())
+		}
+		a.balance -= p.GetAmount()
+		a.dirty = true
+	default:
+		return fmt.Sprintf("unexpected payload %T", payload)
+	}
+	return ""
+}
+
+func readAccounts(ctx context.Context, tx pgx.Tx, events []applier.Event) (map[string]*account, error) {
+	accounts := make(map[string]*account)
+	ids := make([]string, 0, len(events))
+	for _, ev := range events {
+		if _, ok := accounts[ev.AggregateID]; !ok {
+			accounts[ev.AggregateID] = &account{}
+			ids = append(ids, ev.AggregateID)
+		}
+	}
+	rows, err := tx.Query(ctx, `SELECT account_id, balance FROM accounts WHERE account_id = ANY($1::text[])`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read accounts: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id      string
+			balance int64
+		)
+		if err := rows.Scan(&id, &balance); err != nil {
+			return nil, fmt.Errorf("read accounts: %w", err)
+		}
+		accounts[id].balance, accounts[id].exists = balance, true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read accounts: %w", err)
+	}
+	return accounts, nil
+}
+
+func writeAccounts(ctx context.Context, tx pgx.Tx, accounts map[string]*account) error {
+	var ids []string
+	for id, a := range accounts {
+		if a.dirty {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids) // one lock order for every writer
+	balances := make([]int64, len(ids))
+	for i, id := range ids {
+		balances[i] = accounts[id].balance
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO accounts (account_id, balance)
+SELECT * FROM unnest($1::text[], $2::int8[])
+ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance`, ids, balances)
+	if err != nil {
+		return fmt.Errorf("write accounts: %w", err)
+	}
+	return nil
+}
+
+// results collects command outcomes column by column for one bulk insert.
+type results struct {
+	ids      [][16]byte
+	requests []string
+	accounts []string
+	statuses []int16
+	reasons  []string
+	balances []int64
+}
+
+func (r *results) add(ev applier.Event, status int16, reason string, balance int64) {
+	r.ids = append(r.ids, ev.ID)
+	r.requests = append(r.requests, ev.RequestID)
+	r.accounts = append(r.accounts, ev.AggregateID)
+	r.statuses = append(r.statuses, status)
+	r.reasons = append(r.reasons, reason)
+	r.balances = append(r.balances, balance)
+}
+
+func (r *results) write(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `INSERT INTO command_results (event_id, request_id, account_id, status, reason, balance_after)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::int8[])`,
+		r.ids, r.requests, r.accounts, r.statuses, r.reasons, r.balances)
+	if err != nil {
+		return fmt.Errorf("write command results: %w", err)
+	}
+	return nil
+}

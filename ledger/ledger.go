@@ -1,0 +1,21 @@
+// Package ledger is heed's reference domain: accounts with a balance in minor
+// units, opened, credited and debited by commands over Connect/gRPC.
+//
+// The command side (Service's OpenAccount, Deposit, Withdraw) only validates a
+// command's shape and publishes its event; the business rules (the account must
+// exist, must not exist yet, no overdraft) are decided by Applier when the event
+// is applied, deterministically, and recorded as the command's result, which
+// GetCommandResult reads back.
+package ledger
+
+import (
+	"embed"
+	"io/fs"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations holds the goose migrations for the ledger's tables (accounts and
+// command results).
+var Migrations, _ = fs.Sub(migrations, "migrations")

@@ -1,0 +1,146 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/envelope"
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
+)
+
+// Publisher writes an event for an aggregate and waits for the broker's ack
+// (ingest.Publisher does). Its errors are *connect.Error, returned to callers as
+// they are. It must be safe for concurrent use.
+type Publisher interface {
+	Publish(ctx context.Context, aggregateID, requestID string, event proto.Message) (eventID, token string, err error)
+}
+
+// Service implements ledgerv1connect.LedgerServiceHandler: commands go to the
+// Publisher, queries read Postgres. It is safe for concurrent use.
+type Service struct {
+	pub     Publisher
+	pool    *pgxpool.Pool
+	topic   string
+	maxWait time.Duration
+}
+
+var _ ledgerv1connect.LedgerServiceHandler = (*Service)(nil)
+
+// NewService returns a Service publishing through pub and reading from pool
+// (whose search_path is heed's schema). topic is the one the applier applies,
+// whose positions consistency tokens are checked against. A read with a
+// consistency token waits at most maxWait (and at most its deadline).
+func NewService(pub Publisher, pool *pgxpool.Pool, topic string, maxWait time.Duration) *Service {
+	return &Service{pub: pub, pool: pool, topic: topic, maxWait: maxWait}
+}
+
+// OpenAccount publishes AccountOpened.
+func (s *Service) OpenAccount(ctx context.Context, req *connect.Request[ledgerv1.OpenAccountRequest]) (*connect.Response[ledgerv1.OpenAccountResponse], error) {
+	m := req.Msg
+	id, token, err := s.pub.Publish(ctx, m.GetAccountId(), m.GetRequestId(), &ledgerv1.AccountOpened{AccountId: m.GetAccountId()})
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ledgerv1.OpenAccountResponse{EventId: id, ConsistencyToken: token}), nil
+}
+
+// Deposit publishes FundsDeposited.
+func (s *Service) Deposit(ctx context.Context, req *connect.Request[ledgerv1.DepositRequest]) (*connect.Response[ledgerv1.DepositResponse], error) {
+	m := req.Msg
+	id, token, err := s.pub.Publish(ctx, m.GetAccountId(), m.GetRequestId(), &ledgerv1.FundsDeposited{AccountId: m.GetAccountId(), Amount: m.GetAmount()})
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ledgerv1.DepositResponse{EventId: id, ConsistencyToken: token}), nil
+}
+
+// Withdraw publishes FundsWithdrawn.
+func (s *Service) Withdraw(ctx context.Context, req *connect.Request[ledgerv1.WithdrawRequest]) (*connect.Response[ledgerv1.WithdrawResponse], error) {
+	m := req.Msg
+	id, token, err := s.pub.Publish(ctx, m.GetAccountId(), m.GetRequestId(), &ledgerv1.FundsWithdrawn{AccountId: m.GetAccountId(), Amount: m.GetAmount()})
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ledgerv1.WithdrawResponse{EventId: id, ConsistencyToken: token}), nil
+}
+
+// GetAccount reads an account, after waiting for its consistency token if given.
+// Errors: not_found for an unknown account, invalid_argument for a malformed
+// token, unavailable when the token's write is not applied in time.
+func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.GetAccountRequest]) (*connect.Response[ledgerv1.GetAccountResponse], error) {
+	if err := s.await(ctx, req.Msg.GetConsistencyToken()); err != nil {
+		return nil, err
+	}
+	var balance int64
+	err := s.pool.QueryRow(ctx, `SELECT balance FROM accounts WHERE account_id = $1`, req.Msg.GetAccountId()).Scan(&balance)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("account %s not found (not opened, or its OpenAccount is not applied yet)", req.Msg.GetAccountId()))
+	}
+	if err != nil {
+		return nil, readError(err)
+	}
+	return connect.NewResponse(&ledgerv1.GetAccountResponse{
+		Account: &ledgerv1.Account{AccountId: req.Msg.GetAccountId(), Balance: balance},
+	}), nil
+}
+
+// GetCommandResult reads a command's outcome by request ID or event ID: pending
+// until the applier has decided it.
+func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[ledgerv1.GetCommandResultRequest]) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
+	var id uuid.UUID
+	switch ref := req.Msg.GetRef().(type) {
+	case *ledgerv1.GetCommandResultRequest_RequestId:
+		id = envelope.EventID(ref.RequestId)
+	case *ledgerv1.GetCommandResultRequest_EventId:
+		id = uuid.MustParse(ref.EventId) // validated as a UUID by the interceptor
+	}
+	if err := s.await(ctx, req.Msg.GetConsistencyToken()); err != nil {
+		return nil, err
+	}
+	out := &ledgerv1.GetCommandResultResponse{EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_PENDING}
+	var status int16
+	err := s.pool.QueryRow(ctx, `SELECT status, reason, balance_after FROM command_results WHERE event_id = $1`, [16]byte(id)).
+		Scan(&status, &out.Reason, &out.BalanceAfter)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return nil, readError(err)
+	default:
+		out.Status = ledgerv1.CommandStatus(status)
+	}
+	return connect.NewResponse(out), nil
+}
+
+// await waits until the write named by token is applied, bounded by maxWait.
+func (s *Service) await(ctx context.Context, token string) error {
+	if token == "" {
+		return nil
+	}
+	t, err := consistency.Parse(token)
+	if err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.maxWait)
+	defer cancel()
+	if err := consistency.Wait(ctx, s.pool, s.topic, t); err != nil {
+		if errors.Is(err, consistency.ErrNotYetApplied) {
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; retry the read", err))
+		}
+		return readError(err)
+	}
+	return nil
+}
+
+func readError(err error) error {
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("read from database: %w", err))
+}
