@@ -147,4 +147,3 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	}
 	return nil
 }
-
