@@ -132,13 +132,9 @@ func (p *Publisher) Close() { p.cl.Close() }
 // ID), canceled when the caller went away, internal for a payload that cannot
 // be marshaled.
 func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, event proto.Message) (eventID, token string, err error) {
-	payload, err := anypb.New(event)
-	if err != nil {
-		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("wrap event: %w", err))
-	}
 	// Deterministic bytes, so a retried command has the same fingerprint.
-	payload.Value, err = proto.MarshalOptions{Deterministic: true}.Marshal(event)
-	if err != nil {
+	payload := new(anypb.Any)
+	if err := anypb.MarshalFrom(payload, event, proto.MarshalOptions{Deterministic: true}); err != nil {
 		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("marshal event: %w", err))
 	}
 	id := envelope.EventID(requestID).String()
