@@ -1,0 +1,136 @@
+package ledger_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/envelope"
+	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/internal/testenv"
+	"github.com/heed-dev/heed/ledger"
+	"github.com/heed-dev/heed/schema"
+)
+
+// BenchmarkDrain measures how fast the applier drains a topic holding
+// b.N deposits over 1,000 accounts on 8 partitions, with 1% duplicates, into a
+// fresh schema: batched (the default), and one event per transaction (the naive
+// consumer most hand-written pipelines are). It reports events/s.
+//
+//	go test -run '^$' -bench Drain -benchtime 50000x ./ledger/
+func BenchmarkDrain(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		batch int
+	}{{"batched", 1000}, {"one-per-tx", 1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			if bc.batch == 1 && b.N > 20000 {
+				b.Skip("one-per-tx at this size takes minutes; run with -benchtime 5000x")
+			}
+			benchDrain(b, bc.batch)
+		})
+	}
+}
+
+func benchDrain(b *testing.B, batch int) {
+	const accounts, partitions = 1000, 8
+	ctx := context.Background()
+	url := testenv.PostgresURL(b)
+	broker := testenv.Broker(b, partitions)
+	pool, err := schema.Connect(ctx, url, "heed", partitions+4)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "ledger", FS: ledger.Migrations}}
+	if err := schema.Migrate(ctx, pool, "heed", sets, nil); err != nil {
+		b.Fatal(err)
+	}
+	topic := "bench.drain"
+	cl, err := kgo.NewClient(kgo.SeedBrokers(broker.Addrs()...), kgo.DefaultProduceTopic(topic), kgo.AllowAutoTopicCreation())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cl.Close)
+
+	// Opens first, then deposits, then 1% of the deposits again (duplicates).
+	var recs []*kgo.Record
+	for i := range accounts {
+		recs = append(recs, benchRecord(b, fmt.Sprintf("acct-%d", i), fmt.Sprintf("open-%d", i), &ledgerv1.AccountOpened{AccountId: fmt.Sprintf("acct-%d", i)}))
+	}
+	deposits := make([]*kgo.Record, b.N)
+	for i := range b.N {
+		id := fmt.Sprintf("acct-%d", i%accounts)
+		deposits[i] = benchRecord(b, id, uuid.Must(uuid.NewV7()).String(), &ledgerv1.FundsDeposited{AccountId: id, Amount: 1})
+	}
+	recs = append(recs, deposits...)
+	for i := 0; i < b.N; i += 100 {
+		d := *deposits[i]
+		recs = append(recs, &d)
+	}
+	for i := 0; i < len(recs); i += 10000 {
+		if err := cl.ProduceSync(ctx, recs[i:min(i+10000, len(recs))]...).FirstErr(); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	a, err := applier.New(applier.Config{
+		Brokers: broker.Addrs(), Topic: topic, Group: "bench", MaxBatchRecords: batch,
+	}, pool, ledger.Applier{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	b.ResetTimer()
+	start := time.Now()
+	go func() { done <- a.Run(runCtx) }()
+	want := int64(accounts + b.N)
+	for a.Stats().Applied < want {
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	// Duplicates sit at the end of the log: let the applier reach them.
+	deadline := time.Now().Add(time.Minute)
+	for a.Stats().Duplicates < int64((b.N+99)/100) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	var total, rows int64
+	if err := pool.QueryRow(ctx, `SELECT coalesce(sum(balance), 0), count(*) FROM accounts`).Scan(&total, &rows); err != nil {
+		b.Fatal(err)
+	}
+	if total != int64(b.N) || rows != accounts || a.Stats().Duplicates != int64((b.N+99)/100) {
+		b.Fatalf("after drain: balance sum %d (want %d), accounts %d (want %d), stats %+v", total, b.N, rows, accounts, a.Stats())
+	}
+	b.ReportMetric(float64(b.N+accounts)/elapsed.Seconds(), "events/s")
+}
+
+func benchRecord(tb testing.TB, account, requestID string, ev proto.Message) *kgo.Record {
+	payload := new(anypb.Any)
+	if err := anypb.MarshalFrom(payload, ev, proto.MarshalOptions{Deterministic: true}); err != nil {
+		tb.Fatal(err)
+	}
+	id := envelope.EventID(requestID)
+	v, err := proto.Marshal(&envelopev1.Envelope{
+		EventId: id.String(), Type: string(ev.ProtoReflect().Descriptor().FullName()),
+		RequestId: requestID, AggregateId: account, Payload: payload,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &kgo.Record{Key: []byte(account), Value: v}
+}
