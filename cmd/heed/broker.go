@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"github.com/heed-dev/heed/devstack"
@@ -32,8 +31,8 @@ func (c *brokerCmd) flags(fs *flag.FlagSet) {
 	c.log.register(fs)
 }
 
-func (c *brokerCmd) run(ctx context.Context, stdout, _ io.Writer) error {
-	logger, err := c.log.logger(os.Stderr)
+func (c *brokerCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+	logger, err := c.log.logger(stderr)
 	if err != nil {
 		return err
 	}

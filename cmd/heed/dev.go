@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -42,8 +41,8 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	c.log.register(fs)
 }
 
-func (c *devCmd) run(ctx context.Context, stdout, _ io.Writer) error {
-	logger, err := c.log.logger(os.Stderr)
+func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+	logger, err := c.log.logger(stderr)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 )
 
 var migrateVerb = verb{
@@ -25,8 +24,8 @@ func (c *migrateCmd) flags(fs *flag.FlagSet) {
 	c.log.register(fs)
 }
 
-func (c *migrateCmd) run(ctx context.Context, stdout, _ io.Writer) error {
-	logger, err := c.log.logger(os.Stderr)
+func (c *migrateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+	logger, err := c.log.logger(stderr)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"io"
-	"os"
 
 	"github.com/heed-dev/heed/ingest"
 )
@@ -30,8 +29,8 @@ func (c *serveCmd) flags(fs *flag.FlagSet) {
 	c.log.register(fs)
 }
 
-func (c *serveCmd) run(ctx context.Context, _, _ io.Writer) error {
-	logger, err := c.log.logger(os.Stderr)
+func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
+	logger, err := c.log.logger(stderr)
 	if err != nil {
 		return err
 	}
