@@ -29,7 +29,7 @@ func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 		}
 		if errors.Is(err, errStale) {
 			a.stats.stale.Add(1)
-			return w.resync()
+			return w.resync(batch)
 		}
 		if a.hard.Err() != nil {
 			return false
@@ -46,19 +46,37 @@ func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 	}
 }
 
-// resync re-reads the applied position after a failed compare-and-set and seeks
-// the partition there, dropping what was queued.
-func (w *partition) resync() bool {
+// resync re-reads the applied position after a failed compare-and-set and goes
+// on from there with the records it holds (batch, the one rolled back, first):
+// applyOnce skips those below the new position. It does not seek: feed drops
+// re-fetched records below what it queued before, so a seek back would lose
+// records for good. A position that moved backwards (the database was rewound
+// under a running applier) cannot be served from what is held, so the worker
+// stops until the partition is reassigned.
+func (w *partition) resync(batch []*kgo.Record) bool {
 	a := w.a
-	pos, err := loadPosition(a.hard, a.pool, a.cfg.Topic, w.p)
-	if err != nil {
-		a.log.Warn("re-read applied position failed; stopping partition until reassigned", "partition", w.p, "err", err)
+	var pos int64
+	bo := newBackoff()
+	for {
+		var err error
+		if pos, err = loadPosition(a.hard, a.pool, a.cfg.Topic, w.p); err == nil {
+			break
+		}
+		wait := bo.NextBackOff()
+		a.log.Warn("re-read applied position failed; retrying", "partition", w.p, "retry_in", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-w.quit:
+			return false
+		}
+	}
+	if pos < w.next {
+		a.log.Error("applied position moved backwards; stopping partition until reassigned", "partition", w.p, "expected", w.next, "found", pos)
 		return false
 	}
-	a.log.Warn("applied position moved by another consumer; batch rolled back, seeking", "partition", w.p, "expected", w.next, "found", pos)
+	a.log.Warn("applied position moved by another consumer; batch rolled back, going on from there", "partition", w.p, "expected", w.next, "found", pos)
 	w.next = pos
-	w.pending = nil
-	a.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{a.cfg.Topic: {w.p: {Epoch: -1, Offset: pos}}})
+	w.pending = append(batch[:len(batch):len(batch)], w.pending...)
 	return true
 }
 

@@ -63,6 +63,7 @@ func (w *partition) feed(ctx context.Context, recs []*kgo.Record) {
 	case w.in <- recs:
 		w.fed = recs[len(recs)-1].Offset + 1
 	case <-w.quit:
+	case <-w.done: // the worker stopped by itself; the partition waits for reassignment
 	case <-ctx.Done():
 	}
 }
