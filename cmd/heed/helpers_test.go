@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
+	"github.com/heed-dev/heed/internal/testenv"
+)
+
+// bannerLine is the line of heed dev's banner that says the server is up.
+const bannerLine = "  server    http://"
+
+// devAddrs are the addresses one heed dev instance serves on.
+type devAddrs struct {
+	listen, broker string
+}
+
+func freeDevAddrs(tb testing.TB) devAddrs {
+	tb.Helper()
+	return devAddrs{
+		listen: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb)),
+		broker: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb)),
+	}
+}
+
+// devArgs are the arguments of `heed dev` serving on a, persisting under
+// dataDir and applying to the database at dbURL.
+func devArgs(a devAddrs, dataDir, dbURL string) []string {
+	return []string{"dev",
+		"--data-dir", dataDir,
+		"--listen", a.listen,
+		"--broker-listen", a.broker,
+		"--database-url", dbURL,
+		"--log-level", "warn",
+	}
+}
+
+// buildHeed builds the heed binary into a fresh tb.TempDir and returns its path.
+func buildHeed(tb testing.TB) string {
+	tb.Helper()
+	testenv.LookPath(tb, "go")
+	bin := filepath.Join(tb.TempDir(), "heed")
+	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("go build heed: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// bannerWriter passes everything to a buffer and closes ready once it has
+// seen heed dev's server line.
+type bannerWriter struct {
+	syncBuffer
+	once  sync.Once
+	ready chan struct{}
+}
+
+func newBannerWriter() *bannerWriter { return &bannerWriter{ready: make(chan struct{})} }
+
+func (w *bannerWriter) Write(p []byte) (int, error) {
+	n, err := w.syncBuffer.Write(p)
+	if strings.Contains(w.String(), bannerLine) {
+		w.once.Do(func() { close(w.ready) })
+	}
+	return n, err
+}
+
+// process is a running heed binary.
+type process struct {
+	cmd    *exec.Cmd
+	stdout *bannerWriter
+	stderr *syncBuffer
+	done   chan struct{}
+	err    error // set before done closes
+}
+
+// startDev starts `bin args...` and waits for heed dev's banner. The process
+// is killed in tb.Cleanup if still running.
+func startDev(tb testing.TB, bin string, args ...string) *process {
+	tb.Helper()
+	p := &process{cmd: exec.Command(bin, args...), stdout: newBannerWriter(), stderr: new(syncBuffer), done: make(chan struct{})}
+	p.cmd.Stdout = p.stdout
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", bin, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	tb.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	select {
+	case <-p.stdout.ready:
+	case <-p.done:
+		tb.Fatalf("heed exited before its banner: %v\nstdout:\n%s\nstderr:\n%s", p.err, p.stdout.String(), p.stderr.String())
+	case <-time.After(60 * time.Second):
+		tb.Fatalf("no banner from heed within 60s\nstdout:\n%s\nstderr:\n%s", p.stdout.String(), p.stderr.String())
+	}
+	return p
+}
+
+// interrupt sends SIGINT and requires exit code 0 within 30s.
+func (p *process) interrupt(tb testing.TB) {
+	tb.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		tb.Fatalf("send SIGINT: %v", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("heed did not exit within 30s of SIGINT\nstderr:\n%s", p.stderr.String())
+	}
+	if p.err != nil {
+		tb.Fatalf("heed exited with %v after SIGINT, want exit code 0\nstderr:\n%s", p.err, p.stderr.String())
+	}
+}
+
+// runDev runs heed dev in-process through run() until the test ends, and
+// waits for its banner. At cleanup it cancels the context and requires exit
+// code 0.
+func runDev(tb testing.TB, args ...string) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr := newBannerWriter(), new(syncBuffer)
+	code := make(chan int, 1)
+	go func() { code <- run(ctx, args, stdout, stderr) }()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case c := <-code:
+			if c != 0 {
+				tb.Errorf("heed dev exited with code %d after cancel, want 0\nstderr:\n%s", c, stderr.String())
+			}
+		case <-time.After(30 * time.Second):
+			tb.Errorf("heed dev did not return within 30s of cancel\nstderr:\n%s", stderr.String())
+		}
+	})
+	select {
+	case <-stdout.ready:
+	case c := <-code:
+		code <- c
+		tb.Fatalf("heed dev exited with code %d before its banner\nstderr:\n%s", c, stderr.String())
+	case <-time.After(60 * time.Second):
+		tb.Fatalf("no banner from heed dev within 60s\nstderr:\n%s", stderr.String())
+	}
+}
+
+func ledgerClient(addr string) ledgerv1connect.LedgerServiceClient {
+	return ledgerv1connect.NewLedgerServiceClient(http.DefaultClient, "http://"+addr)
+}
+
+// balance reads an account's balance after the write named by token is
+// applied.
+func balance(tb testing.TB, c ledgerv1connect.LedgerServiceClient, account, token string) int64 {
+	tb.Helper()
+	res, err := c.GetAccount(tb.Context(), connect.NewRequest(&ledgerv1.GetAccountRequest{AccountId: account, ConsistencyToken: token}))
+	if err != nil {
+		tb.Fatalf("GetAccount %s (token %q): %v", account, token, err)
+	}
+	return res.Msg.GetAccount().GetBalance()
+}
+
+// runTool runs a tool (with stdin closed) and returns its stdout; a non-zero
+// exit fails the test unless wantFail, in which case the combined output is
+// returned.
+func runTool(tb testing.TB, timeout time.Duration, wantFail bool, name string, args ...string) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin = nil
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	switch {
+	case wantFail && err == nil:
+		tb.Fatalf("%s %s: succeeded, want failure\n%s", name, strings.Join(args, " "), stdout.String())
+	case wantFail:
+		return stdout.String() + stderr.String()
+	case err != nil:
+		tb.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// lines returns s's non-empty lines, trimmed.
+func lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/heed-dev/heed/internal/testenv"
+)
+
+// TestConfigErrors runs heed in-process with bad configuration: each run
+// must stop at once, with an exit code and a message that says what to
+// change.
+func TestConfigErrors(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	const someDB = "postgres://postgres@127.0.0.1:1/none?sslmode=disable"
+
+	cases := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		needDB     bool // append --database-url of a fresh, unmigrated database
+		wantCode   int
+		wantStderr []string
+		wantStdout []string
+	}{
+		{name: "unknown verb", args: []string{"frobnicate"}, wantCode: 2,
+			wantStderr: []string{`unknown verb "frobnicate"`, "heed help"}},
+		{name: "help lists verbs", args: []string{"help"}, wantCode: 0,
+			wantStdout: []string{"dev ", "broker ", "serve ", "apply ", "migrate ", "heed help VERB"}},
+		{name: "no arguments prints help", args: nil, wantCode: 0,
+			wantStdout: []string{"Usage: heed VERB"}},
+		{name: "help dev has an example and env names", args: []string{"help", "dev"}, wantCode: 0,
+			wantStdout: []string{"Example:\n  heed dev\n", "-database-url", "$HEED_DATABASE_URL", "$HEED_LISTEN"}},
+		{name: "help serve example", args: []string{"help", "serve"}, wantCode: 0,
+			wantStdout: []string{"Example:\n  heed serve --brokers 127.0.0.1:9092 --database-url postgres://"}},
+		{name: "help unknown verb", args: []string{"help", "nope"}, wantCode: 2,
+			wantStderr: []string{`unknown verb "nope"`}},
+		{name: "serve without database", args: []string{"serve"}, wantCode: 1,
+			wantStderr: []string{"heed serve: no database", "--database-url", "HEED_DATABASE_URL"}},
+		{name: "apply without database", args: []string{"apply"}, wantCode: 1,
+			wantStderr: []string{"--database-url"}},
+		{name: "migrate without database", args: []string{"migrate"}, wantCode: 1,
+			wantStderr: []string{"--database-url"}},
+		{name: "bad log level", args: []string{"migrate", "--log-level", "nope"}, wantCode: 1,
+			wantStderr: []string{`--log-level "nope"`, "debug, info, warn or error"}},
+		{name: "bad log level from env", args: []string{"dev"}, env: map[string]string{"HEED_LOG_LEVEL": "loud"}, wantCode: 1,
+			wantStderr: []string{`--log-level "loud"`, "debug, info, warn or error"}},
+		{name: "bad log format", args: []string{"broker", "--log-format", "xml"}, wantCode: 1,
+			wantStderr: []string{`--log-format "xml"`, "text or json"}},
+		{name: "bad number from env", args: []string{"apply"}, env: map[string]string{"HEED_BATCH_RECORDS": "abc"}, wantCode: 2,
+			wantStderr: []string{`HEED_BATCH_RECORDS="abc"`, "--batch-records"}},
+		{name: "bad duration from env", args: []string{"serve"}, env: map[string]string{"HEED_READ_WAIT_MAX": "5"}, wantCode: 2,
+			wantStderr: []string{`HEED_READ_WAIT_MAX="5"`, "--read-wait-max"}},
+		{name: "unknown flag", args: []string{"serve", "--nope"}, wantCode: 2,
+			wantStderr: []string{"flag provided but not defined: -nope", "Usage: heed serve"}},
+		{name: "bad flag value", args: []string{"apply", "--batch-records", "many"}, wantCode: 2,
+			wantStderr: []string{"-batch-records", "many"}},
+		{name: "stray argument", args: []string{"serve", "extra"}, wantCode: 2,
+			wantStderr: []string{`unexpected arguments ["extra"]`, "heed help serve"}},
+		{name: "zero partitions", args: []string{"serve", "--database-url", someDB, "--partitions", "0"}, wantCode: 1,
+			wantStderr: []string{"--partitions 0: must be at least 1"}},
+		{name: "bad schema name", args: []string{"migrate", "--database-url", someDB, "--schema", "Heed-Prod"}, wantCode: 1,
+			wantStderr: []string{`schema name "Heed-Prod"`, "lower-case"}},
+		{name: "listen address taken", args: []string{"serve", "--database-url", someDB, "--listen", taken.Addr().String()}, wantCode: 1,
+			wantStderr: []string{"address already in use", "--listen"}},
+		{name: "dev listen address taken", args: []string{"dev", "--listen", taken.Addr().String()}, wantCode: 1,
+			wantStderr: []string{"address already in use", "--listen"}},
+		{name: "apply on unmigrated database", args: []string{"apply"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"run `heed migrate`"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearHeedEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			args := tc.args
+			if tc.needDB {
+				args = append(append([]string(nil), args...), "--database-url", testenv.PostgresURL(t))
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(t.Context(), args, &stdout, &stderr)
+			if code != tc.wantCode {
+				t.Errorf("heed %s: exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, tc.wantCode, stdout.String(), stderr.String())
+			}
+			for _, w := range tc.wantStderr {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("heed %s: stderr does not say %q:\n%s", strings.Join(args, " "), w, stderr.String())
+				}
+			}
+			for _, w := range tc.wantStdout {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("heed %s: stdout does not say %q:\n%s", strings.Join(args, " "), w, stdout.String())
+				}
+			}
+		})
+	}
+}
+
+// TestEnvFallback checks that a HEED_* variable sets a flag the command
+// line does not, and that the command line wins over it.
+func TestEnvFallback(t *testing.T) {
+	clearHeedEnv(t)
+	t.Setenv("HEED_BATCH_RECORDS", "7")
+	t.Setenv("HEED_GROUP", "from-env")
+	cmd := new(applyCmd)
+	fs := newFlagSet(applyVerb, cmd, new(bytes.Buffer))
+	if err := fs.Parse([]string{"--group", "from-flag"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyEnv(fs); err != nil {
+		t.Fatal(err)
+	}
+	if cmd.apply.batchRecords != 7 {
+		t.Errorf("batch records = %d, want 7 from HEED_BATCH_RECORDS", cmd.apply.batchRecords)
+	}
+	if cmd.apply.group != "from-flag" {
+		t.Errorf("group = %q, want the flag's from-flag over HEED_GROUP", cmd.apply.group)
+	}
+}
+
+// TestVerbExamplesParse checks that every verb's printed example parses
+// with the verb's own flags (the examples are shown by `heed help VERB`).
+func TestVerbExamplesParse(t *testing.T) {
+	for _, v := range verbs() {
+		t.Run(v.name, func(t *testing.T) {
+			fields := strings.Fields(v.example)
+			if len(fields) < 2 || fields[0] != "heed" || fields[1] != v.name {
+				t.Fatalf("example %q does not start with `heed %s`", v.example, v.name)
+			}
+			fs := newFlagSet(v, v.new(), new(bytes.Buffer))
+			if err := fs.Parse(fields[2:]); err != nil {
+				t.Errorf("example %q: %v", v.example, err)
+			}
+		})
+	}
+}
+
+// clearHeedEnv unsets every HEED_* variable for the test (restored after).
+func clearHeedEnv(tb testing.TB) {
+	tb.Helper()
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "HEED_") && k != testenv.PostgresURLEnv && k != testenv.LogLevelEnv {
+			tb.Setenv(k, "")
+			os.Unsetenv(k)
+		}
+	}
+}
