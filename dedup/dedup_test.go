@@ -15,7 +15,7 @@ import (
 )
 
 // newPool returns a pool on a fresh database with the dedup migrations applied.
-func newPool(t *testing.T) *pgxpool.Pool {
+func newPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	pool, err := schema.Connect(t.Context(), testenv.PostgresURL(t), schema.Default, 4)
 	if err != nil {

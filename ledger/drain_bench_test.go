@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -23,38 +24,33 @@ import (
 
 // BenchmarkDrain measures how fast the applier drains a topic holding
 // b.N deposits over 1,000 accounts on 8 partitions, with 1% duplicates, into a
-// fresh schema: batched (the default), and one event per transaction (the naive
-// consumer most hand-written pipelines are). It reports events/s.
+// fresh schema: batched (the default) with time-ordered UUIDv7 request IDs and
+// with name-based ones, and one event per transaction (the naive consumer most
+// hand-written pipelines are). It reports events/s.
 //
 //	go test -run '^$' -bench Drain -benchtime 50000x ./ledger/
 func BenchmarkDrain(b *testing.B) {
+	v7 := func(int) string { return uuid.Must(uuid.NewV7()).String() }
+	named := func(i int) string { return fmt.Sprintf("deposit-%d", i) } // name-based UUIDv5: random order
 	for _, bc := range []struct {
-		name  string
-		batch int
-	}{{"batched", 1000}, {"one-per-tx", 1}} {
+		name      string
+		batch     int
+		requestID func(int) string
+	}{{"batched", 1000, v7}, {"batched-named-ids", 1000, named}, {"one-per-tx", 1, v7}} {
 		b.Run(bc.name, func(b *testing.B) {
 			if bc.batch == 1 && b.N > 20000 {
 				b.Skip("one-per-tx at this size takes minutes; run with -benchtime 5000x")
 			}
-			benchDrain(b, bc.batch)
+			benchDrain(b, bc.batch, bc.requestID)
 		})
 	}
 }
 
-func benchDrain(b *testing.B, batch int) {
+func benchDrain(b *testing.B, batch int, requestID func(int) string) {
 	const accounts, partitions = 1000, 8
 	ctx := context.Background()
-	url := testenv.PostgresURL(b)
+	pool := benchPool(b, partitions+4)
 	broker := testenv.Broker(b, partitions)
-	pool, err := schema.Connect(ctx, url, "heed", partitions+4)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
-	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "ledger", FS: ledger.Migrations}}
-	if err := schema.Migrate(ctx, pool, "heed", sets, nil); err != nil {
-		b.Fatal(err)
-	}
 	topic := "bench.drain"
 	cl, err := kgo.NewClient(kgo.SeedBrokers(broker.Addrs()...), kgo.DefaultProduceTopic(topic), kgo.AllowAutoTopicCreation())
 	if err != nil {
@@ -70,7 +66,7 @@ func benchDrain(b *testing.B, batch int) {
 	deposits := make([]*kgo.Record, b.N)
 	for i := range b.N {
 		id := fmt.Sprintf("acct-%d", i%accounts)
-		deposits[i] = benchRecord(b, id, uuid.Must(uuid.NewV7()).String(), &ledgerv1.FundsDeposited{AccountId: id, Amount: 1})
+		deposits[i] = benchRecord(b, id, requestID(i), &ledgerv1.FundsDeposited{AccountId: id, Amount: 1})
 	}
 	recs = append(recs, deposits...)
 	for i := 0; i < b.N; i += 100 {
@@ -117,6 +113,21 @@ func benchDrain(b *testing.B, batch int) {
 		b.Fatalf("after drain: balance sum %d (want %d), accounts %d (want %d), stats %+v", total, b.N, rows, accounts, a.Stats())
 	}
 	b.ReportMetric(float64(b.N+accounts)/elapsed.Seconds(), "events/s")
+}
+
+// benchPool returns a pool on a fresh, migrated database.
+func benchPool(b *testing.B, conns int32) *pgxpool.Pool {
+	b.Helper()
+	pool, err := schema.Connect(context.Background(), testenv.PostgresURL(b), schema.Default, conns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "ledger", FS: ledger.Migrations}}
+	if err := schema.Migrate(context.Background(), pool, schema.Default, sets, nil); err != nil {
+		b.Fatal(err)
+	}
+	return pool
 }
 
 func benchRecord(tb testing.TB, account, requestID string, ev proto.Message) *kgo.Record {
