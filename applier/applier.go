@@ -51,6 +51,11 @@ type Config struct {
 	// Linger is how long a partition waits for more records before applying a
 	// batch smaller than the limits (default 0: apply what has arrived).
 	Linger time.Duration
+	// Concurrency bounds how many partitions apply a batch at the same time, each
+	// in its own transaction on its own connection (default 4). More than the
+	// database has cores to spare makes batches contend rather than overlap;
+	// the pool needs at least this many connections.
+	Concurrency int
 	// ShutdownGrace bounds how long Run waits, once its context ends, for
 	// in-flight batches to commit before rolling them back (default 10s).
 	ShutdownGrace time.Duration
@@ -66,6 +71,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxBatchBytes <= 0 {
 		c.MaxBatchBytes = 4 << 20
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 10 * time.Second
@@ -99,6 +107,8 @@ type Applier struct {
 	log     *slog.Logger
 	cl      *kgo.Client
 	stats   counters
+	// slots holds one token per batch transaction allowed at once.
+	slots chan struct{}
 
 	// hard is canceled when in-flight transactions must roll back.
 	hard       context.Context
@@ -116,7 +126,8 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition)}
+	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition),
+		slots: make(chan struct{}, cfg.Concurrency)}
 	a.hard, a.cancelHard = context.WithCancel(context.Background())
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),

@@ -22,7 +22,13 @@ func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 	a := w.a
 	bo := newBackoff()
 	for attempt := 1; ; attempt++ {
+		select {
+		case a.slots <- struct{}{}:
+		case <-w.quit:
+			return false
+		}
 		err := w.applyOnce(a.hard, batch)
+		<-a.slots
 		if err == nil {
 			a.cl.MarkCommitRecords(batch[len(batch)-1])
 			return true

@@ -24,8 +24,8 @@ import (
 
 // BenchmarkDrain measures how fast the applier drains a topic holding
 // b.N deposits over 1,000 accounts on 8 partitions, with 1% duplicates, into a
-// fresh schema: batched (the default) with time-ordered UUIDv7 request IDs and
-// with name-based ones, and one event per transaction (the naive consumer most
+// fresh schema: batched (the defaults) with time-ordered UUIDv7 request IDs and
+// with name-based ones, with 2 and 8 transactions at once instead of 4, and one event per transaction (the naive consumer most
 // hand-written pipelines are). It reports events/s.
 //
 //	go test -run '^$' -bench Drain -benchtime 50000x ./ledger/
@@ -33,20 +33,27 @@ func BenchmarkDrain(b *testing.B) {
 	v7 := func(int) string { return uuid.Must(uuid.NewV7()).String() }
 	named := func(i int) string { return fmt.Sprintf("deposit-%d", i) } // name-based UUIDv5: random order
 	for _, bc := range []struct {
-		name      string
-		batch     int
-		requestID func(int) string
-	}{{"batched", 1000, v7}, {"batched-named-ids", 1000, named}, {"one-per-tx", 1, v7}} {
+		name        string
+		batch       int
+		concurrency int
+		requestID   func(int) string
+	}{
+		{"batched", 1000, 0, v7}, // the defaults
+		{"batched-concurrency-2", 1000, 2, v7},
+		{"batched-concurrency-8", 1000, 8, v7},
+		{"batched-named-ids", 1000, 0, named},
+		{"one-per-tx", 1, 8, v7},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
 			if bc.batch == 1 && b.N > 20000 {
 				b.Skip("one-per-tx at this size takes minutes; run with -benchtime 5000x")
 			}
-			benchDrain(b, bc.batch, bc.requestID)
+			benchDrain(b, applier.Config{MaxBatchRecords: bc.batch, Concurrency: bc.concurrency}, bc.requestID)
 		})
 	}
 }
 
-func benchDrain(b *testing.B, batch int, requestID func(int) string) {
+func benchDrain(b *testing.B, cfg applier.Config, requestID func(int) string) {
 	const accounts, partitions = 1000, 8
 	ctx := context.Background()
 	pool := benchPool(b, partitions+4)
@@ -79,9 +86,8 @@ func benchDrain(b *testing.B, batch int, requestID func(int) string) {
 		}
 	}
 
-	a, err := applier.New(applier.Config{
-		Brokers: broker.Addrs(), Topic: topic, Group: "bench", MaxBatchRecords: batch,
-	}, pool, ledger.Applier{})
+	cfg.Brokers, cfg.Topic, cfg.Group = broker.Addrs(), topic, "bench"
+	a, err := applier.New(cfg, pool, ledger.Applier{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,18 +14,16 @@ var applyVerb = verb{
 }
 
 type applyCmd struct {
-	kafka    kafkaFlags
-	db       dbFlags
-	apply    applyFlags
-	maxConns int
-	log      logFlags
+	kafka kafkaFlags
+	db    dbFlags
+	apply applyFlags
+	log   logFlags
 }
 
 func (c *applyCmd) flags(fs *flag.FlagSet) {
 	c.kafka.register(fs, true)
 	c.db.register(fs, "", "Postgres URL to apply to, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	c.apply.register(fs)
-	fs.IntVar(&c.maxConns, "max-conns", 16, "database connections (one per partition applied at once)")
 	c.log.register(fs)
 }
 
@@ -37,7 +35,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	if err := c.db.validate(); err != nil {
 		return err
 	}
-	pool, err := openDB(ctx, c.db, int32(c.maxConns), false, logger)
+	pool, err := openDB(ctx, c.db, int32(c.apply.concurrency)+2, false, logger)
 	if err != nil {
 		return err
 	}

@@ -121,6 +121,7 @@ type applyFlags struct {
 	batchRecords int
 	batchBytes   int
 	batchLinger  time.Duration
+	concurrency  int
 }
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
@@ -128,6 +129,7 @@ func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&a.batchRecords, "batch-records", 1000, "most records applied in one database transaction")
 	fs.IntVar(&a.batchBytes, "batch-bytes", 4<<20, "most record bytes applied in one database transaction")
 	fs.DurationVar(&a.batchLinger, "batch-linger", 0, "how long a partition waits for more records before applying a small batch")
+	fs.IntVar(&a.concurrency, "apply-concurrency", 4, "most partitions applying a batch at once, each in its own transaction (more than the database's spare cores makes them contend)")
 }
 
 // serveFlags tune the command and query server.

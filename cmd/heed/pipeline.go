@@ -78,6 +78,7 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 		MaxBatchRecords: af.batchRecords,
 		MaxBatchBytes:   af.batchBytes,
 		Linger:          af.batchLinger,
+		Concurrency:     af.concurrency,
 		Logger:          logger,
 	}, pool, ledger.Applier{})
 	if err != nil {
