@@ -44,7 +44,7 @@ type Config struct {
 	Brokers []string
 	Topic   string
 	Group   string
-	// MaxBatchRecords bounds the records applied in one transaction (default 1000).
+	// MaxBatchRecords bounds the records applied in one transaction (default 4000).
 	MaxBatchRecords int
 	// MaxBatchBytes bounds the record bytes applied in one transaction (default 4 MiB).
 	MaxBatchBytes int
@@ -67,7 +67,7 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.MaxBatchRecords <= 0 {
-		c.MaxBatchRecords = 1000
+		c.MaxBatchRecords = 4000
 	}
 	if c.MaxBatchBytes <= 0 {
 		c.MaxBatchBytes = 4 << 20

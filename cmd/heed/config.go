@@ -126,7 +126,7 @@ type applyFlags struct {
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.group, "group", defaultGroup, "the applier's Kafka consumer group")
-	fs.IntVar(&a.batchRecords, "batch-records", 1000, "most records applied in one database transaction")
+	fs.IntVar(&a.batchRecords, "batch-records", 4000, "most records applied in one database transaction")
 	fs.IntVar(&a.batchBytes, "batch-bytes", 4<<20, "most record bytes applied in one database transaction")
 	fs.DurationVar(&a.batchLinger, "batch-linger", 0, "how long a partition waits for more records before applying a small batch")
 	fs.IntVar(&a.concurrency, "apply-concurrency", 4, "most partitions applying a batch at once, each in its own transaction (more than the database's spare cores makes them contend)")
