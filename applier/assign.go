@@ -63,6 +63,7 @@ func (a *Applier) checkAgainstTopic(ctx context.Context, positions map[int32]int
 	}
 	ends.Each(func(o kadm.ListedOffset) {
 		if pos, ok := positions[o.Partition]; ok && o.Err == nil && pos > o.Offset {
+			a.stats.aheadOfTopic.Add(1)
 			a.log.Error("the database is ahead of the topic: it was applied from another topic or a broker whose data is gone; "+
 				"this partition applies nothing until the topic passes the position. Point --database-url/--schema at a fresh schema "+
 				"(the topic is the source of truth) or restore the broker's data",

@@ -397,3 +397,30 @@ INSERT INTO accounts (account_id, balance) SELECT $1, 0 FROM pos`, key); err != 
 		t.Errorf("stats = %+v, want a stale batch and %d applied", s, deposits+1)
 	}
 }
+
+// TestDatabaseAheadOfTopic: a database whose applied position lies beyond the
+// topic's end (filled from another topic, or the broker's data is gone) is
+// reported when the partition is assigned, and a partition that is in step is not.
+func TestDatabaseAheadOfTopic(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{partitions: 2})
+	first := p.startApplier(t)
+	open := p.open(t, "open-ahead", "ivan")
+	p.waitApplied(t, open.GetConsistencyToken())
+	if s := first.Stats(); s.AheadOfTopic != 0 {
+		t.Fatalf("stats of an applier in step with the topic = %+v, want AheadOfTopic 0", s)
+	}
+	first.stop(t)
+
+	tok := token(t, open.GetConsistencyToken())
+	if _, err := p.pool.Exec(t.Context(), `UPDATE applied_positions SET next_offset = 1000 WHERE topic = $1 AND partition = $2`,
+		p.topic, tok.Partition); err != nil {
+		t.Fatalf("move position: %v", err)
+	}
+	second := p.startApplier(t)
+	eventually(t, 20*time.Second, func() string {
+		if n := second.Stats().AheadOfTopic; n != 1 {
+			return fmt.Sprintf("AheadOfTopic = %d, want 1 (partition %d only)", n, tok.Partition)
+		}
+		return ""
+	})
+}
