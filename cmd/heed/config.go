@@ -126,6 +126,11 @@ type applyFlags struct {
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.group, "group", defaultGroup, "the applier's Kafka consumer group")
+	a.registerBatch(fs)
+}
+
+// registerBatch registers the batch limits alone.
+func (a *applyFlags) registerBatch(fs *flag.FlagSet) {
 	fs.IntVar(&a.batchRecords, "batch-records", 4000, "most records applied in one database transaction")
 	fs.IntVar(&a.batchBytes, "batch-bytes", 4<<20, "most record bytes applied in one database transaction")
 	fs.DurationVar(&a.batchLinger, "batch-linger", 0, "how long a partition waits for more records before applying a small batch")

@@ -37,7 +37,7 @@ type verb struct {
 }
 
 func verbs() []verb {
-	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb}
+	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, benchVerb}
 }
 
 func find(name string) (verb, bool) {

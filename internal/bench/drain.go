@@ -1,0 +1,119 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/ledger"
+)
+
+// drain produces data (with 1% duplicates) straight to a topic and times the
+// applier, with the configured batch limits, from its start until it has
+// processed every record.
+func (e *env) drain(ctx context.Context, data *dataset, r *Result) error {
+	res, err := e.drainRun(ctx, "drain", data, e.cfg.Applier)
+	if err != nil {
+		return err
+	}
+	r.Applier, r.ApplierRecords, r.ApplierDups = res.rate, res.records, res.dups
+	e.progress("drain: %d records (%d duplicates skipped) at %.0f events/s", res.records, res.dups, res.rate)
+	return nil
+}
+
+// naive is drain with one event per transaction, on a smaller log.
+func (e *env) naive(ctx context.Context, r *Result) error {
+	accounts := max(1, min(e.cfg.Accounts, e.cfg.NaiveEvents/10))
+	e.progress("naive: generating %d opens and %d deposits", accounts, e.cfg.NaiveEvents)
+	data, err := newDataset(accounts, e.cfg.NaiveEvents)
+	if err != nil {
+		return err
+	}
+	cfg := e.cfg.Applier
+	cfg.MaxBatchRecords = 1
+	res, err := e.drainRun(ctx, "naive", data, cfg)
+	if err != nil {
+		return err
+	}
+	r.Naive, r.NaiveEvents = res.rate, res.records
+	e.progress("naive: %d records at %.0f events/s", res.records, res.rate)
+	return nil
+}
+
+type drainResult struct {
+	rate    float64
+	records int
+	dups    int64
+}
+
+func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg applier.Config) (drainResult, error) {
+	conc := cfg.Concurrency
+	if conc <= 0 {
+		conc = 4
+	}
+	pool, _, drop, err := e.freshSchema(ctx, phase, int32(conc)+2)
+	if err != nil {
+		return drainResult{}, err
+	}
+	defer drop()
+	topic, cl, del, err := e.topic(ctx, phase)
+	if err != nil {
+		return drainResult{}, err
+	}
+	defer del()
+	recs, dups := data.records()
+	e.progress("%s: producing %d records to %s", phase, len(recs), topic)
+	if err := e.produce(ctx, cl, recs); err != nil {
+		return drainResult{}, err
+	}
+
+	ac := e.applierConfig(topic, e.name(phase))
+	ac.MaxBatchRecords, ac.MaxBatchBytes, ac.Linger, ac.Concurrency = cfg.MaxBatchRecords, cfg.MaxBatchBytes, cfg.Linger, cfg.Concurrency
+	a, err := applier.New(ac, pool, ledger.Applier{})
+	if err != nil {
+		return drainResult{}, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- a.Run(runCtx) }()
+	want := int64(len(recs))
+	lastReport := start
+	for {
+		s := a.Stats()
+		if s.Applied+s.Duplicates+s.Conflicts+s.Quarantined >= want {
+			break
+		}
+		select {
+		case err := <-done:
+			if err == nil {
+				err = errors.New("it returned without an error")
+			}
+			return drainResult{}, fmt.Errorf("the applier stopped before draining: %w", err)
+		case <-ctx.Done():
+			return drainResult{}, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+		if time.Since(lastReport) >= 2*time.Second {
+			lastReport = time.Now()
+			e.progress("%s: %d/%d records processed", phase, s.Applied+s.Duplicates, want)
+		}
+	}
+	elapsed := time.Since(start)
+	cancel()
+	if err := <-done; err != nil {
+		return drainResult{}, fmt.Errorf("applier: %w", err)
+	}
+	s := a.Stats()
+	if s.Duplicates != int64(dups) || s.Conflicts != 0 || s.Quarantined != 0 || s.Applied != int64(len(data.events)) {
+		return drainResult{}, fmt.Errorf("WRONG RESULT: applied %d (want %d), skipped %d duplicates (want %d), %d conflicts and %d quarantined (want 0)",
+			s.Applied, len(data.events), s.Duplicates, dups, s.Conflicts, s.Quarantined)
+	}
+	if err := checkLedger(ctx, pool, data.accounts, data.deposits(), int64(len(data.events))); err != nil {
+		return drainResult{}, err
+	}
+	return drainResult{rate: float64(len(recs)) / elapsed.Seconds(), records: len(recs), dups: s.Duplicates}, nil
+}

@@ -1,0 +1,218 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/heed-dev/heed/envelope"
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
+	"github.com/heed-dev/heed/ingest"
+	"github.com/heed-dev/heed/ledger"
+)
+
+// ingest measures Deposit over the wire with Clients concurrent callers for
+// Duration, first against a handler that answers without producing, then
+// against the real one, both on ingest's server stack (validation, reflection,
+// health) in this process.
+func (e *env) ingest(ctx context.Context, r *Result) error {
+	r.Clients, r.Protocol = e.cfg.Clients, e.cfg.Protocol
+	noop, err := e.ingestRun(ctx, noopPublisher{}, nil, "")
+	if err != nil {
+		return fmt.Errorf("no-op handler: %w", err)
+	}
+	r.NoopRPS, r.NoopP50, r.NoopP99 = noop.rps, ms(noop.lat.quantile(0.5)), ms(noop.lat.quantile(0.99))
+	e.progress("ingest, no-op handler: %.0f req/s, p50 %.2f ms, p99 %.2f ms", r.NoopRPS, r.NoopP50, r.NoopP99)
+
+	topic, cl, del, err := e.topic(ctx, "ingest")
+	if err != nil {
+		return err
+	}
+	defer del()
+	pub, err := e.publisher(topic)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	real, err := e.ingestRun(ctx, pub, nil, topic)
+	if err != nil {
+		return err
+	}
+	// Every acknowledged command is on the topic, once.
+	n, err := topicRecords(ctx, cl, topic)
+	if err != nil {
+		return err
+	}
+	if n != real.acks {
+		return fmt.Errorf("WRONG RESULT: %d commands acknowledged, the topic holds %d records", real.acks, n)
+	}
+	r.IngestRPS, r.IngestP50, r.IngestP99 = real.rps, ms(real.lat.quantile(0.5)), ms(real.lat.quantile(0.99))
+	e.progress("ingest: %.0f req/s, p50 %.2f ms, p99 %.2f ms (%d records on the topic)", r.IngestRPS, r.IngestP50, r.IngestP99, n)
+	return nil
+}
+
+// publisher is an ingest.Publisher for topic with the configured producer settings.
+func (e *env) publisher(topic string) (*ingest.Publisher, error) {
+	c := e.cfg.Ingest
+	c.Brokers, c.Topic, c.Logger = e.broker.Addrs(), topic, e.cfg.Logger.With("component", "ingest")
+	return ingest.NewPublisher(c)
+}
+
+// noopPublisher answers every command at once without producing.
+type noopPublisher struct{}
+
+func (noopPublisher) Publish(_ context.Context, _, requestID string, _ proto.Message) (string, string, error) {
+	return envelope.EventID(requestID).String(), "", nil
+}
+
+type loadResult struct {
+	rps  float64
+	lat  latencies
+	acks int64
+}
+
+// ingestRun serves pub and drives it with closed-loop callers: a warm-up
+// second, then Duration measured.
+func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, pool *pgxpool.Pool, topic string) (loadResult, error) {
+	addr, stop, err := e.serve(ctx, pub, pool, topic)
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer stop()
+	client := e.client(addr)
+	warm := min(time.Second, e.cfg.Duration/5)
+	start := time.Now()
+	from, until := start.Add(warm), start.Add(warm+e.cfg.Duration)
+
+	var (
+		mu      sync.Mutex
+		all     latencies
+		acks    int64
+		failure error
+	)
+	var wg sync.WaitGroup
+	for c := range e.cfg.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
+			var mine latencies
+			var n int64
+			var ferr error
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if !t0.Before(until) {
+					break
+				}
+				_, err := client.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{
+					RequestId: uuid.Must(uuid.NewV7()).String(),
+					AccountId: accountName(rng.IntN(e.cfg.Accounts)),
+					Amount:    1,
+				}))
+				if err != nil {
+					ferr = err
+					break
+				}
+				n++
+				if !t0.Before(from) {
+					mine = append(mine, time.Since(t0))
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			all = append(all, mine...)
+			acks += n
+			if ferr != nil && failure == nil {
+				failure = ferr
+			}
+		}()
+	}
+	wg.Wait()
+	if failure != nil {
+		return loadResult{}, fmt.Errorf("a Deposit failed under load: %w", failure)
+	}
+	if err := ctx.Err(); err != nil {
+		return loadResult{}, err
+	}
+	all.sort()
+	return loadResult{rps: float64(len(all)) / e.cfg.Duration.Seconds(), lat: all, acks: acks}, nil
+}
+
+// serve runs the ledger service publishing through pub on a free loopback
+// port until stop is called.
+func (e *env) serve(ctx context.Context, pub ledger.Publisher, pool *pgxpool.Pool, topic string) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := ingest.NewServer(e.cfg.Logger.With("component", "server"))
+	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, topic, 5*time.Second), ingest.HandlerOptions()...)
+	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	stop := func() {
+		cancel()
+		<-done
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+// client is a ledger client for addr sharing one connection pool, as a
+// long-lived service calling heed would hold it.
+func (e *env) client(addr string) ledgerv1connect.LedgerServiceClient {
+	tr := &http.Transport{
+		MaxIdleConns:        2 * e.cfg.Clients,
+		MaxIdleConnsPerHost: 2 * e.cfg.Clients,
+		IdleConnTimeout:     time.Minute,
+	}
+	var opts []connect.ClientOption
+	if e.cfg.Protocol == "grpc" {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		opts = append(opts, connect.WithGRPC())
+	}
+	return ledgerv1connect.NewLedgerServiceClient(&http.Client{Transport: tr}, "http://"+addr, opts...)
+}
+
+// topicRecords sums the end offsets of topic's partitions.
+func topicRecords(ctx context.Context, cl *kgo.Client, topic string) (int64, error) {
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	if err := ends.Error(); err != nil {
+		return 0, fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n, nil
+}
+
+// latencies is a sorted set of samples.
+type latencies []time.Duration
+
+func (l latencies) sort() { slices.Sort(l) }
+
+// quantile of sorted samples (nearest rank); 0 when there are none.
+func (l latencies) quantile(q float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	return l[min(len(l)-1, int(q*float64(len(l))))]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -1,0 +1,235 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+)
+
+// rss produces RSSEvents deposits, then runs `heed apply` as a separate
+// process and samples its resident set size until it has applied them all.
+func (e *env) rss(ctx context.Context, r *Result) error {
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		return errors.New("the rss phase reads /proc/PID/status (Linux); leave it out with --phases")
+	}
+	exe, err := e.cfg.exe()
+	if err != nil {
+		return err
+	}
+	pool, schemaName, drop, err := e.freshSchema(ctx, "rss", 2)
+	if err != nil {
+		return err
+	}
+	defer drop()
+	topic, cl, del, err := e.topic(ctx, "rss")
+	if err != nil {
+		return err
+	}
+	defer del()
+
+	accounts := e.cfg.Accounts
+	total := accounts + e.cfg.RSSEvents
+	e.progress("rss: producing %d records to %s", total, topic)
+	if err := e.produceStream(ctx, cl, accounts, e.cfg.RSSEvents); err != nil {
+		return err
+	}
+
+	ac := e.applierConfig(topic, e.name("rss"))
+	args := []string{"apply",
+		"--brokers", strings.Join(e.broker.Addrs(), ","),
+		"--topic", topic,
+		"--group", ac.Group,
+		"--database-url", e.cfg.DatabaseURL,
+		"--schema", schemaName,
+		"--log-level", "warn",
+	}
+	if ac.MaxBatchRecords > 0 {
+		args = append(args, "--batch-records", strconv.Itoa(ac.MaxBatchRecords))
+	}
+	if ac.MaxBatchBytes > 0 {
+		args = append(args, "--batch-bytes", strconv.Itoa(ac.MaxBatchBytes))
+	}
+	if ac.Concurrency > 0 {
+		args = append(args, "--apply-concurrency", strconv.Itoa(ac.Concurrency))
+	}
+	args = append(args, "--batch-linger", ac.Linger.String())
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Env = withoutHeedEnv(os.Environ())
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 15 * time.Second
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s apply: %w", exe, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopChild := func() error {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			return err
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("heed apply did not stop within 15s of SIGTERM")
+		}
+	}
+
+	var peak int64
+	marks := []float64{0.25, 0.5, 0.75, 1}
+	var byMark []float64
+	lastReport := start
+	for {
+		kb, err := rssKiB(cmd.Process.Pid)
+		if err != nil {
+			select {
+			case werr := <-exited:
+				return fmt.Errorf("heed apply exited (%v): %s", werr, stderr.tail())
+			default:
+				_ = stopChild()
+				return err
+			}
+		}
+		peak = max(peak, kb)
+		var done int64
+		if err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM applied_positions WHERE topic = $1`, topic).Scan(&done); err != nil {
+			_ = stopChild()
+			return fmt.Errorf("read the applied positions: %w", err)
+		}
+		for len(byMark) < len(marks) && float64(done) >= marks[len(byMark)]*float64(total) {
+			byMark = append(byMark, float64(kb)/1024)
+		}
+		if done >= int64(total) {
+			break
+		}
+		if time.Since(lastReport) >= 5*time.Second {
+			lastReport = time.Now()
+			e.progress("rss: %d/%d applied, heed apply RSS %.0f MiB (peak %.0f)", done, total, float64(kb)/1024, float64(peak)/1024)
+		}
+		select {
+		case werr := <-exited:
+			return fmt.Errorf("heed apply exited before applying everything (%v): %s", werr, stderr.tail())
+		case <-ctx.Done():
+			_ = stopChild()
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	elapsed := time.Since(start)
+	if err := stopChild(); err != nil {
+		return fmt.Errorf("stop heed apply: %w: %s", err, stderr.tail())
+	}
+	if err := checkLedger(ctx, pool, accounts, int64(e.cfg.RSSEvents), int64(total)); err != nil {
+		return err
+	}
+	r.RSSEvents = total
+	r.RSSApplier = float64(total) / elapsed.Seconds()
+	r.RSSPeakMiB = float64(peak) / 1024
+	r.RSSByQuarter = byMark
+	e.progress("rss: %d events at %.0f events/s (process start included), peak RSS %.1f MiB, at 25/50/75/100%%: %.1f MiB",
+		total, r.RSSApplier, r.RSSPeakMiB, byMark)
+	return nil
+}
+
+// produceStream writes accounts opens and then deposits of 1 round-robin over
+// them, generating records chunk by chunk so that the benchmark holds only
+// what the broker holds.
+func (e *env) produceStream(ctx context.Context, cl *kgo.Client, accounts, deposits int) error {
+	const chunk = 50_000
+	total := accounts + deposits
+	recs := make([]*kgo.Record, 0, chunk)
+	for i := range total {
+		var account string
+		var value []byte
+		var err error
+		if i < accounts {
+			account = accountName(i)
+			value, _, err = envelopeBytes(account, uuid.Must(uuid.NewV7()).String(), &ledgerv1.AccountOpened{AccountId: account})
+		} else {
+			account = accountName((i - accounts) % accounts)
+			value, _, err = envelopeBytes(account, uuid.Must(uuid.NewV7()).String(), &ledgerv1.FundsDeposited{AccountId: account, Amount: 1})
+		}
+		if err != nil {
+			return err
+		}
+		recs = append(recs, &kgo.Record{Key: []byte(account), Value: value})
+		if len(recs) == chunk || i == total-1 {
+			if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+				return fmt.Errorf("produce to the embedded broker: %w", err)
+			}
+			recs = recs[:0]
+			if (i+1)%(10*chunk) == 0 {
+				e.progress("produced %d/%d records", i+1, total)
+			}
+		}
+	}
+	return nil
+}
+
+// rssKiB reads VmRSS of a process.
+func rssKiB(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// withoutHeedEnv drops HEED_* variables, so that the child runs with exactly
+// the flags the benchmark passes.
+func withoutHeedEnv(environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, "HEED_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// lockedBuffer collects a child's stderr.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) tail() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := strings.TrimSpace(b.buf.String())
+	if len(s) > 2000 {
+		s = "…" + s[len(s)-2000:]
+	}
+	if s == "" {
+		return "(no output)"
+	}
+	return s
+}

@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable prints r as one table, a row per measured figure.
+func WriteTable(w io.Writer, r *Result, cfg Config) error {
+	cfg.setDefaults()
+	fmt.Fprintf(w, "heed bench: %s; PostgreSQL %s; %d partitions, %s accounts\n\n", r.Machine, r.Postgres, r.Partitions, count(r.Accounts))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "what\tfigure\tdetail")
+	batch, conc := cfg.Applier.MaxBatchRecords, cfg.Applier.Concurrency
+	if batch <= 0 {
+		batch = 4000
+	}
+	if conc <= 0 {
+		conc = 4
+	}
+	if r.CeilingBatched > 0 {
+		fmt.Fprintf(tw, "Postgres ceiling, batched SQL\t%s events/s\tno heed code: one unnest statement per table, %s events per transaction, %d at once\n", count(int(r.CeilingBatched)), count(batch), conc)
+		fmt.Fprintf(tw, "Postgres ceiling, COPY\t%s events/s\tCOPY for processed_events and command_results, one upsert for accounts\n", count(int(r.CeilingCopy)))
+	}
+	if r.Applier > 0 {
+		ratio := ""
+		if r.ApplierToCeiling > 0 {
+			ratio = fmt.Sprintf("%.2f × the batched ceiling; ", r.ApplierToCeiling)
+		}
+		fmt.Fprintf(tw, "applier drain\t%s events/s\t%s%s records from the topic, %s duplicates skipped\n", count(int(r.Applier)), ratio, count(r.ApplierRecords), count(int(r.ApplierDups)))
+	}
+	if r.Naive > 0 {
+		ratio := ""
+		if r.ApplierToNaive > 0 {
+			ratio = fmt.Sprintf("; the batched applier is %.0f× faster", r.ApplierToNaive)
+		}
+		fmt.Fprintf(tw, "one event per transaction\t%s events/s\t%s records%s\n", count(int(r.Naive)), count(r.NaiveEvents), ratio)
+	}
+	if r.NoopRPS > 0 {
+		fmt.Fprintf(tw, "ingest: no-op handler\t%s req/s\tp50 %.2f ms, p99 %.2f ms; %d %s clients for %s\n", count(int(r.NoopRPS)), r.NoopP50, r.NoopP99, r.Clients, r.Protocol, cfg.Duration)
+	}
+	if r.IngestRPS > 0 {
+		ratio := ""
+		if r.IngestToNoop > 0 {
+			ratio = fmt.Sprintf("; %.2f × the no-op handler", r.IngestToNoop)
+		}
+		fmt.Fprintf(tw, "ingest: Deposit to Kafka\t%s req/s\tp50 %.2f ms, p99 %.2f ms%s\n", count(int(r.IngestRPS)), r.IngestP50, r.IngestP99, ratio)
+	}
+	if r.E2ECommands > 0 {
+		fmt.Fprintf(tw, "end to end: ack → readable\tp50 %.2f ms, p99 %.2f ms\tmax %.2f ms; %s commands offered at %s/s, %s/s acknowledged, ack p99 %.2f ms\n",
+			r.E2EP50, r.E2EP99, r.E2EMax, count(r.E2ECommands), count(r.E2EOffered), count(int(r.E2EAchieved)), r.E2EAckP99)
+	}
+	if r.RSSEvents > 0 {
+		quarters := make([]string, len(r.RSSByQuarter))
+		for i, q := range r.RSSByQuarter {
+			quarters[i] = fmt.Sprintf("%.0f", q)
+		}
+		fmt.Fprintf(tw, "heed apply memory\tpeak RSS %.0f MiB\t%s MiB at 25/50/75/100%% of %s events, %s events/s\n",
+			r.RSSPeakMiB, strings.Join(quarters, "/"), count(r.RSSEvents), count(int(r.RSSApplier)))
+	}
+	return tw.Flush()
+}
+
+// count formats n with thousands separators.
+func count(n int) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
