@@ -64,7 +64,7 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	c.apply.registerBatch(fs)
 	fs.DurationVar(&c.produceLinger, "produce-linger", 0, "how long the ingest producer waits to fill a batch")
 	fs.StringVar(&c.compression, "compression", "none", "ingest record batch compression: none, gzip, snappy, lz4 or zstd")
-	c.log.register(fs)
+	c.log.registerLevel(fs, "warn")
 }
 
 func (c *benchCmd) run(ctx context.Context, stdout, stderr io.Writer) error {

@@ -95,8 +95,11 @@ type logFlags struct {
 	format string
 }
 
-func (l *logFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+func (l *logFlags) register(fs *flag.FlagSet) { l.registerLevel(fs, "info") }
+
+// registerLevel registers the flags with level as the default log level.
+func (l *logFlags) registerLevel(fs *flag.FlagSet, level string) {
+	fs.StringVar(&l.level, "log-level", level, "debug, info, warn or error")
 	fs.StringVar(&l.format, "log-format", "text", "text or json")
 }
 

@@ -366,8 +366,14 @@ func (e *env) applierConfig(topic, group string) applier.Config {
 // checkLedger verifies the ledger tables after applying: the balances sum to
 // deposits, every account exists and processed_events holds exactly events rows.
 func checkLedger(ctx context.Context, pool *pgxpool.Pool, accounts int, deposits, events int64) error {
+	return checkLedgerTx(ctx, pool, accounts, deposits, events)
+}
+
+func checkLedgerTx(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, accounts int, deposits, events int64) error {
 	var sum, rows, processed, results int64
-	err := pool.QueryRow(ctx, `SELECT (SELECT coalesce(sum(balance), 0) FROM accounts), (SELECT count(*) FROM accounts),
+	err := q.QueryRow(ctx, `SELECT (SELECT coalesce(sum(balance), 0) FROM accounts), (SELECT count(*) FROM accounts),
 (SELECT count(*) FROM processed_events), (SELECT count(*) FROM command_results)`).Scan(&sum, &rows, &processed, &results)
 	if err != nil {
 		return fmt.Errorf("read the ledger back: %w", err)

@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/internal/testenv"
+)
+
+// TestRunSmall runs every in-process phase at a small size against real
+// Postgres and the embedded broker: each must verify its result and report a
+// figure, and the run must leave no schema behind.
+func TestRunSmall(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	var progress bytes.Buffer
+	r, err := Run(t.Context(), Config{
+		DatabaseURL: url,
+		Events:      3000,
+		Accounts:    100,
+		NaiveEvents: 300,
+		Clients:     8,
+		Duration:    300 * time.Millisecond,
+		Rate:        400,
+		Only:        []string{"ceiling", "drain", "naive", "ingest", "e2e"},
+		Progress:    &progress,
+		Logger:      testenv.Logger(t),
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
+	}
+	for name, v := range map[string]float64{
+		"ceiling_batched_events_per_s": r.CeilingBatched,
+		"ceiling_copy_events_per_s":    r.CeilingCopy,
+		"applier_events_per_s":         r.Applier,
+		"naive_events_per_s":           r.Naive,
+		"ingest_rps":                   r.IngestRPS,
+		"noop_rps":                     r.NoopRPS,
+		"ingest_p99_ms":                r.IngestP99,
+		"e2e_p99_ms":                   r.E2EP99,
+		"applier_to_ceiling_ratio":     r.ApplierToCeiling,
+		"ingest_to_noop_ratio":         r.IngestToNoop,
+	} {
+		if v <= 0 {
+			t.Errorf("%s = %v, want > 0", name, v)
+		}
+	}
+	// 100 opens, 3,000 deposits, every hundredth deposit again.
+	if r.ApplierRecords != 3130 || r.ApplierDups != 30 {
+		t.Errorf("drain: %d records, %d duplicates skipped; want 3130 and 30", r.ApplierRecords, r.ApplierDups)
+	}
+	if r.NaiveEvents != 333 {
+		t.Errorf("naive: %d records, want 333 (30 opens, 300 deposits, 3 duplicates)", r.NaiveEvents)
+	}
+	if r.E2ECommands == 0 || r.E2EP50 > r.E2EP99 || r.E2EP99 > r.E2EMax {
+		t.Errorf("e2e: %d commands, p50 %v p99 %v max %v", r.E2ECommands, r.E2EP50, r.E2EP99, r.E2EMax)
+	}
+	var table bytes.Buffer
+	if err := WriteTable(&table, r, Config{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Postgres ceiling, batched SQL", "applier drain", "one event per transaction", "ingest: no-op handler", "end to end"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+
+	pool, err := pgxpool.New(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var left int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'heed_bench_%'`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d benchmark schemas left behind", left)
+	}
+}
+
+// TestCheckLedgerCatchesWrongResults: the check every phase ends with fails
+// on a lost event, an event applied twice and a missing processed row.
+func TestCheckLedgerCatchesWrongResults(t *testing.T) {
+	ctx := t.Context()
+	e := &env{cfg: Config{DatabaseURL: testenv.PostgresURL(t)}, run: randomSuffix()}
+	e.cfg.setDefaults()
+	admin, err := pgxpool.New(ctx, e.cfg.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	e.admin = admin
+	pool, _, drop, err := e.freshSchema(ctx, "check", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop()
+	data, err := newDataset(2, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeBatchedSQL(ctx, tx, data.events); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkLedger(ctx, pool, 2, 4, 6); err != nil {
+		t.Fatalf("correct ledger: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		sql  string
+	}{
+		{"deposit applied twice", `UPDATE accounts SET balance = balance + 1 WHERE account_id = 'acct-0'`},
+		{"deposit lost", `UPDATE accounts SET balance = balance - 2 WHERE account_id = 'acct-0'`},
+		{"processed row missing", `DELETE FROM processed_events WHERE event_id = (SELECT event_id FROM processed_events LIMIT 1)`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background()) //nolint:errcheck
+			if _, err := tx.Exec(ctx, c.sql); err != nil {
+				t.Fatal(err)
+			}
+			err = checkLedgerTx(ctx, tx, 2, 4, 6)
+			if err == nil || !strings.Contains(err.Error(), "WRONG RESULT") {
+				t.Fatalf("check after %s = %v, want a WRONG RESULT error", c.name, err)
+			}
+		})
+	}
+}
+
+// TestTrackerLatencies: an ack counts as readable once its partition's
+// applied position passes its offset, measured from the ack.
+func TestTrackerLatencies(t *testing.T) {
+	tr := newTracker()
+	t0 := time.Now()
+	tr.add(consistency.Token{Partition: 0, Offset: 5}, t0)
+	tr.add(consistency.Token{Partition: 0, Offset: 6}, t0)
+	tr.add(consistency.Token{Partition: 1, Offset: 0}, t0.Add(time.Millisecond))
+	if left := tr.observe(map[int32]int64{0: 6}, t0.Add(3*time.Millisecond)); left != 2 {
+		t.Fatalf("pending after the first observation = %d, want 2", left)
+	}
+	if left := tr.observe(map[int32]int64{0: 7, 1: 1}, t0.Add(10*time.Millisecond)); left != 0 {
+		t.Fatalf("pending after the second observation = %d, want 0", left)
+	}
+	got := tr.latencies()
+	want := latencies{3 * time.Millisecond, 9 * time.Millisecond, 10 * time.Millisecond}
+	if len(got) != len(want) {
+		t.Fatalf("latencies = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("latencies = %v, want %v", got, want)
+		}
+	}
+	if q := got.quantile(0.5); q != 9*time.Millisecond {
+		t.Errorf("p50 = %v, want 9ms", q)
+	}
+	if q := got.quantile(1); q != 10*time.Millisecond {
+		t.Errorf("max = %v, want 10ms", q)
+	}
+}
