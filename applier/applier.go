@@ -14,6 +14,12 @@
 // offset commit. On assignment a partition resumes from its applied position in
 // Postgres; the Kafka commit serves lag tools. Transient failures are retried
 // with exponential backoff forever: a partition never skips a record silently.
+//
+// The transaction runs on one connection as pipelined round trips: BEGIN, the
+// compare-and-set, the claim and the handler's reads travel in the first; the
+// handler's writes, the quarantine and COMMIT in the last. A Handler that also
+// implements BatchHandler thus costs two round trips per batch, whatever its
+// size.
 package applier
 
 import (
@@ -105,7 +111,10 @@ type Applier struct {
 	pool    *pgxpool.Pool
 	handler Handler
 	log     *slog.Logger
+	// cl is set once New has created it; the client's callbacks, which may
+	// run before that, wait for clReady first.
 	cl      *kgo.Client
+	clReady chan struct{}
 	stats   counters
 	// slots holds one token per batch transaction allowed at once.
 	slots chan struct{}
@@ -127,7 +136,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		return nil, err
 	}
 	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition),
-		slots: make(chan struct{}, cfg.Concurrency)}
+		slots: make(chan struct{}, cfg.Concurrency), clReady: make(chan struct{})}
 	a.hard, a.cancelHard = context.WithCancel(context.Background())
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -147,6 +156,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		return nil, fmt.Errorf("create Kafka consumer: %w", err)
 	}
 	a.cl = cl
+	close(a.clReady)
 	return a, nil
 }
 

@@ -22,6 +22,12 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	if len(parts) == 0 {
 		return offsets, nil
 	}
+	// The client may join the group before New has stored it in a.cl.
+	select {
+	case <-a.clReady:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	ids := slices.Sorted(maps.Keys(parts))
 	var positions map[int32]int64
 	err := backoff.Retry(func() error {

@@ -86,7 +86,10 @@ func (w *partition) resync(batch []*kgo.Record) bool {
 	return true
 }
 
-// applyOnce runs one transaction for batch.
+// applyOnce runs one transaction for batch, on one connection, in pipelined
+// round trips (see begin and commit): two for a BatchHandler, two plus Apply's
+// own for a plain Handler, and one more only when some events were not new
+// (the claim's fingerprint comparison). Any failure rolls everything back.
 func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	a := w.a
 	// Records below the known position were applied already (a re-fetch).
@@ -100,36 +103,52 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 
 	decs := make([]decoded, len(batch))
 	items := make([]dedup.Item, 0, len(batch))
+	events := make([]Event, 0, len(batch))
 	for i, r := range batch {
 		decs[i] = decode(a.handler, r)
 		if decs[i].poison == "" {
 			items = append(items, dedup.Item{ID: decs[i].event.ID, Fingerprint: decs[i].fingerprint})
+			events = append(events, decs[i].event)
 		}
 	}
 
-	tx, err := a.pool.Begin(ctx)
+	conn, err := a.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return fmt.Errorf("acquire database connection: %w", err)
 	}
-	defer tx.Rollback(context.Background()) //nolint:errcheck // after Commit this is a no-op
-
-	// The compare-and-set comes first: it locks the position row, so a competing
-	// member of the same partition waits here, then finds the position moved.
-	tag, err := tx.Exec(ctx, `UPDATE applied_positions SET next_offset = $1 WHERE topic = $2 AND partition = $3 AND next_offset = $4`,
-		next, a.cfg.Topic, w.p, w.next)
-	if err != nil {
-		return fmt.Errorf("move applied position: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
-		return errStale
-	}
-	statuses, err := dedup.Claim(ctx, tx, items)
+	defer release(conn) // rolls back unless COMMIT went through
+	t, err := w.begin(ctx, conn, next, items, events)
 	if err != nil {
 		return err
 	}
-	fresh := make([]Event, 0, len(items))
-	var bad []quarantined
-	var dups, conflicts int64
+	statuses, err := t.claimed.Statuses(ctx, conn)
+	if err != nil {
+		return err
+	}
+	fresh, bad, dups, conflicts := classify(decs, statuses)
+	if err := w.commit(ctx, t, fresh, bad); err != nil {
+		return err
+	}
+
+	w.next = next
+	s := &a.stats
+	s.batches.Add(1)
+	s.applied.Add(int64(len(fresh)))
+	s.duplicates.Add(dups)
+	s.conflicts.Add(conflicts)
+	s.quarantined.Add(int64(len(bad)) - conflicts)
+	for _, q := range bad {
+		a.log.Warn("record quarantined", "kind", q.kind, "partition", q.rec.Partition, "offset", q.rec.Offset, "reason", q.reason)
+	}
+	return nil
+}
+
+// classify splits a batch by what decoding and the claim found: the new events
+// to apply, the records to quarantine (poison ones and conflicts), and how
+// many were duplicates and conflicts. statuses holds one status per decodable
+// record, in order.
+func classify(decs []decoded, statuses []dedup.Status) (fresh []Event, bad []quarantined, dups, conflicts int64) {
+	fresh = make([]Event, 0, len(statuses))
 	j := 0
 	for _, d := range decs {
 		if d.poison != "" {
@@ -148,26 +167,5 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 		}
 		j++
 	}
-	if len(fresh) > 0 {
-		if err := a.handler.Apply(ctx, tx, fresh); err != nil {
-			return fmt.Errorf("apply events: %w", err)
-		}
-	}
-	if err := quarantine(ctx, tx, a.cfg.Topic, bad); err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	w.next = next
-	s := &a.stats
-	s.batches.Add(1)
-	s.applied.Add(int64(len(fresh)))
-	s.duplicates.Add(dups)
-	s.conflicts.Add(conflicts)
-	s.quarantined.Add(int64(len(bad)) - conflicts)
-	for _, q := range bad {
-		a.log.Warn("record quarantined", "kind", q.kind, "partition", q.rec.Partition, "offset", q.rec.Offset, "reason", q.reason)
-	}
-	return nil
+	return fresh, bad, dups, conflicts
 }

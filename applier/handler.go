@@ -42,5 +42,41 @@ type Handler interface {
 	// the events and on state written by earlier events of the same partition.
 	// Business rejections are results to record, not errors. Any error rolls back
 	// the whole batch, which is then retried with backoff until it succeeds.
+	// Apply must neither commit nor roll back tx: the applier does.
 	Apply(ctx context.Context, tx pgx.Tx, events []Event) error
+}
+
+// BatchHandler is a Handler that does not talk to the database while it
+// applies: it queues its reads and its writes onto pipelined batches, so that a
+// batch of events costs the applier two round trips to Postgres whatever its
+// size, instead of the two plus Apply's own. When the Handler given to New
+// implements BatchHandler, the applier never calls its Apply.
+//
+// Its methods are called from one goroutine per partition, like Decode and
+// Apply: implementations must be safe for concurrent use across partitions.
+type BatchHandler interface {
+	Handler
+
+	// Load queues onto b the reads that deciding events needs and returns what
+	// they read, filled in by the queued queries' callbacks when b is sent in the
+	// batch's transaction. events are all the decodable events of the batch (at
+	// least one), of one partition, in log order; some may turn out to be
+	// duplicates, which Loaded.Queue then does not see. Load must not block or
+	// touch the database itself. A queued query failing, or its callback
+	// returning an error, rolls back the whole batch, which is then retried.
+	Load(b *pgx.Batch, events []Event) Loaded
+}
+
+// Loaded is what a BatchHandler's Load read, once the batch holding its
+// queries has been sent. It belongs to one batch transaction and is used by one
+// goroutine: it need not be safe for concurrent use.
+type Loaded interface {
+	// Queue decides the effects of events from what Load read, in log order,
+	// deterministically (see Handler.Apply), and queues the writes onto b, which
+	// the applier sends with the commit. events are the new ones among those
+	// given to Load (at least one), in log order. Business rejections are
+	// results to write, not errors. An error, or a queued write failing in
+	// Postgres, rolls back the whole batch, which is then retried with backoff;
+	// Load and Queue then run again on a fresh batch.
+	Queue(events []Event, b *pgx.Batch) error
 }

@@ -1,9 +1,6 @@
 package applier
 
 import (
-	"context"
-	"fmt"
-
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -17,10 +14,12 @@ type quarantined struct {
 	eventID *uuid.UUID
 }
 
-// quarantine stores records with their raw bytes, position and reason, in tx.
-func quarantine(ctx context.Context, tx pgx.Tx, topic string, qs []quarantined) error {
+// queueQuarantine queues onto b the statement that stores records with their
+// raw bytes, position and reason; b must be sent in the batch's transaction. It
+// queues nothing when qs is empty.
+func queueQuarantine(b *pgx.Batch, topic string, qs []quarantined) {
 	if len(qs) == 0 {
-		return nil
+		return
 	}
 	var (
 		parts   = make([]int32, len(qs))
@@ -39,11 +38,7 @@ func quarantine(ctx context.Context, tx pgx.Tx, topic string, qs []quarantined) 
 			ids[i] = &id
 		}
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value)
+	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value)
 SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[])
 ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values)
-	if err != nil {
-		return fmt.Errorf("quarantine records: %w", err)
-	}
-	return nil
 }

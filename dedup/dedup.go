@@ -58,8 +58,9 @@ type Item struct {
 	Fingerprint int64
 }
 
-// Querier is what Claim needs: a pgx.Tx, so that the claim commits or rolls back
-// with the state change it guards.
+// Querier is what Claim and Claimed.Statuses need: a pgx.Tx (or the connection
+// of a transaction begun by hand), so that the claim commits or rolls back with
+// the state change it guards.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
@@ -77,89 +78,21 @@ const fingerprintsSQL = `SELECT event_id, fingerprint FROM processed_events WHER
 // not new does it run a second statement to compare fingerprints.
 //
 // q must be the transaction that applies the new items: if it rolls back, the
-// claim rolls back too. Claim is as safe for concurrent use as q is.
+// claim rolls back too. Errors are wrapped with what failed; the transaction
+// must then be rolled back. Claim is as safe for concurrent use as q is.
 func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
-	ids := make([][16]byte, len(items))
-	fps := make([]int64, len(items))
-	for i, it := range items {
-		ids[i] = it.ID
-		fps[i] = it.Fingerprint
-	}
-	inserted, err := collectIDs(ctx, q, claimSQL, ids, fps)
+	c := &Claimed{items: items}
+	rows, err := q.Query(ctx, claimSQL, c.args()...)
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids: %w", err)
 	}
-	out := make([]Status, len(items))
-	var seen []int
-	for i, it := range items {
-		if _, ok := inserted[it.ID]; ok {
-			delete(inserted, it.ID)
-			out[i] = New
-			continue
-		}
-		seen = append(seen, i)
-	}
-	if len(seen) == 0 {
-		return out, nil
-	}
-	dupIDs := make([][16]byte, len(seen))
-	for j, i := range seen {
-		dupIDs[j] = items[i].ID
-	}
-	stored, err := collectFingerprints(ctx, q, dupIDs)
-	if err != nil {
-		return nil, fmt.Errorf("read fingerprints of processed events: %w", err)
-	}
-	for _, i := range seen {
-		fp, ok := stored[items[i].ID]
-		switch {
-		case !ok:
-			return nil, fmt.Errorf("claim event ids: %s neither inserted nor found", items[i].ID)
-		case fp == items[i].Fingerprint:
-			out[i] = Duplicate
-		default:
-			out[i] = Conflict
-		}
-	}
-	return out, nil
-}
-
-func collectIDs(ctx context.Context, q Querier, sql string, args ...any) (map[uuid.UUID]struct{}, error) {
-	rows, err := q.Query(ctx, sql, args...)
+	err = c.collect(rows)
+	rows.Close()
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	got := make(map[uuid.UUID]struct{})
-	var id [16]byte
-	for rows.Next() {
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		got[id] = struct{}{}
-	}
-	return got, rows.Err()
-}
-
-func collectFingerprints(ctx context.Context, q Querier, ids [][16]byte) (map[uuid.UUID]int64, error) {
-	rows, err := q.Query(ctx, fingerprintsSQL, ids)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	got := make(map[uuid.UUID]int64, len(ids))
-	var (
-		id [16]byte
-		fp int64
-	)
-	for rows.Next() {
-		if err := rows.Scan(&id, &fp); err != nil {
-			return nil, err
-		}
-		got[id] = fp
-	}
-	return got, rows.Err()
+	return c.Statuses(ctx, q)
 }

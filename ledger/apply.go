@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -16,10 +17,11 @@ import (
 )
 
 // Applier applies ledger events to the accounts and command_results tables. It
-// is stateless and safe for concurrent use.
+// is an applier.BatchHandler: one batch of events costs the applier two round
+// trips to Postgres. It is stateless and safe for concurrent use.
 type Applier struct{}
 
-var _ applier.Handler = Applier{}
+var _ applier.BatchHandler = Applier{}
 
 var accountIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
@@ -65,13 +67,84 @@ type account struct {
 	dirty   bool
 }
 
-// Apply applies a batch in bulk: it reads every account the batch touches in one
-// query, decides each event in log order in memory, then writes the changed
-// accounts and all results with one statement each.
-func (Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) error {
-	accounts, err := readAccounts(ctx, tx, events)
-	if err != nil {
+// Apply applies a batch in bulk inside tx, in two round trips: it reads every
+// account the batch touches with one query (Load), decides each event in log
+// order in memory, then writes the changed accounts and all results with one
+// statement each (Loaded.Queue). Errors are wrapped with what failed; tx must
+// then be rolled back.
+func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	l := h.Load(b, events)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("read accounts: %w", err)
+	}
+	b = &pgx.Batch{}
+	if err := l.Queue(events, b); err != nil {
 		return err
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write accounts and command results: %w", err)
+	}
+	return nil
+}
+
+// Load queues onto b the read of every account events touch, in one query, and
+// returns the accounts its callback fills in when b is sent. The read's errors
+// come out of b's results.
+func (Applier) Load(b *pgx.Batch, events []applier.Event) applier.Loaded {
+	l := &loaded{accounts: make(map[string]*account)}
+	ids := make([]string, 0, len(events))
+	for _, ev := range events {
+		if _, ok := l.accounts[ev.AggregateID]; !ok {
+			l.accounts[ev.AggregateID] = &account{}
+			ids = append(ids, ev.AggregateID)
+		}
+	}
+	b.Queue(`SELECT account_id, balance FROM accounts WHERE account_id = ANY($1::text[])`, ids).Query(l.read)
+	return l
+}
+
+// loaded holds the accounts a batch touches, as read by Load and then changed
+// in memory by Queue.
+type loaded struct {
+	accounts map[string]*account
+	// done is set once the read's whole result has arrived.
+	done bool
+}
+
+func (l *loaded) read(rows pgx.Rows) error {
+	for rows.Next() {
+		var (
+			id      string
+			balance int64
+		)
+		if err := rows.Scan(&id, &balance); err != nil {
+			return fmt.Errorf("scan account: %w", err)
+		}
+		a, ok := l.accounts[id]
+		if !ok {
+			return fmt.Errorf("read account %q, which was not asked for", id)
+		}
+		a.balance, a.exists = balance, true
+	}
+	if err := rows.Err(); err != nil {
+		return err // the query's own error, reported by whoever sent the batch
+	}
+	l.done = true
+	return nil
+}
+
+// Queue decides events in log order in memory, from the accounts Load read and
+// the effects of the events before them, then queues onto b the upsert of the
+// changed accounts and the insert of every event's result. It returns an error,
+// and queues nothing, when the read has not arrived or an event's account was
+// not loaded.
+func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) error {
+	if !l.done {
+		return errors.New("decide events: the accounts were not read (the batch holding the read was not sent, or failed)")
 	}
 	res := results{
 		ids:      make([][16]byte, 0, len(events)),
@@ -82,8 +155,10 @@ func (Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) err
 		balances: make([]int64, 0, len(events)),
 	}
 	for _, ev := range events {
-		id := ev.AggregateID
-		a := accounts[id]
+		a, ok := l.accounts[ev.AggregateID]
+		if !ok {
+			return fmt.Errorf("decide event %s: account %q was not loaded", ev.ID, ev.AggregateID)
+		}
 		reason := decide(a, ev.Payload)
 		status := int16(ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED)
 		if reason != "" {
@@ -91,10 +166,9 @@ func (Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) err
 		}
 		res.add(ev, status, reason, a.balance)
 	}
-	if err := writeAccounts(ctx, tx, accounts); err != nil {
-		return err
-	}
-	return res.write(ctx, tx)
+	queueAccounts(b, l.accounts)
+	res.queue(b)
+	return nil
 }
 
 // decide applies one event to a in memory and returns "" or why it is rejected.
@@ -129,37 +203,8 @@ func decide(a *account, payload any) string {
 	return ""
 }
 
-func readAccounts(ctx context.Context, tx pgx.Tx, events []applier.Event) (map[string]*account, error) {
-	accounts := make(map[string]*account)
-	ids := make([]string, 0, len(events))
-	for _, ev := range events {
-		if _, ok := accounts[ev.AggregateID]; !ok {
-			accounts[ev.AggregateID] = &account{}
-			ids = append(ids, ev.AggregateID)
-		}
-	}
-	rows, err := tx.Query(ctx, `SELECT account_id, balance FROM accounts WHERE account_id = ANY($1::text[])`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("read accounts: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			id      string
-			balance int64
-		)
-		if err := rows.Scan(&id, &balance); err != nil {
-			return nil, fmt.Errorf("read accounts: %w", err)
-		}
-		accounts[id].balance, accounts[id].exists = balance, true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read accounts: %w", err)
-	}
-	return accounts, nil
-}
-
-func writeAccounts(ctx context.Context, tx pgx.Tx, accounts map[string]*account) error {
+// queueAccounts queues onto b the upsert of the changed accounts, if any.
+func queueAccounts(b *pgx.Batch, accounts map[string]*account) {
 	var ids []string
 	for id, a := range accounts {
 		if a.dirty {
@@ -167,20 +212,16 @@ func writeAccounts(ctx context.Context, tx pgx.Tx, accounts map[string]*account)
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return
 	}
 	slices.Sort(ids) // one lock order for every writer
 	balances := make([]int64, len(ids))
 	for i, id := range ids {
 		balances[i] = accounts[id].balance
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO accounts (account_id, balance)
+	b.Queue(`INSERT INTO accounts (account_id, balance)
 SELECT * FROM unnest($1::text[], $2::int8[])
 ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance`, ids, balances)
-	if err != nil {
-		return fmt.Errorf("write accounts: %w", err)
-	}
-	return nil
 }
 
 // results collects command outcomes column by column for one bulk insert.
@@ -202,12 +243,9 @@ func (r *results) add(ev applier.Event, status int16, reason string, balance int
 	r.balances = append(r.balances, balance)
 }
 
-func (r *results) write(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `INSERT INTO command_results (event_id, request_id, account_id, status, reason, balance_after)
+// queue queues onto b the insert of the collected results.
+func (r *results) queue(b *pgx.Batch) {
+	b.Queue(`INSERT INTO command_results (event_id, request_id, account_id, status, reason, balance_after)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::int8[])`,
 		r.ids, r.requests, r.accounts, r.statuses, r.reasons, r.balances)
-	if err != nil {
-		return fmt.Errorf("write command results: %w", err)
-	}
-	return nil
 }

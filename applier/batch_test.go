@@ -1,0 +1,220 @@
+package applier_test
+
+import (
+	"fmt"
+	"maps"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Every record is applied once: new events change the counters, a redelivered
+// one is skipped, a reused request ID with other content and a record that can
+// never apply are quarantined, and the position reaches the topic's end.
+func TestApplyOnce(t *testing.T) {
+	for _, hc := range handlers() {
+		t.Run(hc.name, func(t *testing.T) {
+			s := newStack(t)
+			c := new(counter)
+			a1, b1 := record(t, "a", "a1", 1), record(t, "b", "b1", 10)
+			s.produce(t, a1, b1, record(t, "a", "a2", 2))
+			s.produce(t, a1, record(t, "b", "b1", 99), record(t, "a", "bad", 0), record(t, "b", "b2", 20))
+			app := s.start(t, hc.make(c), 0)
+			eventually(t, 20*time.Second, func() string {
+				if st := app.Stats(); st.Applied != 4 || st.Duplicates != 1 || st.Conflicts != 1 || st.Quarantined != 1 {
+					return fmt.Sprintf("stats %+v, want 4 applied, 1 duplicate, 1 conflict, 1 quarantined", st)
+				}
+				return ""
+			})
+			if got, want := s.counters(t), map[string]int64{"a": 3, "b": 30}; !maps.Equal(got, want) {
+				t.Errorf("counters = %v, want %v", got, want)
+			}
+			if n := s.value(t, `SELECT count(*) FROM processed_events`); n != 4 {
+				t.Errorf("processed_events has %d rows, want 4", n)
+			}
+			if n := s.value(t, `SELECT count(*) FROM quarantine`); n != 2 {
+				t.Errorf("quarantine has %d rows, want 2 (the conflict and the poison record)", n)
+			}
+			if p := s.position(t); p != 7 {
+				t.Errorf("applied position = %d, want 7", p)
+			}
+			checkPath(t, hc.name, c)
+		})
+	}
+}
+
+// checkPath checks that the applier drove the handler the way its form asks.
+func checkPath(t *testing.T, form string, c *counter) {
+	t.Helper()
+	applies, queues := c.applies.Load(), c.queues.Load()
+	switch {
+	case form == "batched" && (applies != 0 || queues == 0):
+		t.Errorf("BatchHandler: Apply called %d times, Loaded.Queue %d; want only Queue", applies, queues)
+	case form == "plain" && applies == 0:
+		t.Errorf("plain Handler: Apply never called")
+	}
+}
+
+// A batch of new events costs two round trips to Postgres for a BatchHandler,
+// and two plus Apply's own statements for a plain Handler; a batch holding a
+// duplicate costs one query more, to compare fingerprints.
+func TestRoundTrips(t *testing.T) {
+	for _, hc := range handlers() {
+		t.Run(hc.name, func(t *testing.T) {
+			s := newStack(t)
+			c := new(counter)
+			var recs []*kgo.Record
+			for i := range 20 {
+				recs = append(recs, record(t, fmt.Sprint("k", i%3), fmt.Sprint("r", i), 1))
+			}
+			s.produce(t, recs...)
+			s.trips.batches.Store(0)
+			s.trips.queries.Store(0)
+			app := s.start(t, hc.make(c), 0)
+			eventually(t, 20*time.Second, func() string {
+				if st := app.Stats(); st.Applied != 20 {
+					return fmt.Sprintf("stats %+v, want 20 applied", st)
+				}
+				return ""
+			})
+			txs := app.Stats().Batches
+			wantQueries := int64(0) // the BatchHandler only queues
+			if hc.name == "plain" {
+				wantQueries = 2 * txs // the counter's Apply: one read, one write
+			}
+			if b, q := s.trips.batches.Load(), s.trips.queries.Load(); b != 2*txs || q != wantQueries {
+				t.Errorf("%d transactions sent %d batches and %d single statements, want %d and %d", txs, b, q, 2*txs, wantQueries)
+			}
+
+			s.produce(t, recs[0])
+			eventually(t, 20*time.Second, func() string {
+				if st := app.Stats(); st.Duplicates != 1 {
+					return fmt.Sprintf("stats %+v, want 1 duplicate", st)
+				}
+				return ""
+			})
+			if b, q := s.trips.batches.Load(), s.trips.queries.Load(); b != 2*txs+2 || q != wantQueries+1 {
+				t.Errorf("a batch of one duplicate sent %d batches and %d single statements, want 2 and 1", b-2*txs, q-wantQueries)
+			}
+		})
+	}
+}
+
+// A batch whose handler fails, or whose writes fail in Postgres, is rolled
+// back whole (position, claims, quarantine, state) and retried until it
+// commits, once; no connection is left inside a transaction.
+func TestFailedBatchRetried(t *testing.T) {
+	failures := []struct {
+		name   string
+		toggle func(c *counter, on bool)
+	}{
+		{"handler error", func(c *counter, on bool) { c.fail.Store(on) }},
+		{"write fails in Postgres", func(c *counter, on bool) { c.violate.Store(on) }},
+	}
+	for _, hc := range handlers() {
+		for _, f := range failures {
+			t.Run(hc.name+"/"+f.name, func(t *testing.T) {
+				s := newStack(t)
+				c := new(counter)
+				f.toggle(c, true)
+				s.produce(t, record(t, "a", "a1", 1), record(t, "a", "bad", 0), record(t, "b", "b1", 10), record(t, "a", "a2", 2))
+				app := s.start(t, hc.make(c), 0)
+				eventually(t, 20*time.Second, func() string {
+					if n, st := c.failed.Load(), app.Stats(); n < 2 || st.Retries < 2 {
+						return fmt.Sprintf("failed %d times, stats %+v; want at least 2 failures and retries", n, st)
+					}
+					return ""
+				})
+				if p := s.position(t); p != 0 {
+					t.Errorf("applied position = %d while the batch fails, want 0", p)
+				}
+				for _, table := range []string{"processed_events", "quarantine", "counters"} {
+					if n := s.value(t, `SELECT count(*) FROM `+pgx.Identifier{table}.Sanitize()); n != 0 {
+						t.Errorf("%s has %d rows while the batch fails, want 0", table, n)
+					}
+				}
+
+				f.toggle(c, false)
+				eventually(t, 20*time.Second, func() string {
+					if st := app.Stats(); st.Applied != 3 || st.Quarantined != 1 {
+						return fmt.Sprintf("stats %+v, want 3 applied, 1 quarantined", st)
+					}
+					return ""
+				})
+				if got, want := s.counters(t), map[string]int64{"a": 3, "b": 10}; !maps.Equal(got, want) {
+					t.Errorf("counters = %v, want %v (each event applied once)", got, want)
+				}
+				if n := s.value(t, `SELECT count(*) FROM processed_events`); n != 3 {
+					t.Errorf("processed_events has %d rows, want 3", n)
+				}
+				if n := s.value(t, `SELECT count(*) FROM quarantine`); n != 1 {
+					t.Errorf("quarantine has %d rows, want 1", n)
+				}
+				if p := s.position(t); p != 4 {
+					t.Errorf("applied position = %d, want 4", p)
+				}
+				if st := app.Stats(); st.Batches != 1 {
+					t.Errorf("stats %+v, want the one batch committed once", st)
+				}
+				s.checkNoOpenTransaction(t)
+				checkPath(t, hc.name, c)
+			})
+		}
+	}
+}
+
+// Stopping an applier whose batch is stuck in Postgres (here: its
+// compare-and-set waits for a lock) aborts the batch once the shutdown grace
+// is over: Run returns, nothing of the batch commits, no session stays in a
+// transaction, and the next member applies the records once.
+func TestShutdownAbortsStuckBatch(t *testing.T) {
+	for _, hc := range handlers() {
+		t.Run(hc.name, func(t *testing.T) {
+			s := newStack(t)
+			ctx := t.Context()
+			c := new(counter)
+			if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, 0, 0)`, s.topic); err != nil {
+				t.Fatal(err)
+			}
+			lock, err := s.pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lock.Rollback(ctx) //nolint:errcheck // rolled back below; a no-op then
+			if _, err := lock.Exec(ctx, `SELECT * FROM applied_positions WHERE topic = $1 FOR UPDATE`, s.topic); err != nil {
+				t.Fatal(err)
+			}
+			s.produce(t, record(t, "a", "a1", 1), record(t, "b", "b1", 10))
+			app := s.start(t, hc.make(c), 200*time.Millisecond)
+			eventually(t, 20*time.Second, func() string {
+				if n := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); n != 1 {
+					return fmt.Sprintf("%d sessions wait for a lock, want 1 (the applier's compare-and-set)", n)
+				}
+				return ""
+			})
+			if took := app.stop(t, 10*time.Second); took > 5*time.Second {
+				t.Errorf("Run took %v to return with a batch stuck, want about the shutdown grace (200ms)", took)
+			}
+			if err := lock.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s.checkNoOpenTransaction(t)
+			if p, n := s.position(t), s.value(t, `SELECT count(*) FROM processed_events`); p != 0 || n != 0 {
+				t.Fatalf("after the aborted batch: position %d, %d processed events; want 0 and 0", p, n)
+			}
+
+			next := s.start(t, hc.make(c), 0)
+			eventually(t, 20*time.Second, func() string {
+				if st := next.Stats(); st.Applied != 2 {
+					return fmt.Sprintf("stats %+v, want 2 applied", st)
+				}
+				return ""
+			})
+			if got, want := s.counters(t), map[string]int64{"a": 1, "b": 10}; !maps.Equal(got, want) {
+				t.Errorf("counters = %v, want %v", got, want)
+			}
+		})
+	}
+}

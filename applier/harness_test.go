@@ -1,0 +1,245 @@
+package applier_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/envelope"
+	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+	"github.com/heed-dev/heed/internal/testenv"
+	"github.com/heed-dev/heed/schema"
+)
+
+// handlers returns the counter domain in both forms the applier drives: as a
+// BatchHandler (two pipelined round trips per batch) and as a plain Handler.
+func handlers() []struct {
+	name string
+	make func(*counter) applier.Handler
+} {
+	return []struct {
+		name string
+		make func(*counter) applier.Handler
+	}{
+		{"batched", func(c *counter) applier.Handler { return batchCounter{c} }},
+		{"plain", func(c *counter) applier.Handler { return c }},
+	}
+}
+
+// stack is a fresh database migrated for the applier and the counter domain,
+// whose pool counts what it sends, and an embedded broker with a one-partition
+// topic.
+type stack struct {
+	pool   *pgxpool.Pool
+	trips  *roundTrips
+	broker []string
+	topic  string
+	cl     *kgo.Client
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	ctx := t.Context()
+	cfg, err := schema.PoolConfig(testenv.PostgresURL(t), schema.Default, 8)
+	if err != nil {
+		t.Fatalf("pool config: %v", err)
+	}
+	s := &stack{trips: new(roundTrips), topic: "counters"}
+	cfg.ConnConfig.Tracer = s.trips
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(s.pool.Close)
+	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}}
+	if err := schema.Migrate(ctx, s.pool, schema.Default, sets, testenv.Logger(t)); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if _, err := s.pool.Exec(ctx, counterTableSQL); err != nil {
+		t.Fatalf("create counters: %v", err)
+	}
+	s.broker = testenv.Broker(t, 1).Addrs()
+	if s.cl, err = kgo.NewClient(kgo.SeedBrokers(s.broker...), kgo.DefaultProduceTopic(s.topic), kgo.AllowAutoTopicCreation()); err != nil {
+		t.Fatalf("producer: %v", err)
+	}
+	t.Cleanup(s.cl.Close)
+	return s
+}
+
+// record is an event adding inc to key's counter, with the event ID derived
+// from requestID. An increment below 1 makes it poison.
+func record(t *testing.T, key, requestID string, inc int64) *kgo.Record {
+	t.Helper()
+	payload, err := anypb.New(wrapperspb.Int64(inc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := proto.Marshal(&envelopev1.Envelope{
+		EventId: envelope.EventID(requestID).String(), Type: "google.protobuf.Int64Value",
+		RequestId: requestID, AggregateId: key, Payload: payload,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Key: []byte(key), Value: v}
+}
+
+func (s *stack) produce(t *testing.T, recs ...*kgo.Record) {
+	t.Helper()
+	if err := s.cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+}
+
+// running is an applier running in a goroutine.
+type running struct {
+	*applier.Applier
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// start runs an applier member on the stack through h, stopped in t.Cleanup
+// unless stopped first.
+func (s *stack) start(t *testing.T, h applier.Handler, grace time.Duration) *running {
+	t.Helper()
+	a, err := applier.New(applier.Config{Brokers: s.broker, Topic: s.topic, Group: "counters",
+		ShutdownGrace: grace, Logger: testenv.Logger(t)}, s.pool, h)
+	if err != nil {
+		t.Fatalf("applier: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{Applier: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t, 30*time.Second) })
+	return r
+}
+
+// stop ends Run and reports how long it took to return; it fails the test if
+// Run does not return within limit. Calling it again returns 0.
+func (r *running) stop(t *testing.T, limit time.Duration) time.Duration {
+	t.Helper()
+	if r.done == nil {
+		return 0
+	}
+	start := time.Now()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("applier run: %v", err)
+		}
+	case <-time.After(limit):
+		t.Errorf("applier did not stop within %v", limit)
+	}
+	r.done = nil
+	return time.Since(start)
+}
+
+// eventually polls cond every 20ms until it returns "" or timeout passes, then
+// fails with cond's last complaint.
+func eventually(t *testing.T, timeout time.Duration, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := cond()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// value runs a query returning one int64.
+func (s *stack) value(t *testing.T, sql string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := s.pool.QueryRow(t.Context(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// position is the partition's applied position.
+func (s *stack) position(t *testing.T) int64 {
+	t.Helper()
+	return s.value(t, `SELECT coalesce(max(next_offset), 0) FROM applied_positions WHERE topic = $1 AND partition = 0`, s.topic)
+}
+
+// counters returns every counter's value.
+func (s *stack) counters(t *testing.T) map[string]int64 {
+	t.Helper()
+	rows, err := s.pool.Query(t.Context(), `SELECT key, n FROM counters`)
+	if err != nil {
+		t.Fatalf("read counters: %v", err)
+	}
+	out := make(map[string]int64)
+	if err := scanCounters(rows, out); err != nil {
+		t.Fatalf("read counters: %v", err)
+	}
+	return out
+}
+
+// checkNoOpenTransaction checks that no session on the test database is left
+// inside a transaction (waiting a little for connections being closed), and
+// that every idle connection in the pool is outside one.
+func (s *stack) checkNoOpenTransaction(t *testing.T) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() string {
+		var n int64
+		var states []string
+		err := s.pool.QueryRow(t.Context(), `SELECT count(*), coalesce(array_agg(state || ': ' || query), '{}') FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL`).Scan(&n, &states)
+		if err != nil {
+			return fmt.Sprintf("read pg_stat_activity: %v", err)
+		}
+		if n != 0 {
+			return fmt.Sprintf("%d sessions are inside a transaction: %s", n, strings.Join(states, "; "))
+		}
+		return ""
+	})
+	for _, c := range s.pool.AcquireAllIdle(t.Context()) {
+		if st := c.Conn().PgConn().TxStatus(); st != 'I' {
+			t.Errorf("an idle pooled connection has transaction status %q, want 'I'", st)
+		}
+		c.Release()
+	}
+}
+
+// roundTrips counts what a pool sends: batches (one round trip each, once
+// their statements are prepared) and single statements, leaving out those on
+// applied_positions that the applier runs when partitions are assigned.
+type roundTrips struct {
+	batches, queries atomic.Int64
+}
+
+func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if !strings.Contains(d.SQL, "applied_positions") {
+		r.queries.Add(1)
+	}
+	return ctx
+}
+
+func (*roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	r.batches.Add(1)
+	return ctx
+}
+
+func (*roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+
+func (*roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}

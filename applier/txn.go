@@ -1,0 +1,154 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/heed-dev/heed/dedup"
+)
+
+// A batch transaction runs on one connection taken from the pool, as pipelined
+// round trips driven by hand: begin sends the first, which opens it, commit
+// the last, which ends with COMMIT. Whatever happens in between, release ends
+// it: a connection goes back to the pool only outside a transaction.
+//
+// Cancelling the context (the applier's hard stop) aborts the round trip in
+// flight by closing the connection. Once the last round trip is on its way the
+// server may still commit it; that is the same as a commit whose answer was
+// lost, which the applied position makes safe: the next owner resumes from
+// what the database holds.
+
+// casSQL moves a partition's applied position by compare-and-set.
+const casSQL = `UPDATE applied_positions SET next_offset = $1 WHERE topic = $2 AND partition = $3 AND next_offset = $4`
+
+// rollbackTimeout bounds the ROLLBACK of a failed batch; a connection that
+// cannot roll back within it is closed instead.
+const rollbackTimeout = 5 * time.Second
+
+// errCommitRolledBack means COMMIT answered ROLLBACK: the transaction had
+// failed without the failure being reported first.
+var errCommitRolledBack = errors.New("commit rolled the transaction back")
+
+// txn is a batch transaction opened by begin.
+type txn struct {
+	conn *pgxpool.Conn
+	// tx is the transaction as a pgx.Tx, for a plain Handler's Apply.
+	tx pgx.Tx
+	// claimed is the batch's dedup claim.
+	claimed *dedup.Claimed
+	// loaded is what a BatchHandler's Load read; nil for a plain Handler or a
+	// batch with no decodable event.
+	loaded Loaded
+}
+
+// begin sends the batch's first round trip on conn: BEGIN, the compare-and-set
+// of the applied position from w.next to next, the claim of items and, for a
+// BatchHandler, the reads Load queues for events. It returns errStale when the
+// position moved, and any other failure wrapped; release rolls back.
+func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event) (*txn, error) {
+	a := w.a
+	t := &txn{conn: conn}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	// The compare-and-set comes first: it locks the position row, so a
+	// competing member of the same partition waits here, then finds the
+	// position moved (and rolls back what it queued after it).
+	b.Queue(casSQL, next, a.cfg.Topic, w.p, w.next)
+	t.claimed = dedup.QueueClaim(b, items)
+	if bh, ok := a.handler.(BatchHandler); ok && len(events) > 0 {
+		t.loaded = bh.Load(b, events)
+	}
+	br := conn.SendBatch(ctx, b)
+	t.tx = br.Tx()
+	if _, err := br.Exec(); err != nil {
+		br.Close() //nolint:errcheck // reports the error just returned
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	tag, err := br.Exec()
+	if err != nil {
+		br.Close() //nolint:errcheck // reports the error just returned
+		return nil, fmt.Errorf("move applied position: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		br.Close() //nolint:errcheck // the transaction is rolled back whatever the rest did
+		return nil, errStale
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("claim and read the batch's state: %w", err)
+	}
+	return t, nil
+}
+
+// commit applies fresh (a BatchHandler queues its writes; a plain Handler's
+// Apply runs with the transaction), then sends the last round trip: those
+// writes, the quarantine of bad and COMMIT. Failures are returned wrapped;
+// release rolls back.
+func (w *partition) commit(ctx context.Context, t *txn, fresh []Event, bad []quarantined) error {
+	a := w.a
+	b := &pgx.Batch{}
+	if len(fresh) > 0 {
+		var err error
+		if t.loaded != nil {
+			err = t.loaded.Queue(fresh, b)
+		} else if err = a.handler.Apply(ctx, t.tx, fresh); err == nil {
+			err = stillOpen(t.conn)
+		}
+		if err != nil {
+			return fmt.Errorf("apply events: %w", err)
+		}
+	}
+	queueQuarantine(b, a.cfg.Topic, bad)
+	b.Queue("COMMIT").Exec(checkCommitted)
+	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write and commit: %w", err)
+	}
+	return nil
+}
+
+// stillOpen reports an error unless conn is inside a transaction that has not
+// failed: what a plain Handler's Apply must leave when it returns no error.
+func stillOpen(conn *pgxpool.Conn) error {
+	switch conn.Conn().PgConn().TxStatus() {
+	case 'T':
+		return nil
+	case 'E':
+		return errors.New("a statement failed inside Apply, which returned no error")
+	default:
+		return errors.New("the transaction ended inside Apply")
+	}
+}
+
+// checkCommitted is COMMIT's callback. Postgres answers a COMMIT of a failed
+// transaction with the tag ROLLBACK, not an error.
+func checkCommitted(tag pgconn.CommandTag) error {
+	if tag.String() != "COMMIT" {
+		return fmt.Errorf("%w (command tag %q)", errCommitRolledBack, tag.String())
+	}
+	return nil
+}
+
+// release ends whatever transaction conn still has open and returns it to the
+// pool. A transaction still open (a failure after BEGIN, before or during
+// COMMIT) is rolled back, ignoring the error; a connection that is closed, busy
+// or still not idle after that is closed and never goes back to the pool.
+func release(conn *pgxpool.Conn) {
+	c := conn.Conn()
+	if !c.IsClosed() && !c.PgConn().IsBusy() && c.PgConn().TxStatus() != 'I' {
+		ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+		_, _ = c.Exec(ctx, "ROLLBACK") // a failure leaves the transaction open: closed below
+		cancel()
+	}
+	if c.IsClosed() || c.PgConn().IsBusy() || c.PgConn().TxStatus() != 'I' {
+		ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+		_ = conn.Hijack().Close(ctx) // closing ends the session, and its transaction with it
+		cancel()
+		return
+	}
+	conn.Release()
+}
