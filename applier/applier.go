@@ -168,7 +168,7 @@ func (a *Applier) Run(ctx context.Context) error {
 	a.log.Info("applier started", "topic", a.cfg.Topic, "group", a.cfg.Group, "brokers", a.cfg.Brokers)
 	var lastFetchErr time.Time
 	for {
-		fetches := a.cl.PollRecords(ctx, 4*a.cfg.MaxBatchRecords)
+		fetches := a.cl.PollRecords(ctx, 2*a.cfg.MaxBatchRecords)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			break
 		}
