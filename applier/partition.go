@@ -26,8 +26,8 @@ type partition struct {
 
 func startPartition(a *Applier, p int32, pos int64) *partition {
 	w := &partition{
-		a:    a,
-		p:    p,
+		a: a,
+		p: p,
 		// Two polls' worth queued per partition: fetched records pin their whole
 		// fetch buffer, so deeper queues cost memory (4: ~420 MiB RSS draining
 		// 2 M events) for no speed (`heed bench --phases drain,rss`).
