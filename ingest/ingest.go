@@ -123,47 +123,66 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // Close flushes nothing (every Publish waits for its ack) and closes the client.
 func (p *Publisher) Close() { p.cl.Close() }
 
-// Publish wraps event in an envelope whose event ID is derived from requestID,
-// writes it keyed by aggregateID and waits for the broker's ack. It returns the
-// event ID and a consistency token for read-your-writes.
+// NewEnvelope wraps event in the envelope heed writes for it: the event ID
+// derived from requestID, the event's type, aggregateID and the time now. The
+// payload is marshaled deterministically, so that a retried command has the
+// same fingerprint. It fails only for an event that cannot be marshaled.
+func NewEnvelope(aggregateID, requestID string, event proto.Message) (*envelopev1.Envelope, error) {
+	payload := new(anypb.Any)
+	if err := anypb.MarshalFrom(payload, event, proto.MarshalOptions{Deterministic: true}); err != nil {
+		return nil, fmt.Errorf("marshal event: %w", err)
+	}
+	return &envelopev1.Envelope{
+		EventId:     envelope.EventID(requestID).String(),
+		Type:        string(event.ProtoReflect().Descriptor().FullName()),
+		RequestId:   requestID,
+		OccurredAt:  timestamppb.Now(),
+		AggregateId: aggregateID,
+		Payload:     payload,
+	}, nil
+}
+
+// NewRecord is the Kafka record Publish writes for env: keyed by its aggregate,
+// with the event type and ID as headers for tools that do not decode protobuf.
+func NewRecord(env *envelopev1.Envelope) (*kgo.Record, error) {
+	value, err := proto.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("marshal envelope: %w", err)
+	}
+	return &kgo.Record{
+		Key:   []byte(env.GetAggregateId()),
+		Value: value,
+		Headers: []kgo.RecordHeader{
+			{Key: HeaderEventType, Value: []byte(env.GetType())},
+			{Key: HeaderEventID, Value: []byte(env.GetEventId())},
+		},
+	}, nil
+}
+
+// Publish wraps event in an envelope whose event ID is derived from requestID
+// (NewEnvelope), writes it keyed by aggregateID (NewRecord) and waits for the
+// broker's ack. It returns the event ID and a consistency token for
+// read-your-writes.
 //
 // Errors are *connect.Error: unavailable when the broker did not acknowledge
 // (the caller should retry with the same request ID, which yields the same event
 // ID), canceled when the caller went away, internal for a payload that cannot
 // be marshaled.
 func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, event proto.Message) (eventID, token string, err error) {
-	// Deterministic bytes, so a retried command has the same fingerprint.
-	payload := new(anypb.Any)
-	if err := anypb.MarshalFrom(payload, event, proto.MarshalOptions{Deterministic: true}); err != nil {
-		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("marshal event: %w", err))
-	}
-	id := envelope.EventID(requestID).String()
-	env := &envelopev1.Envelope{
-		EventId:     id,
-		Type:        string(event.ProtoReflect().Descriptor().FullName()),
-		RequestId:   requestID,
-		OccurredAt:  timestamppb.Now(),
-		AggregateId: aggregateID,
-		Payload:     payload,
-	}
-	value, err := proto.Marshal(env)
+	env, err := NewEnvelope(aggregateID, requestID, event)
 	if err != nil {
-		return "", "", connect.NewError(connect.CodeInternal, fmt.Errorf("marshal envelope: %w", err))
+		return "", "", connect.NewError(connect.CodeInternal, err)
 	}
-	rec := &kgo.Record{
-		Key:   []byte(aggregateID),
-		Value: value,
-		Headers: []kgo.RecordHeader{
-			{Key: HeaderEventType, Value: []byte(env.Type)},
-			{Key: HeaderEventID, Value: []byte(id)},
-		},
+	rec, err := NewRecord(env)
+	if err != nil {
+		return "", "", connect.NewError(connect.CodeInternal, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ProduceTimeout)
 	defer cancel()
 	if err := p.cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		return "", "", produceError(ctx, err)
 	}
-	return id, consistency.Token{Partition: rec.Partition, Offset: rec.Offset}.String(), nil
+	return env.GetEventId(), consistency.Token{Partition: rec.Partition, Offset: rec.Offset}.String(), nil
 }
 
 // produceError maps a failed produce to the code a caller can act on.

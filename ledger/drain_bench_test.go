@@ -10,13 +10,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/dedup"
-	"github.com/heed-dev/heed/envelope"
-	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
 	"github.com/heed-dev/heed/schema"
@@ -142,17 +140,13 @@ func benchPool(b *testing.B, conns int32) *pgxpool.Pool {
 }
 
 func benchRecord(tb testing.TB, account, requestID string, ev proto.Message) *kgo.Record {
-	payload := new(anypb.Any)
-	if err := anypb.MarshalFrom(payload, ev, proto.MarshalOptions{Deterministic: true}); err != nil {
-		tb.Fatal(err)
-	}
-	id := envelope.EventID(requestID)
-	v, err := proto.Marshal(&envelopev1.Envelope{
-		EventId: id.String(), Type: string(ev.ProtoReflect().Descriptor().FullName()),
-		RequestId: requestID, AggregateId: account, Payload: payload,
-	})
+	env, err := ingest.NewEnvelope(account, requestID, ev)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &kgo.Record{Key: []byte(account), Value: v}
+	rec, err := ingest.NewRecord(env)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return rec
 }

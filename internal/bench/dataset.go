@@ -6,11 +6,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/heed-dev/heed/envelope"
-	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/ingest"
 )
 
 // event is one ledger event of a benchmark's log, with the rows applying it
@@ -23,7 +22,7 @@ type event struct {
 	fingerprint  int64
 	amount       int64 // 0 for an open
 	balanceAfter int64
-	value        []byte // the envelope as produced to the topic
+	rec          kgo.Record // as ingest produces it; copy it before producing
 }
 
 // dataset is a log of opens for every account, then deposits of 1 spread
@@ -36,63 +35,67 @@ type dataset struct {
 // accountName is the ID of account i.
 func accountName(i int) string { return fmt.Sprintf("acct-%d", i) }
 
-// newDataset builds accounts opens then deposits deposits. Request IDs are
-// UUIDv7s, as a client that follows the README sends them, so event IDs are
-// time-ordered.
+// newDataset holds the log generate builds, in memory.
 func newDataset(accounts, deposits int) (*dataset, error) {
 	d := &dataset{accounts: accounts, events: make([]event, 0, accounts+deposits)}
+	err := generate(accounts, deposits, func(ev event) error {
+		d.events = append(d.events, ev)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// generate calls emit with accounts opens, then deposits deposits of 1
+// round-robin over the accounts, in log order. Request IDs are UUIDv7s, as a
+// client that follows the README sends them, so event IDs are time-ordered.
+func generate(accounts, deposits int, emit func(event) error) error {
 	for i := range accounts {
-		if err := d.add(accountName(i), &ledgerv1.AccountOpened{AccountId: accountName(i)}, 0, 0); err != nil {
-			return nil, err
+		ev, err := newEvent(accountName(i), &ledgerv1.AccountOpened{AccountId: accountName(i)}, 0, 0)
+		if err != nil {
+			return err
+		}
+		if err := emit(ev); err != nil {
+			return err
 		}
 	}
 	balances := make([]int64, accounts)
 	for i := range deposits {
 		a := i % accounts
 		balances[a]++
-		if err := d.add(accountName(a), &ledgerv1.FundsDeposited{AccountId: accountName(a), Amount: 1}, 1, balances[a]); err != nil {
-			return nil, err
+		ev, err := newEvent(accountName(a), &ledgerv1.FundsDeposited{AccountId: accountName(a), Amount: 1}, 1, balances[a])
+		if err != nil {
+			return err
+		}
+		if err := emit(ev); err != nil {
+			return err
 		}
 	}
-	return d, nil
+	return nil
 }
 
-func (d *dataset) add(account string, ev proto.Message, amount, balanceAfter int64) error {
+// newEvent is msg for account as ingest would produce it.
+func newEvent(account string, msg proto.Message, amount, balanceAfter int64) (event, error) {
 	requestID := uuid.Must(uuid.NewV7()).String()
-	value, env, err := envelopeBytes(account, requestID, ev)
+	env, err := ingest.NewEnvelope(account, requestID, msg)
 	if err != nil {
-		return err
+		return event{}, err
 	}
-	d.events = append(d.events, event{
+	rec, err := ingest.NewRecord(env)
+	if err != nil {
+		return event{}, err
+	}
+	return event{
 		account:      account,
 		requestID:    requestID,
 		id:           envelope.EventID(requestID),
 		fingerprint:  envelope.Fingerprint(env),
 		amount:       amount,
 		balanceAfter: balanceAfter,
-		value:        value,
-	})
-	return nil
-}
-
-// envelopeBytes wraps ev as ingest.Publisher does.
-func envelopeBytes(account, requestID string, ev proto.Message) ([]byte, *envelopev1.Envelope, error) {
-	payload := new(anypb.Any)
-	if err := anypb.MarshalFrom(payload, ev, proto.MarshalOptions{Deterministic: true}); err != nil {
-		return nil, nil, fmt.Errorf("marshal event: %w", err)
-	}
-	env := &envelopev1.Envelope{
-		EventId:     envelope.EventID(requestID).String(),
-		Type:        string(ev.ProtoReflect().Descriptor().FullName()),
-		RequestId:   requestID,
-		AggregateId: account,
-		Payload:     payload,
-	}
-	v, err := proto.Marshal(env)
-	if err != nil {
-		return nil, nil, fmt.Errorf("marshal envelope: %w", err)
-	}
-	return v, env, nil
+		rec:          *rec,
+	}, nil
 }
 
 // deposits sums the amounts of the dataset's events.
@@ -110,12 +113,13 @@ func (d *dataset) deposits() int64 {
 func (d *dataset) records() ([]*kgo.Record, int) {
 	recs := make([]*kgo.Record, 0, len(d.events)+len(d.events)/100+1)
 	for _, e := range d.events {
-		recs = append(recs, &kgo.Record{Key: []byte(e.account), Value: e.value})
+		r := e.rec
+		recs = append(recs, &r)
 	}
 	dups := 0
 	for i := d.accounts; i < len(d.events); i += 100 {
-		e := d.events[i]
-		recs = append(recs, &kgo.Record{Key: []byte(e.account), Value: e.value})
+		r := d.events[i].rec
+		recs = append(recs, &r)
 		dups++
 	}
 	return recs, dups

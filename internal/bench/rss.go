@@ -14,10 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 )
 
 // rss produces RSSEvents deposits, then runs `heed apply` as a separate
@@ -146,39 +143,36 @@ func (e *env) rss(ctx context.Context, r *Result) error {
 	return nil
 }
 
-// produceStream writes accounts opens and then deposits of 1 round-robin over
-// them, generating records chunk by chunk so that the benchmark holds only
-// what the broker holds.
+// produceStream produces the log generate builds, chunk by chunk, so that the
+// benchmark holds only what the broker holds.
 func (e *env) produceStream(ctx context.Context, cl *kgo.Client, accounts, deposits int) error {
 	const chunk = 50_000
 	total := accounts + deposits
 	recs := make([]*kgo.Record, 0, chunk)
-	for i := range total {
-		var account string
-		var value []byte
-		var err error
-		if i < accounts {
-			account = accountName(i)
-			value, _, err = envelopeBytes(account, uuid.Must(uuid.NewV7()).String(), &ledgerv1.AccountOpened{AccountId: account})
-		} else {
-			account = accountName((i - accounts) % accounts)
-			value, _, err = envelopeBytes(account, uuid.Must(uuid.NewV7()).String(), &ledgerv1.FundsDeposited{AccountId: account, Amount: 1})
+	produced := 0
+	flush := func() error {
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			return fmt.Errorf("produce to the embedded broker: %w", err)
 		}
-		if err != nil {
-			return err
+		produced += len(recs)
+		recs = recs[:0]
+		if produced%(10*chunk) == 0 {
+			e.progress("produced %d/%d records", produced, total)
 		}
-		recs = append(recs, &kgo.Record{Key: []byte(account), Value: value})
-		if len(recs) == chunk || i == total-1 {
-			if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-				return fmt.Errorf("produce to the embedded broker: %w", err)
-			}
-			recs = recs[:0]
-			if (i+1)%(10*chunk) == 0 {
-				e.progress("produced %d/%d records", i+1, total)
-			}
-		}
+		return nil
 	}
-	return nil
+	err := generate(accounts, deposits, func(ev event) error {
+		r := ev.rec
+		recs = append(recs, &r)
+		if len(recs) == chunk {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return flush()
 }
 
 // rssKiB reads VmRSS of a process.
