@@ -71,6 +71,13 @@ type Config struct {
 	KafkaOpts []kgo.Opt
 }
 
+// WithDefaults returns c with every zero field that has a default set to it,
+// as New uses it: what callers sizing pools or reporting the limits should read.
+func (c Config) WithDefaults() Config {
+	c.setDefaults()
+	return c
+}
+
 func (c *Config) setDefaults() {
 	if c.MaxBatchRecords <= 0 {
 		c.MaxBatchRecords = 4000

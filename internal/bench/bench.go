@@ -123,6 +123,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	c.Applier = c.Applier.WithDefaults()
 }
 
 // Validate reports what to change in a Config.
@@ -356,9 +357,9 @@ func (e *env) produce(ctx context.Context, cl *kgo.Client, recs []*kgo.Record) e
 	return nil
 }
 
-// applierConfig is the configured applier for topic and group.
-func (e *env) applierConfig(topic, group string) applier.Config {
-	c := e.cfg.Applier
+// applierConfig is c (batch limits, with defaults) for topic and group on the
+// embedded broker.
+func (e *env) applierConfig(c applier.Config, topic, group string) applier.Config {
 	c.Brokers, c.Topic, c.Group, c.Logger = e.broker.Addrs(), topic, group, e.cfg.Logger.With("component", "applier")
 	return c
 }

@@ -35,14 +35,7 @@ func (e *env) ceiling(ctx context.Context, data *dataset, r *Result) error {
 }
 
 func (e *env) ceilingRun(ctx context.Context, phase string, data *dataset, write func(context.Context, pgx.Tx, []event) error) (float64, error) {
-	ac := e.applierConfig("", "")
-	batchSize, conc := ac.MaxBatchRecords, ac.Concurrency
-	if batchSize <= 0 {
-		batchSize = 4000
-	}
-	if conc <= 0 {
-		conc = 4
-	}
+	batchSize, conc := e.cfg.Applier.MaxBatchRecords, e.cfg.Applier.Concurrency
 	pool, _, drop, err := e.freshSchema(ctx, phase, int32(conc))
 	if err != nil {
 		return 0, err

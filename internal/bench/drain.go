@@ -49,11 +49,7 @@ type drainResult struct {
 }
 
 func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg applier.Config) (drainResult, error) {
-	conc := cfg.Concurrency
-	if conc <= 0 {
-		conc = 4
-	}
-	pool, _, drop, err := e.freshSchema(ctx, phase, int32(conc)+2)
+	pool, _, drop, err := e.freshSchema(ctx, phase, int32(cfg.Concurrency)+2)
 	if err != nil {
 		return drainResult{}, err
 	}
@@ -69,9 +65,7 @@ func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg app
 		return drainResult{}, err
 	}
 
-	ac := e.applierConfig(topic, e.name(phase))
-	ac.MaxBatchRecords, ac.MaxBatchBytes, ac.Linger, ac.Concurrency = cfg.MaxBatchRecords, cfg.MaxBatchBytes, cfg.Linger, cfg.Concurrency
-	a, err := applier.New(ac, pool, ledger.Applier{})
+	a, err := applier.New(e.applierConfig(cfg, topic, e.name(phase)), pool, ledger.Applier{})
 	if err != nil {
 		return drainResult{}, err
 	}

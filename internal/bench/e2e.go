@@ -29,8 +29,7 @@ const pollInterval = 2 * time.Millisecond
 // position in the topic became applied in Postgres (readable), polling the
 // applied positions every pollInterval.
 func (e *env) e2e(ctx context.Context, r *Result) error {
-	conc := max(e.cfg.Applier.Concurrency, 4)
-	pool, _, drop, err := e.freshSchema(ctx, "e2e", int32(conc)+8)
+	pool, _, drop, err := e.freshSchema(ctx, "e2e", int32(e.cfg.Applier.Concurrency)+8)
 	if err != nil {
 		return err
 	}
@@ -50,7 +49,7 @@ func (e *env) e2e(ctx context.Context, r *Result) error {
 	if err := e.produce(ctx, cl, recs); err != nil {
 		return err
 	}
-	a, err := applier.New(e.applierConfig(topic, e.name("e2e")), pool, ledger.Applier{})
+	a, err := applier.New(e.applierConfig(e.cfg.Applier, topic, e.name("e2e")), pool, ledger.Applier{})
 	if err != nil {
 		return err
 	}

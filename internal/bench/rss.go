@@ -45,7 +45,7 @@ func (e *env) rss(ctx context.Context, r *Result) error {
 		return err
 	}
 
-	ac := e.applierConfig(topic, e.name("rss"))
+	ac := e.applierConfig(e.cfg.Applier, topic, e.name("rss"))
 	args := []string{"apply",
 		"--brokers", strings.Join(e.broker.Addrs(), ","),
 		"--topic", topic,
@@ -53,17 +53,11 @@ func (e *env) rss(ctx context.Context, r *Result) error {
 		"--database-url", e.cfg.DatabaseURL,
 		"--schema", schemaName,
 		"--log-level", "warn",
+		"--batch-records", strconv.Itoa(ac.MaxBatchRecords),
+		"--batch-bytes", strconv.Itoa(ac.MaxBatchBytes),
+		"--apply-concurrency", strconv.Itoa(ac.Concurrency),
+		"--batch-linger", ac.Linger.String(),
 	}
-	if ac.MaxBatchRecords > 0 {
-		args = append(args, "--batch-records", strconv.Itoa(ac.MaxBatchRecords))
-	}
-	if ac.MaxBatchBytes > 0 {
-		args = append(args, "--batch-bytes", strconv.Itoa(ac.MaxBatchBytes))
-	}
-	if ac.Concurrency > 0 {
-		args = append(args, "--apply-concurrency", strconv.Itoa(ac.Concurrency))
-	}
-	args = append(args, "--batch-linger", ac.Linger.String())
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = withoutHeedEnv(os.Environ())
 	var stderr lockedBuffer

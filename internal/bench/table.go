@@ -14,12 +14,6 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "what\tfigure\tdetail")
 	batch, conc := cfg.Applier.MaxBatchRecords, cfg.Applier.Concurrency
-	if batch <= 0 {
-		batch = 4000
-	}
-	if conc <= 0 {
-		conc = 4
-	}
 	if r.CeilingBatched > 0 {
 		fmt.Fprintf(tw, "Postgres ceiling, batched SQL\t%s events/s\tno heed code: one unnest statement per table, %s events per transaction, %d at once\n", count(int(r.CeilingBatched)), count(batch), conc)
 		fmt.Fprintf(tw, "Postgres ceiling, COPY\t%s events/s\tCOPY for processed_events and command_results, one upsert for accounts\n", count(int(r.CeilingCopy)))
