@@ -99,7 +99,6 @@ func (c *benchCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err := c.validate(); err != nil {
 		return err
 	}
-	cfg.DatabaseURL = "unresolved" // resolved below; validate the rest first
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

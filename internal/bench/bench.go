@@ -126,12 +126,10 @@ func (c *Config) setDefaults() {
 	c.Applier = c.Applier.WithDefaults()
 }
 
-// Validate reports what to change in a Config.
+// Validate reports what to change in a Config's sizes and phases; Run also
+// requires DatabaseURL.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.DatabaseURL == "" {
-		errs = append(errs, errors.New("no database: pass --database-url (bench creates and drops its own schemas there)"))
-	}
 	if c.Protocol != "" && c.Protocol != "connect" && c.Protocol != "grpc" {
 		errs = append(errs, fmt.Errorf("protocol %q: use connect or grpc", c.Protocol))
 	}
@@ -208,6 +206,9 @@ type env struct {
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("no database: pass --database-url (bench creates and drops its own schemas there)")
 	}
 	cfg.setDefaults()
 	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{Listen: "127.0.0.1:0", Partitions: cfg.Partitions, Logger: cfg.Logger.With("component", "broker")})
@@ -366,11 +367,8 @@ func (e *env) applierConfig(c applier.Config, topic, group string) applier.Confi
 
 // checkLedger verifies the ledger tables after applying: the balances sum to
 // deposits, every account exists and processed_events holds exactly events rows.
-func checkLedger(ctx context.Context, pool *pgxpool.Pool, accounts int, deposits, events int64) error {
-	return checkLedgerTx(ctx, pool, accounts, deposits, events)
-}
-
-func checkLedgerTx(ctx context.Context, q interface {
+// q is a pool or a transaction whose search_path is the phase's schema.
+func checkLedger(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }, accounts int, deposits, events int64) error {
 	var sum, rows, processed, results int64

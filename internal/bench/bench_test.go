@@ -135,7 +135,7 @@ func TestCheckLedgerCatchesWrongResults(t *testing.T) {
 			if _, err := tx.Exec(ctx, c.sql); err != nil {
 				t.Fatal(err)
 			}
-			err = checkLedgerTx(ctx, tx, 2, 4, 6)
+			err = checkLedger(ctx, tx, 2, 4, 6)
 			if err == nil || !strings.Contains(err.Error(), "WRONG RESULT") {
 				t.Fatalf("check after %s = %v, want a WRONG RESULT error", c.name, err)
 			}
@@ -172,5 +172,17 @@ func TestTrackerLatencies(t *testing.T) {
 	}
 	if q := got.quantile(1); q != 10*time.Millisecond {
 		t.Errorf("max = %v, want 10ms", q)
+	}
+}
+
+// TestTrackerReportsPollFailure: when reading the positions fails, waiting
+// for pending acks reports that failure, not a lost-write timeout.
+func TestTrackerReportsPollFailure(t *testing.T) {
+	tr := newTracker()
+	tr.add(consistency.Token{Partition: 0, Offset: 1}, time.Now())
+	tr.fail(context.DeadlineExceeded)
+	err := tr.waitAll(t.Context(), time.Minute)
+	if err != context.DeadlineExceeded {
+		t.Fatalf("waitAll = %v, want the poll failure", err)
 	}
 }

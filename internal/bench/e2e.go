@@ -5,16 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
-	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/ledger"
 )
 
@@ -83,7 +81,13 @@ func (e *env) e2e(ctx context.Context, r *Result) error {
 	tr := newTracker()
 	pollCtx, stopPoll := context.WithCancel(ctx)
 	polled := make(chan error, 1)
-	go func() { polled <- tr.poll(pollCtx, pool, topic) }()
+	go func() {
+		err := tr.poll(pollCtx, pool, topic)
+		if err != nil {
+			tr.fail(fmt.Errorf("read the applied positions: %w", err))
+		}
+		polled <- err
+	}()
 	defer func() {
 		stopPoll()
 		<-polled
@@ -104,11 +108,7 @@ func (e *env) e2e(ctx context.Context, r *Result) error {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			for j := range jobs {
-				res, err := client.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{
-					RequestId: uuid.Must(uuid.NewV7()).String(),
-					AccountId: accountName(rng.IntN(e.cfg.Accounts)),
-					Amount:    1,
-				}))
+				res, err := client.Deposit(ctx, e.depositRequest(rng))
 				at := time.Now()
 				var tok consistency.Token
 				if err == nil {
@@ -179,6 +179,7 @@ type tracker struct {
 	mu      sync.Mutex
 	pending map[int32][]pendingAck
 	lat     latencies
+	failed  error // why polling stopped early; nothing pending can be observed after it
 }
 
 type pendingAck struct {
@@ -196,6 +197,13 @@ func (t *tracker) add(tok consistency.Token, at time.Time) {
 
 // observe records, for every pending ack below its partition's applied
 // position, the time from its ack to seen (when the read that saw it began).
+// fail records why polling stopped, for waitAll to report instead of a timeout.
+func (t *tracker) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.failed = err
+}
+
 func (t *tracker) observe(positions map[int32]int64, seen time.Time) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -263,11 +271,14 @@ func (t *tracker) waitAll(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		t.mu.Lock()
-		left := 0
+		left, failed := 0, t.failed
 		for _, acks := range t.pending {
 			left += len(acks)
 		}
 		t.mu.Unlock()
+		if failed != nil {
+			return failed
+		}
 		if left == 0 {
 			return nil
 		}
@@ -285,9 +296,7 @@ func (t *tracker) waitAll(ctx context.Context, timeout time.Duration) error {
 func (t *tracker) latencies() latencies {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := slicesClone(t.lat)
+	out := slices.Clone(t.lat)
 	out.sort()
 	return out
 }
-
-func slicesClone(l latencies) latencies { return append(latencies(nil), l...) }

@@ -49,12 +49,12 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 	round := max(e.cfg.Duration/ingestRounds, 100*time.Millisecond)
 	var noop, real loadResult
 	for i := range ingestRounds {
-		n, err := e.ingestRun(ctx, noopPublisher{}, nil, "", round)
+		n, err := e.ingestRun(ctx, noopPublisher{}, "", round)
 		if err != nil {
 			return fmt.Errorf("no-op handler: %w", err)
 		}
 		noop.add(n)
-		p, err := e.ingestRun(ctx, pub, nil, topic, round)
+		p, err := e.ingestRun(ctx, pub, topic, round)
 		if err != nil {
 			return err
 		}
@@ -113,8 +113,8 @@ func (l *loadResult) add(o loadResult) {
 
 // ingestRun serves pub and drives it with closed-loop callers: a warm-up,
 // then d measured.
-func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, pool *pgxpool.Pool, topic string, d time.Duration) (loadResult, error) {
-	addr, stop, err := e.serve(ctx, pub, pool, topic)
+func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, topic string, d time.Duration) (loadResult, error) {
+	addr, stop, err := e.serve(ctx, pub, nil, topic) // Deposit does not read the database
 	if err != nil {
 		return loadResult{}, err
 	}
@@ -144,11 +144,7 @@ func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, pool *pgxpool
 				if !t0.Before(until) {
 					break
 				}
-				_, err := client.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{
-					RequestId: uuid.Must(uuid.NewV7()).String(),
-					AccountId: accountName(rng.IntN(e.cfg.Accounts)),
-					Amount:    1,
-				}))
+				_, err := client.Deposit(ctx, e.depositRequest(rng))
 				if err != nil {
 					ferr = err
 					break
@@ -212,6 +208,16 @@ func (e *env) client(addr string) ledgerv1connect.LedgerServiceClient {
 		opts = append(opts, connect.WithGRPC())
 	}
 	return ledgerv1connect.NewLedgerServiceClient(&http.Client{Transport: tr}, "http://"+addr, opts...)
+}
+
+// depositRequest is a deposit of 1 to a random account, with a UUIDv7
+// request ID as a client following the README sends it.
+func (e *env) depositRequest(rng *rand.Rand) *connect.Request[ledgerv1.DepositRequest] {
+	return connect.NewRequest(&ledgerv1.DepositRequest{
+		RequestId: uuid.Must(uuid.NewV7()).String(),
+		AccountId: accountName(rng.IntN(e.cfg.Accounts)),
+		Amount:    1,
+	})
 }
 
 // topicRecords sums the end offsets of topic's partitions.

@@ -57,20 +57,15 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 	return tw.Flush()
 }
 
-// count formats n with thousands separators.
+// count formats n (not negative) with thousands separators.
 func count(n int) string {
 	s := fmt.Sprint(n)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
 	var b strings.Builder
 	for i, c := range s {
 		if i > 0 && (len(s)-i)%3 == 0 {
 			b.WriteByte(',')
 		}
 		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
 	}
 	return b.String()
 }
