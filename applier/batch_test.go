@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/heed-dev/heed/internal/testenv"
 )
 
 // Every record is applied once: new events change the counters, a redelivered
@@ -22,7 +24,7 @@ func TestApplyOnce(t *testing.T) {
 			s.produce(t, a1, b1, record(t, "a", "a2", 2))
 			s.produce(t, a1, record(t, "b", "b1", 99), record(t, "a", "bad", 0), record(t, "b", "b2", 20))
 			app := s.start(t, hc.make(c), 0)
-			eventually(t, 20*time.Second, func() string {
+			testenv.Eventually(t, 20*time.Second, func() string {
 				if st := app.Stats(); st.Applied != 4 || st.Duplicates != 1 || st.Conflicts != 1 || st.Quarantined != 1 {
 					return fmt.Sprintf("stats %+v, want 4 applied, 1 duplicate, 1 conflict, 1 quarantined", st)
 				}
@@ -73,7 +75,7 @@ func TestRoundTrips(t *testing.T) {
 			s.trips.batches.Store(0)
 			s.trips.queries.Store(0)
 			app := s.start(t, hc.make(c), 0)
-			eventually(t, 20*time.Second, func() string {
+			testenv.Eventually(t, 20*time.Second, func() string {
 				if st := app.Stats(); st.Applied != 20 {
 					return fmt.Sprintf("stats %+v, want 20 applied", st)
 				}
@@ -89,7 +91,7 @@ func TestRoundTrips(t *testing.T) {
 			}
 
 			s.produce(t, recs[0])
-			eventually(t, 20*time.Second, func() string {
+			testenv.Eventually(t, 20*time.Second, func() string {
 				if st := app.Stats(); st.Duplicates != 1 {
 					return fmt.Sprintf("stats %+v, want 1 duplicate", st)
 				}
@@ -121,7 +123,7 @@ func TestFailedBatchRetried(t *testing.T) {
 				f.toggle(c, true)
 				s.produce(t, record(t, "a", "a1", 1), record(t, "a", "bad", 0), record(t, "b", "b1", 10), record(t, "a", "a2", 2))
 				app := s.start(t, hc.make(c), 0)
-				eventually(t, 20*time.Second, func() string {
+				testenv.Eventually(t, 20*time.Second, func() string {
 					if n, st := c.failed.Load(), app.Stats(); n < 2 || st.Retries < 2 {
 						return fmt.Sprintf("failed %d times, stats %+v; want at least 2 failures and retries", n, st)
 					}
@@ -137,7 +139,7 @@ func TestFailedBatchRetried(t *testing.T) {
 				}
 
 				f.toggle(c, false)
-				eventually(t, 20*time.Second, func() string {
+				testenv.Eventually(t, 20*time.Second, func() string {
 					if st := app.Stats(); st.Applied != 3 || st.Quarantined != 1 {
 						return fmt.Sprintf("stats %+v, want 3 applied, 1 quarantined", st)
 					}
@@ -188,7 +190,7 @@ func TestShutdownAbortsStuckBatch(t *testing.T) {
 			}
 			s.produce(t, record(t, "a", "a1", 1), record(t, "b", "b1", 10))
 			app := s.start(t, hc.make(c), 200*time.Millisecond)
-			eventually(t, 20*time.Second, func() string {
+			testenv.Eventually(t, 20*time.Second, func() string {
 				if n := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); n != 1 {
 					return fmt.Sprintf("%d sessions wait for a lock, want 1 (the applier's compare-and-set)", n)
 				}
@@ -206,7 +208,7 @@ func TestShutdownAbortsStuckBatch(t *testing.T) {
 			}
 
 			next := s.start(t, hc.make(c), 0)
-			eventually(t, 20*time.Second, func() string {
+			testenv.Eventually(t, 20*time.Second, func() string {
 				if st := next.Stats(); st.Applied != 2 {
 					return fmt.Sprintf("stats %+v, want 2 applied", st)
 				}

@@ -146,23 +146,6 @@ func (r *running) stop(t *testing.T, limit time.Duration) time.Duration {
 	return time.Since(start)
 }
 
-// eventually polls cond every 20ms until it returns "" or timeout passes, then
-// fails with cond's last complaint.
-func eventually(t *testing.T, timeout time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // value runs a query returning one int64.
 func (s *stack) value(t *testing.T, sql string, args ...any) int64 {
 	t.Helper()
@@ -198,7 +181,7 @@ func (s *stack) counters(t *testing.T) map[string]int64 {
 // that every idle connection in the pool is outside one.
 func (s *stack) checkNoOpenTransaction(t *testing.T) {
 	t.Helper()
-	eventually(t, 10*time.Second, func() string {
+	testenv.Eventually(t, 10*time.Second, func() string {
 		var n int64
 		var states []string
 		err := s.pool.QueryRow(t.Context(), `SELECT count(*), coalesce(array_agg(state || ': ' || query), '{}') FROM pg_stat_activity

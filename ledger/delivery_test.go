@@ -16,6 +16,7 @@ import (
 	"github.com/heed-dev/heed/envelope"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/internal/testenv"
 )
 
 // A record delivered twice is applied once: a byte-for-byte copy written to
@@ -70,7 +71,7 @@ func TestRecordConsumedTwice(t *testing.T) {
 	results := p.count(t, `SELECT count(*) FROM command_results`)
 
 	replay := p.startApplier(t)
-	eventually(t, 20*time.Second, func() string {
+	testenv.Eventually(t, 20*time.Second, func() string {
 		var behind int64
 		for part, end := range ends {
 			var next int64
@@ -93,7 +94,7 @@ func TestRecordConsumedTwice(t *testing.T) {
 	if n := p.count(t, `SELECT count(*) FROM command_results`); n != results {
 		t.Errorf("command_results has %d rows after replay, want %d", n, results)
 	}
-	eventually(t, 10*time.Second, func() string {
+	testenv.Eventually(t, 10*time.Second, func() string {
 		for part, end := range ends {
 			if c := p.committed(t, part); c != end {
 				return fmt.Sprintf("partition %d committed offset %d, want %d", part, c, end)
@@ -124,7 +125,7 @@ func TestFailedTransactionRetried(t *testing.T) {
 
 	dep := p.deposit(t, "dep-h", "heidi", 42)
 	tok := token(t, dep.GetConsistencyToken())
-	eventually(t, 10*time.Second, func() string {
+	testenv.Eventually(t, 10*time.Second, func() string {
 		if app.Stats().Retries == 0 {
 			return "the applier has not retried the failing batch"
 		}
@@ -154,7 +155,7 @@ func TestFailedTransactionRetried(t *testing.T) {
 	if s := app.Stats(); s.Applied != 2 || s.Duplicates != 0 {
 		t.Errorf("stats = %+v, want 2 applied, no duplicates", s)
 	}
-	eventually(t, 10*time.Second, func() string {
+	testenv.Eventually(t, 10*time.Second, func() string {
 		if c := p.committed(t, tok.Partition); c != tok.Offset+1 {
 			return fmt.Sprintf("committed offset %d, want %d (just past the deposit)", c, tok.Offset+1)
 		}
@@ -263,7 +264,7 @@ func TestMemberStopsMidRun(t *testing.T) {
 	for round := range deposits / 2 {
 		send(round)
 	}
-	eventually(t, 20*time.Second, func() string {
+	testenv.Eventually(t, 20*time.Second, func() string {
 		if a.Stats().Applied == 0 || b.Stats().Applied == 0 {
 			return fmt.Sprintf("both members should be applying: %+v / %+v", a.Stats(), b.Stats())
 		}
@@ -277,7 +278,7 @@ func TestMemberStopsMidRun(t *testing.T) {
 	<-stopped
 
 	ends := p.endOffsets(t)
-	eventually(t, 30*time.Second, func() string {
+	testenv.Eventually(t, 30*time.Second, func() string {
 		for part, end := range ends {
 			var next int64
 			if err := p.pool.QueryRow(t.Context(), `SELECT next_offset FROM applied_positions WHERE topic = $1 AND partition = $2`, p.topic, part).Scan(&next); err != nil {
@@ -312,7 +313,7 @@ func TestMemberStopsMidRun(t *testing.T) {
 func (p *pipeline) waitGroupBalanced(t *testing.T, members int) {
 	t.Helper()
 	adm := kadm.NewClient(p.admin)
-	eventually(t, 20*time.Second, func() string {
+	testenv.Eventually(t, 20*time.Second, func() string {
 		groups, err := adm.DescribeGroups(t.Context(), p.group)
 		if err != nil {
 			return err.Error()
@@ -375,7 +376,7 @@ func TestPositionMovedByAnotherMember(t *testing.T) {
 		}
 	}
 	app := p.startApplier(t)
-	eventually(t, 10*time.Second, func() string {
+	testenv.Eventually(t, 10*time.Second, func() string {
 		if app.Stats().Retries < 2 {
 			return "the first batch has not failed twice"
 		}
@@ -417,7 +418,7 @@ func TestDatabaseAheadOfTopic(t *testing.T) {
 		t.Fatalf("move position: %v", err)
 	}
 	second := p.startApplier(t)
-	eventually(t, 20*time.Second, func() string {
+	testenv.Eventually(t, 20*time.Second, func() string {
 		if n := second.Stats().AheadOfTopic; n != 1 {
 			return fmt.Sprintf("AheadOfTopic = %d, want 1 (partition %d only)", n, tok.Partition)
 		}

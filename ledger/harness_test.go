@@ -193,23 +193,6 @@ func (r *runningApplier) stop(t *testing.T) {
 	})
 }
 
-// eventually polls cond every 20ms until it returns "" (done) or timeout
-// passes, then fails with cond's last complaint.
-func eventually(t *testing.T, timeout time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (p *pipeline) open(t *testing.T, requestID, account string) *ledgerv1.OpenAccountResponse {
 	t.Helper()
 	res, err := p.client.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: requestID, AccountId: account}))
