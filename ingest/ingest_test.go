@@ -1,7 +1,10 @@
 package ingest_test
 
 import (
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,5 +116,71 @@ func TestPublish(t *testing.T) {
 	}
 	if env.GetEventId() != id || env.GetRequestId() != "req-1" || env.GetAggregateId() != "acct" || dep.GetAmount() != 7 || env.GetOccurredAt() == nil {
 		t.Errorf("envelope %v with payload %v", &env, &dep)
+	}
+}
+
+// produceRequests counts the produce requests a client sent.
+type produceRequests struct{ n atomic.Int64 }
+
+func (p *produceRequests) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
+	if key == 0 && err == nil { // 0: Produce
+		p.n.Add(1)
+	}
+}
+
+// Concurrent commands share produce requests while the producer lingers, and
+// each is answered with its own place on the topic.
+func TestPublishConcurrentShareRequests(t *testing.T) {
+	b := testenv.Broker(t, 1)
+	var reqs produceRequests
+	pub, err := ingest.NewPublisher(ingest.Config{
+		Brokers: b.Addrs(), Topic: "events", Logger: testenv.Logger(t),
+		Linger:    300 * time.Millisecond, // far longer than starting the callers takes
+		KafkaOpts: []kgo.Opt{kgo.WithHooks(&reqs)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	if _, err := ingest.EnsureTopic(t.Context(), pub.Client(), "events", 1, -1); err != nil {
+		t.Fatal(err)
+	}
+
+	// One command first, so that the producer knows the topic and sends as
+	// soon as it may.
+	if _, _, err := pub.Publish(t.Context(), "acct", "req-first", &ledgerv1.FundsDeposited{AccountId: "acct", Amount: 1}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	reqs.n.Store(0)
+
+	const callers = 20
+	tokens := make(chan string, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			_, tok, err := pub.Publish(t.Context(), "acct", fmt.Sprintf("req-%d", i), &ledgerv1.FundsDeposited{AccountId: "acct", Amount: 1})
+			if err != nil {
+				t.Errorf("Publish %d: %v", i, err)
+			}
+			tokens <- tok
+		})
+	}
+	wg.Wait()
+	close(tokens)
+	offsets := map[int64]bool{}
+	for tok := range tokens {
+		at, err := consistency.Parse(tok)
+		if err != nil {
+			t.Fatalf("token %q: %v", tok, err)
+		}
+		offsets[at.Offset] = true
+	}
+	if len(offsets) != callers {
+		t.Errorf("%d distinct offsets for %d commands", len(offsets), callers)
+	}
+	// All of them arrive within the linger: one request (two if a caller
+	// was late).
+	if n := reqs.n.Load(); n < 1 || n > 2 {
+		t.Errorf("%d produce requests for %d concurrent commands, want them to share one", n, callers)
 	}
 }

@@ -62,7 +62,7 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.heedBinary, "heed-binary", "", "heed executable the rss phase runs (default: this one)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server, applier, broker, clients) to this file")
 	c.apply.registerBatch(fs)
-	fs.DurationVar(&c.produceLinger, "produce-linger", 0, "how long the ingest producer waits to fill a batch")
+	fs.DurationVar(&c.produceLinger, "produce-linger", ingest.DefaultLinger, lingerUsage)
 	fs.StringVar(&c.compression, "compression", "none", "ingest record batch compression: none, gzip, snappy, lz4 or zstd")
 	c.log.registerLevel(fs, "warn")
 }
@@ -83,7 +83,7 @@ func (c *benchCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		RSSEvents:   c.rssEvents,
 		HeedBinary:  c.heedBinary,
 		Protocol:    c.protocol,
-		Ingest:      ingest.Config{Linger: c.produceLinger, Compression: c.compression},
+		Ingest:      ingest.Config{Linger: producerLinger(c.produceLinger), Compression: c.compression},
 		Progress:    stderr,
 		Logger:      logger,
 	}

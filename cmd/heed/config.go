@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/schema"
 )
 
@@ -140,6 +141,17 @@ func (a *applyFlags) registerBatch(fs *flag.FlagSet) {
 	fs.IntVar(&a.concurrency, "apply-concurrency", 4, "most partitions applying a batch at once, each in its own transaction (more than the database's spare cores makes them contend)")
 }
 
+const lingerUsage = "how long the producer waits for more commands to share a produce request (0: send each at once)"
+
+// producerLinger is ingest.Config.Linger for --produce-linger d, where 0
+// means no lingering (in ingest.Config, 0 means the default).
+func producerLinger(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
+}
+
 // serveFlags tune the command and query server.
 type serveFlags struct {
 	listen         string
@@ -153,7 +165,7 @@ type serveFlags struct {
 func (s *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.listen, "listen", defaultListen, "address to serve Connect, gRPC and gRPC-Web on")
 	fs.IntVar(&s.partitions, "partitions", defaultPartitions, "partitions of the topic when heed creates it")
-	fs.DurationVar(&s.produceLinger, "produce-linger", 0, "how long the producer waits to fill a batch")
+	fs.DurationVar(&s.produceLinger, "produce-linger", ingest.DefaultLinger, lingerUsage)
 	fs.StringVar(&s.compression, "compression", "none", "record batch compression: none, gzip, snappy, lz4 or zstd")
 	fs.DurationVar(&s.produceTimeout, "produce-timeout", 10*time.Second, "longest wait for the broker's ack before a command fails with unavailable")
 	fs.DurationVar(&s.readWaitMax, "read-wait-max", 5*time.Second, "longest a read with a consistency_token waits for its write to be applied")

@@ -47,7 +47,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	pub, err := ingest.NewPublisher(ingest.Config{
 		Brokers:        kafka.brokerList(),
 		Topic:          kafka.topic,
-		Linger:         sf.produceLinger,
+		Linger:         producerLinger(sf.produceLinger),
 		Compression:    sf.compression,
 		ProduceTimeout: sf.produceTimeout,
 		Logger:         logger,

@@ -175,6 +175,13 @@ type Result struct {
 	NoopP50      float64 `json:"noop_p50_ms"`
 	NoopP99      float64 `json:"noop_p99_ms"`
 	IngestToNoop float64 `json:"ingest_to_noop_ratio"`
+	// CPU time of this process (callers, server, producer and broker) per
+	// command answered, for each handler: on a machine the load saturates,
+	// the two rates stand in inverse proportion to these.
+	IngestCPUPerCommand float64 `json:"ingest_cpu_us_per_command"`
+	NoopCPUPerCommand   float64 `json:"noop_cpu_us_per_command"`
+	// Records per produce request the ingest publisher sent.
+	IngestRecordsPerProduce float64 `json:"ingest_records_per_produce_request"`
 
 	E2EOffered  int     `json:"e2e_offered_per_s"`
 	E2EAchieved float64 `json:"e2e_achieved_per_s"`

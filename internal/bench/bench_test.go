@@ -45,10 +45,16 @@ func TestRunSmall(t *testing.T) {
 		"e2e_p99_ms":                   r.E2EP99,
 		"applier_to_ceiling_ratio":     r.ApplierToCeiling,
 		"ingest_to_noop_ratio":         r.IngestToNoop,
+		"ingest_cpu_us_per_command":    r.IngestCPUPerCommand,
+		"noop_cpu_us_per_command":      r.NoopCPUPerCommand,
 	} {
 		if v <= 0 {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
+	}
+	// Each caller has one command in flight at a time.
+	if n := r.IngestRecordsPerProduce; n < 1 || n > 8 {
+		t.Errorf("ingest: %.2f records per produce request, want between 1 and the 8 callers", n)
 	}
 	// 100 opens, 3,000 deposits, every hundredth deposit again.
 	if r.ApplierRecords != 3130 || r.ApplierDups != 30 {

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -26,9 +28,9 @@ import (
 
 // ingestRounds is how many times the ingest phase alternates between the
 // no-op handler and the real one, each for Duration/ingestRounds: on a shared
-// 2-core machine, back-to-back runs drift by 20% and more, alternation keeps
-// that drift out of the ratio.
-const ingestRounds = 2
+// 2-core machine, back-to-back runs drift by 20% and more within seconds;
+// short alternations keep that drift out of the ratio.
+const ingestRounds = 4
 
 // ingest measures Deposit over the wire with Clients concurrent callers,
 // alternately against a handler that answers without producing and against
@@ -41,7 +43,8 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 		return err
 	}
 	defer del()
-	pub, err := e.publisher(topic)
+	var produced produceCounter
+	pub, err := e.publisher(topic, kgo.WithHooks(&produced))
 	if err != nil {
 		return err
 	}
@@ -59,7 +62,8 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 			return err
 		}
 		real.add(p)
-		e.progress("ingest round %d/%d: no-op handler %.0f req/s, Deposit to Kafka %.0f req/s", i+1, ingestRounds, n.rps(), p.rps())
+		e.progress("ingest round %d/%d: no-op handler %.0f req/s (%.0f µs CPU each), Deposit to Kafka %.0f req/s (%.0f µs CPU each)",
+			i+1, ingestRounds, n.rps(), us(n.cpuPerCommand()), p.rps(), us(p.cpuPerCommand()))
 	}
 	noop.lat.sort()
 	real.lat.sort()
@@ -73,16 +77,36 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 	}
 	r.NoopRPS, r.NoopP50, r.NoopP99 = noop.rps(), ms(noop.lat.quantile(0.5)), ms(noop.lat.quantile(0.99))
 	r.IngestRPS, r.IngestP50, r.IngestP99 = real.rps(), ms(real.lat.quantile(0.5)), ms(real.lat.quantile(0.99))
+	r.NoopCPUPerCommand, r.IngestCPUPerCommand = us(noop.cpuPerCommand()), us(real.cpuPerCommand())
+	if reqs := produced.requests.Load(); reqs > 0 {
+		r.IngestRecordsPerProduce = float64(produced.records.Load()) / float64(reqs)
+	}
 	e.progress("ingest, no-op handler: %.0f req/s, p50 %.2f ms, p99 %.2f ms", r.NoopRPS, r.NoopP50, r.NoopP99)
 	e.progress("ingest: %.0f req/s, p50 %.2f ms, p99 %.2f ms (%d records on the topic)", r.IngestRPS, r.IngestP50, r.IngestP99, n)
 	return nil
 }
 
-// publisher is an ingest.Publisher for topic with the configured producer settings.
-func (e *env) publisher(topic string) (*ingest.Publisher, error) {
+// publisher is an ingest.Publisher for topic with the configured producer
+// settings and opts.
+func (e *env) publisher(topic string, opts ...kgo.Opt) (*ingest.Publisher, error) {
 	c := e.cfg.Ingest
 	c.Brokers, c.Topic, c.Logger = e.broker.Addrs(), topic, e.cfg.Logger.With("component", "ingest")
+	c.KafkaOpts = append(slices.Clip(c.KafkaOpts), opts...)
 	return ingest.NewPublisher(c)
+}
+
+// produceCounter is a kgo hook counting produce requests and the records
+// they carried.
+type produceCounter struct{ requests, records atomic.Int64 }
+
+func (c *produceCounter) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
+	if key == 0 && err == nil { // 0: Produce
+		c.requests.Add(1)
+	}
+}
+
+func (c *produceCounter) OnProduceBatchWritten(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.ProduceBatchMetrics) {
+	c.records.Add(int64(m.NumRecords))
 }
 
 // noopPublisher answers every command at once without producing.
@@ -96,6 +120,24 @@ type loadResult struct {
 	measured time.Duration // the measured window (after warm-up)
 	lat      latencies     // one sample per command in the window
 	acks     int64         // every acknowledged command, warm-up included
+	cpu      time.Duration // this process's CPU time in the measured window
+}
+
+// cpuPerCommand is the process's CPU time per command answered in the window.
+func (l loadResult) cpuPerCommand() time.Duration {
+	if len(l.lat) == 0 {
+		return 0
+	}
+	return l.cpu / time.Duration(len(l.lat))
+}
+
+// processCPU is the CPU time (user and system) this process has used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (l loadResult) rps() float64 {
@@ -109,6 +151,7 @@ func (l *loadResult) add(o loadResult) {
 	l.measured += o.measured
 	l.lat = append(l.lat, o.lat...)
 	l.acks += o.acks
+	l.cpu += o.cpu
 }
 
 // ingestRun serves pub and drives it with closed-loop callers: a warm-up,
@@ -130,6 +173,13 @@ func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, topic string,
 		acks    int64
 		failure error
 	)
+	cpu := make(chan time.Duration, 1)
+	go func() { // the process's CPU time in the measured window
+		time.Sleep(time.Until(from))
+		c0 := processCPU()
+		time.Sleep(time.Until(until))
+		cpu <- processCPU() - c0
+	}()
 	var wg sync.WaitGroup
 	for c := range e.cfg.Clients {
 		wg.Add(1)
@@ -170,7 +220,7 @@ func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, topic string,
 	if err := ctx.Err(); err != nil {
 		return loadResult{}, err
 	}
-	return loadResult{measured: d, lat: all, acks: acks}, nil
+	return loadResult{measured: d, lat: all, acks: acks, cpu: <-cpu}, nil
 }
 
 // serve runs the ledger service publishing through pub on a free loopback
@@ -248,3 +298,5 @@ func (l latencies) quantile(q float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }

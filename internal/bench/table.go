@@ -33,14 +33,14 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 		fmt.Fprintf(tw, "one event per transaction\t%s events/s\t%s records%s\n", count(int(r.Naive)), count(r.NaiveEvents), ratio)
 	}
 	if r.NoopRPS > 0 {
-		fmt.Fprintf(tw, "ingest: no-op handler\t%s req/s\tp50 %.2f ms, p99 %.2f ms; %d %s clients for %s\n", count(int(r.NoopRPS)), r.NoopP50, r.NoopP99, r.Clients, r.Protocol, cfg.Duration)
+		fmt.Fprintf(tw, "ingest: no-op handler\t%s req/s\tp50 %.2f ms, p99 %.2f ms; %d %s clients for %s; %.0f µs CPU per command\n", count(int(r.NoopRPS)), r.NoopP50, r.NoopP99, r.Clients, r.Protocol, cfg.Duration, r.NoopCPUPerCommand)
 	}
 	if r.IngestRPS > 0 {
 		ratio := ""
 		if r.IngestToNoop > 0 {
 			ratio = fmt.Sprintf("; %.2f × the no-op handler", r.IngestToNoop)
 		}
-		fmt.Fprintf(tw, "ingest: Deposit to Kafka\t%s req/s\tp50 %.2f ms, p99 %.2f ms%s\n", count(int(r.IngestRPS)), r.IngestP50, r.IngestP99, ratio)
+		fmt.Fprintf(tw, "ingest: Deposit to Kafka\t%s req/s\tp50 %.2f ms, p99 %.2f ms%s; %.0f µs CPU per command, %.1f commands per produce request\n", count(int(r.IngestRPS)), r.IngestP50, r.IngestP99, ratio, r.IngestCPUPerCommand, r.IngestRecordsPerProduce)
 	}
 	if r.E2ECommands > 0 {
 		fmt.Fprintf(tw, "end to end: ack → readable\tp50 %.2f ms, p99 %.2f ms\tmax %.2f ms; %s commands offered at %s/s, %s/s acknowledged, ack p99 %.2f ms\n",
