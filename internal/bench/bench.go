@@ -287,11 +287,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 // settle starts a phase clean of the ones before it: Postgres writes out
-// what they left dirty (CHECKPOINT), and this process collects their garbage.
-// Without it, a checkpoint of the ceiling's and drain's writes lands in the
-// middle of the e2e phase and stalls commits and acks alike for 100 ms and
-// more. CHECKPOINT needs a superuser or pg_checkpoint; without either the
-// phases run anyway, and say so.
+// what they left dirty (CHECKPOINT), so that a checkpoint of the ceiling's
+// and drain's writes does not land in a later phase's measurement, and this
+// process collects their garbage. CHECKPOINT needs a superuser or
+// pg_checkpoint; without either the phases run anyway, and say so.
 func (e *env) settle(ctx context.Context) {
 	if _, err := e.admin.Exec(ctx, "CHECKPOINT"); err != nil && ctx.Err() == nil {
 		e.progress("CHECKPOINT failed (%v); grant pg_checkpoint to the bench's user for phases that do not pay for each other's writes", err)
