@@ -3,7 +3,6 @@ package dedup_test
 import (
 	"context"
 	"errors"
-	"slices"
 	"testing"
 
 	"github.com/google/uuid"
@@ -55,49 +54,6 @@ type countingQuerier struct {
 func (c *countingQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	c.n++
 	return c.q.Query(ctx, sql, args...)
-}
-
-func TestQueueClaim(t *testing.T) {
-	pool := newPool(t)
-	a, b, c, d := uuid.New(), uuid.New(), uuid.New(), uuid.New()
-	S := func(s ...dedup.Status) []dedup.Status { return s }
-	const (
-		New, Dup, Conflict = dedup.New, dedup.Duplicate, dedup.Conflict
-	)
-	steps := []struct {
-		name   string
-		commit bool
-		items  []dedup.Item
-		want   []dedup.Status
-		// extra is the number of fingerprint queries Statuses may run.
-		extra int
-	}{
-		{"all new", true, []dedup.Item{{a, 1}, {b, 2}}, S(New, New), 0},
-		{"replayed", true, []dedup.Item{{a, 1}, {b, 2}}, S(Dup, Dup), 1},
-		{"mixed with a conflict", true, []dedup.Item{{c, 3}, {a, 1}, {b, 99}}, S(New, Dup, Conflict), 1},
-		{"repeated ID in one batch", true, []dedup.Item{{d, 4}, {d, 4}, {d, 5}}, S(New, Dup, Conflict), 1},
-		{"rolled back claim", false, []dedup.Item{{uuid.Nil, 0}}, S(New), 0},
-		{"after the rollback the ID is new again", true, []dedup.Item{{uuid.Nil, 0}}, S(New), 0},
-		{"empty", true, nil, nil, 0},
-	}
-	for _, s := range steps {
-		t.Run(s.name, func(t *testing.T) {
-			got, extra := pipelinedClaim(t, pool, s.commit, s.items...)
-			if !slices.Equal(got, s.want) {
-				t.Errorf("Statuses = %v, want %v", got, s.want)
-			}
-			if extra != s.extra {
-				t.Errorf("Statuses ran %d queries, want %d", extra, s.extra)
-			}
-		})
-	}
-	var n int
-	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM processed_events`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	if n != 5 {
-		t.Errorf("processed_events has %d rows, want 5 (a, b, c, d, nil)", n)
-	}
 }
 
 // A claim whose batch failed before the claim's result was read reports an
