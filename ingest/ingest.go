@@ -56,9 +56,9 @@ type Config struct {
 }
 
 // DefaultLinger is the producer's default Linger. Under load it lets a produce
-// request carry tens of commands instead of a few, which halves what the
-// producer and the broker spend per command; it adds at most this much to a
-// command's latency when the server is idle.
+// request carry more commands (11–16 instead of about 6 with 64 callers in
+// heed bench), so the producer and the broker spend less per command; it adds
+// at most this much to a command's latency when the server is idle.
 const DefaultLinger = 500 * time.Microsecond
 
 // Validate reports what to change in an incomplete Config.
