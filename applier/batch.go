@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/pgarray"
 )
 
 // errStale means another member moved the partition's applied position: this
@@ -117,6 +118,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 		return fmt.Errorf("acquire database connection: %w", err)
 	}
 	defer release(conn) // rolls back unless COMMIT went through
+	pgarray.Register(conn.Conn().TypeMap())
 	t, err := w.begin(ctx, conn, next, items, events)
 	if err != nil {
 		return err

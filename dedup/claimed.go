@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/heed-dev/heed/pgarray"
 )
 
 // errNotReceived is returned by Statuses when the claim's result never arrived.
@@ -109,8 +111,8 @@ func (c *Claimed) decide(ctx context.Context, q Querier) ([]Status, error) {
 
 // args returns the claim statement's arguments: the IDs and fingerprints.
 func (c *Claimed) args() []any {
-	ids := make([][16]byte, len(c.items))
-	fps := make([]int64, len(c.items))
+	ids := make(pgarray.UUIDs, len(c.items))
+	fps := make(pgarray.Int8s, len(c.items))
 	for i, it := range c.items {
 		ids[i] = it.ID
 		fps[i] = it.Fingerprint

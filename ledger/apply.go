@@ -14,6 +14,7 @@ import (
 	"github.com/heed-dev/heed/applier"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/pgarray"
 )
 
 // Applier applies ledger events to the accounts and command_results tables. It
@@ -96,7 +97,7 @@ func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) e
 // come out of b's results.
 func (Applier) Load(b *pgx.Batch, events []applier.Event) applier.Loaded {
 	l := &loaded{accounts: make(map[string]*account)}
-	ids := make([]string, 0, len(events))
+	ids := make(pgarray.Texts, 0, len(events))
 	for _, ev := range events {
 		if _, ok := l.accounts[ev.AggregateID]; !ok {
 			l.accounts[ev.AggregateID] = &account{}
@@ -147,12 +148,12 @@ func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) error {
 		return errors.New("decide events: the accounts were not read (the batch holding the read was not sent, or failed)")
 	}
 	res := results{
-		ids:      make([][16]byte, 0, len(events)),
-		requests: make([]string, 0, len(events)),
-		accounts: make([]string, 0, len(events)),
-		statuses: make([]int16, 0, len(events)),
-		reasons:  make([]string, 0, len(events)),
-		balances: make([]int64, 0, len(events)),
+		ids:      make(pgarray.UUIDs, 0, len(events)),
+		requests: make(pgarray.Texts, 0, len(events)),
+		accounts: make(pgarray.Texts, 0, len(events)),
+		statuses: make(pgarray.Int2s, 0, len(events)),
+		reasons:  make(pgarray.Texts, 0, len(events)),
+		balances: make(pgarray.Int8s, 0, len(events)),
 	}
 	for _, ev := range events {
 		a, ok := l.accounts[ev.AggregateID]
@@ -205,7 +206,7 @@ func decide(a *account, payload any) string {
 
 // queueAccounts queues onto b the upsert of the changed accounts, if any.
 func queueAccounts(b *pgx.Batch, accounts map[string]*account) {
-	var ids []string
+	var ids pgarray.Texts
 	for id, a := range accounts {
 		if a.dirty {
 			ids = append(ids, id)
@@ -215,7 +216,7 @@ func queueAccounts(b *pgx.Batch, accounts map[string]*account) {
 		return
 	}
 	slices.Sort(ids) // one lock order for every writer
-	balances := make([]int64, len(ids))
+	balances := make(pgarray.Int8s, len(ids))
 	for i, id := range ids {
 		balances[i] = accounts[id].balance
 	}
@@ -226,12 +227,12 @@ ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance`, ids, balance
 
 // results collects command outcomes column by column for one bulk insert.
 type results struct {
-	ids      [][16]byte
-	requests []string
-	accounts []string
-	statuses []int16
-	reasons  []string
-	balances []int64
+	ids      pgarray.UUIDs
+	requests pgarray.Texts
+	accounts pgarray.Texts
+	statuses pgarray.Int2s
+	reasons  pgarray.Texts
+	balances pgarray.Int8s
 }
 
 func (r *results) add(ev applier.Event, status int16, reason string, balance int64) {
