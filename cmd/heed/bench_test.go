@@ -41,6 +41,7 @@ func TestBenchBinaryJSON(t *testing.T) {
 		"ceiling_batched_events_per_s", "ceiling_copy_events_per_s", "applier_events_per_s", "naive_events_per_s",
 		"ingest_rps", "noop_rps", "ingest_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "rss_peak_mib", "rss_events_per_s",
 		"ingest_cpu_us_per_command", "noop_cpu_us_per_command", "ingest_records_per_produce_request",
+		"applier_cpu_us_per_event",
 	} {
 		v, ok := got[key].(float64)
 		if !ok || v <= 0 {

@@ -162,9 +162,14 @@ type Result struct {
 	ApplierRecords   int     `json:"applier_records"`
 	ApplierDups      int64   `json:"applier_duplicates_skipped"`
 	ApplierToCeiling float64 `json:"applier_to_ceiling_ratio"`
-	NaiveEvents      int     `json:"naive_events"`
-	Naive            float64 `json:"naive_events_per_s"`
-	ApplierToNaive   float64 `json:"applier_to_naive_ratio"`
+	// ApplierCPUPerEvent and ApplierFaultsPerEvent are this process's CPU time
+	// and minor page faults per record while the applier drained (the broker
+	// serving its fetches included).
+	ApplierCPUPerEvent    float64 `json:"applier_cpu_us_per_event"`
+	ApplierFaultsPerEvent float64 `json:"applier_page_faults_per_event"`
+	NaiveEvents           int     `json:"naive_events"`
+	Naive                 float64 `json:"naive_events_per_s"`
+	ApplierToNaive        float64 `json:"applier_to_naive_ratio"`
 
 	Clients      int     `json:"clients"`
 	Protocol     string  `json:"protocol"`

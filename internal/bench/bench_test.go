@@ -47,6 +47,7 @@ func TestRunSmall(t *testing.T) {
 		"ingest_to_noop_ratio":         r.IngestToNoop,
 		"ingest_cpu_us_per_command":    r.IngestCPUPerCommand,
 		"noop_cpu_us_per_command":      r.NoopCPUPerCommand,
+		"applier_cpu_us_per_event":     r.ApplierCPUPerEvent,
 	} {
 		if v <= 0 {
 			t.Errorf("%s = %v, want > 0", name, v)

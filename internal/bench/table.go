@@ -23,7 +23,7 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 		if r.ApplierToCeiling > 0 {
 			ratio = fmt.Sprintf("%.2f × the batched ceiling; ", r.ApplierToCeiling)
 		}
-		fmt.Fprintf(tw, "applier drain\t%s events/s\t%s%s records from the topic, %s duplicates skipped\n", count(int(r.Applier)), ratio, count(r.ApplierRecords), count(int(r.ApplierDups)))
+		fmt.Fprintf(tw, "applier drain\t%s events/s\t%s%s records from the topic, %s duplicates skipped; %.1f µs CPU per record (applier and broker)\n", count(int(r.Applier)), ratio, count(r.ApplierRecords), count(int(r.ApplierDups)), r.ApplierCPUPerEvent)
 	}
 	if r.Naive > 0 {
 		ratio := ""
