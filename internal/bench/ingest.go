@@ -62,8 +62,8 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 			return err
 		}
 		real.add(p)
-		e.progress("ingest round %d/%d: no-op handler %.0f req/s (%.0f µs CPU each), Deposit to Kafka %.0f req/s (%.0f µs CPU each)",
-			i+1, ingestRounds, n.rps(), us(n.cpuPerCommand()), p.rps(), us(p.cpuPerCommand()))
+		e.progress("ingest round %d/%d: no-op handler %.0f req/s (%.0f µs CPU, %.3f page faults each), Deposit to Kafka %.0f req/s (%.0f µs CPU, %.3f page faults each)",
+			i+1, ingestRounds, n.rps(), us(n.cpuPerCommand()), n.faultsPerCommand(), p.rps(), us(p.cpuPerCommand()), p.faultsPerCommand())
 	}
 	noop.lat.sort()
 	real.lat.sort()
@@ -121,6 +121,7 @@ type loadResult struct {
 	lat      latencies     // one sample per command in the window
 	acks     int64         // every acknowledged command, warm-up included
 	cpu      time.Duration // this process's CPU time in the measured window
+	faults   int64         // and the page faults it took there
 }
 
 // cpuPerCommand is the process's CPU time per command answered in the window.
@@ -131,10 +132,13 @@ func (l loadResult) cpuPerCommand() time.Duration {
 	return l.cpu / time.Duration(len(l.lat))
 }
 
-// processCPU is the CPU time (user and system) this process has used so far.
-func processCPU() time.Duration {
-	cpu, _ := processUsage()
-	return cpu
+// faultsPerCommand is the process's page faults per command answered in the
+// window.
+func (l loadResult) faultsPerCommand() float64 {
+	if len(l.lat) == 0 {
+		return 0
+	}
+	return float64(l.faults) / float64(len(l.lat))
 }
 
 // processUsage is the CPU time (user and system) this process has used so
@@ -160,6 +164,7 @@ func (l *loadResult) add(o loadResult) {
 	l.lat = append(l.lat, o.lat...)
 	l.acks += o.acks
 	l.cpu += o.cpu
+	l.faults += o.faults
 }
 
 // ingestRun serves pub and drives it with closed-loop callers: a warm-up,
@@ -181,12 +186,13 @@ func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, topic string,
 		acks    int64
 		failure error
 	)
-	cpu := make(chan time.Duration, 1)
-	go func() { // the process's CPU time in the measured window
+	usage := make(chan loadResult, 1)
+	go func() { // the process's CPU time and page faults in the measured window
 		time.Sleep(time.Until(from))
-		c0 := processCPU()
+		c0, f0 := processUsage()
 		time.Sleep(time.Until(until))
-		cpu <- processCPU() - c0
+		c1, f1 := processUsage()
+		usage <- loadResult{cpu: c1 - c0, faults: f1 - f0}
 	}()
 	var wg sync.WaitGroup
 	for c := range e.cfg.Clients {
@@ -228,7 +234,8 @@ func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, topic string,
 	if err := ctx.Err(); err != nil {
 		return loadResult{}, err
 	}
-	return loadResult{measured: d, lat: all, acks: acks, cpu: <-cpu}, nil
+	u := <-usage
+	return loadResult{measured: d, lat: all, acks: acks, cpu: u.cpu, faults: u.faults}, nil
 }
 
 // serve runs the ledger service publishing through pub on a free loopback
