@@ -58,6 +58,11 @@ var (
 //	pgarray.Register(conn.Conn().TypeMap())
 //
 // or once per connection from pgxpool.Config.AfterConnect.
+//
+// The wrapped codecs decode as before. One pgx path looks for its own array
+// codec by type: CopyFrom given a string for a column of one of these array
+// types then parses it without keeping its dimensions, which only a
+// multidimensional array literal notices.
 func Register(m *pgtype.Map) {
 	for _, oid := range []uint32{pgtype.UUIDArrayOID, pgtype.TextArrayOID, pgtype.Int8ArrayOID, pgtype.Int2ArrayOID} {
 		t, ok := m.TypeForOID(oid)
