@@ -72,7 +72,9 @@ type Config struct {
 	// HeedBinary is the heed executable the rss phase runs `heed apply` with
 	// (default: this process's executable).
 	HeedBinary string
-	// Protocol the ingest clients speak: connect (HTTP/1.1, the default) or
+	// Protocol the ingest clients speak: connect (the Connect protocol over
+	// HTTP/1.1, the default), connect-h2 (the Connect protocol over HTTP/2
+	// without TLS, as a Go client reaching heed over TLS would speak it) or
 	// grpc (HTTP/2 without TLS).
 	Protocol string
 	// Applier holds the batch limits the applier runs with (Brokers, Topic and
@@ -130,8 +132,8 @@ func (c *Config) setDefaults() {
 // requires DatabaseURL.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Protocol != "" && c.Protocol != "connect" && c.Protocol != "grpc" {
-		errs = append(errs, fmt.Errorf("protocol %q: use connect or grpc", c.Protocol))
+	if c.Protocol != "" && c.Protocol != "connect" && c.Protocol != "connect-h2" && c.Protocol != "grpc" {
+		errs = append(errs, fmt.Errorf("protocol %q: use connect, connect-h2 or grpc", c.Protocol))
 	}
 	for _, p := range c.Only {
 		if !slices.Contains(Phases, p) {

@@ -93,6 +93,33 @@ func TestRunSmall(t *testing.T) {
 
 // TestCheckLedgerCatchesWrongResults: the check every phase ends with fails
 // on a lost event, an event applied twice and a missing processed row.
+// TestIngestProtocols runs the ingest phase with clients speaking Connect over
+// HTTP/2 and gRPC: each must be served, and every acknowledged command must be
+// on the topic once (the phase checks it).
+func TestIngestProtocols(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	for _, protocol := range []string{"connect-h2", "grpc"} {
+		t.Run(protocol, func(t *testing.T) {
+			var progress bytes.Buffer
+			r, err := Run(t.Context(), Config{
+				DatabaseURL: url,
+				Clients:     8,
+				Duration:    200 * time.Millisecond,
+				Protocol:    protocol,
+				Only:        []string{"ingest"},
+				Progress:    &progress,
+				Logger:      testenv.Logger(t),
+			})
+			if err != nil {
+				t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
+			}
+			if r.Protocol != protocol || r.IngestRPS <= 0 || r.NoopRPS <= 0 || r.IngestToNoop <= 0 {
+				t.Errorf("protocol %q, ingest %v req/s, no-op %v req/s, ratio %v; want %q and positive figures", r.Protocol, r.IngestRPS, r.NoopRPS, r.IngestToNoop, protocol)
+			}
+		})
+	}
+}
+
 func TestCheckLedgerCatchesWrongResults(t *testing.T) {
 	ctx := t.Context()
 	e := &env{cfg: Config{DatabaseURL: testenv.PostgresURL(t)}, run: randomSuffix()}

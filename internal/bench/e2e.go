@@ -76,7 +76,8 @@ func (e *env) e2e(ctx context.Context, r *Result) error {
 		return err
 	}
 	defer stop()
-	client := e.client(addr)
+	client, closeIdle := e.client(addr)
+	defer closeIdle() // before stop
 
 	tr := newTracker()
 	pollCtx, stopPoll := context.WithCancel(ctx)

@@ -175,7 +175,8 @@ func (e *env) ingestRun(ctx context.Context, pub ledger.Publisher, topic string,
 		return loadResult{}, err
 	}
 	defer stop()
-	client := e.client(addr)
+	client, closeIdle := e.client(addr)
+	defer closeIdle() // before stop
 	warm := min(time.Second, d/5)
 	start := time.Now()
 	from, until := start.Add(warm), start.Add(warm+d)
@@ -259,20 +260,26 @@ func (e *env) serve(ctx context.Context, pub ledger.Publisher, pool *pgxpool.Poo
 }
 
 // client is a ledger client for addr sharing one connection pool, as a
-// long-lived service calling heed would hold it.
-func (e *env) client(addr string) ledgerv1connect.LedgerServiceClient {
+// long-lived service calling heed would hold it, and a function that closes
+// the pool's idle connections: called before the server stops, it spares the
+// server's graceful shutdown a wait for HTTP/2 clients to hang up.
+func (e *env) client(addr string) (ledgerv1connect.LedgerServiceClient, func()) {
 	tr := &http.Transport{
 		MaxIdleConns:        2 * e.cfg.Clients,
 		MaxIdleConnsPerHost: 2 * e.cfg.Clients,
 		IdleConnTimeout:     time.Minute,
 	}
 	var opts []connect.ClientOption
-	if e.cfg.Protocol == "grpc" {
+	switch e.cfg.Protocol {
+	case "connect-h2":
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	case "grpc":
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 		opts = append(opts, connect.WithGRPC())
 	}
-	return ledgerv1connect.NewLedgerServiceClient(&http.Client{Transport: tr}, "http://"+addr, opts...)
+	return ledgerv1connect.NewLedgerServiceClient(&http.Client{Transport: tr}, "http://"+addr, opts...), tr.CloseIdleConnections
 }
 
 // depositRequest is a deposit of 1 to a random account, with a UUIDv7
