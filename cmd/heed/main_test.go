@@ -75,7 +75,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "bench unknown phase", args: []string{"bench", "--database-url", someDB, "--phases", "drain,warp"}, wantCode: 1,
 			wantStderr: []string{`phase "warp"`, "ceiling, drain, naive, ingest, e2e, rss"}},
 		{name: "bench bad protocol", args: []string{"bench", "--database-url", someDB, "--protocol", "carrier-pigeon"}, wantCode: 1,
-			wantStderr: []string{`protocol "carrier-pigeon"`, "connect or grpc"}},
+			wantStderr: []string{`protocol "carrier-pigeon"`, "connect, connect-h2 or grpc"}},
 		{name: "bench zero clients", args: []string{"bench", "--database-url", someDB, "--clients", "0"}, wantCode: 1,
 			wantStderr: []string{"--clients 0", "at least 1"}},
 		{name: "bench fewer events than accounts", args: []string{"bench", "--database-url", someDB, "--events", "10"}, wantCode: 1,
