@@ -136,13 +136,18 @@ func header(buf []byte, n int, oid uint32, body int) []byte {
 	return binary.BigEndian.AppendUint32(buf, 1) // lower bound
 }
 
-func (a UUIDs) appendBinary(buf []byte) []byte {
-	buf = header(buf, len(a), pgtype.UUIDOID, len(a)*(4+16))
-	for i := range a {
-		buf = binary.BigEndian.AppendUint32(buf, 16)
-		buf = append(buf, a[i][:]...)
+// appendFixed appends the array a of oid elements, each put as width bytes.
+func appendFixed[T any](buf []byte, a []T, oid uint32, width int, put func([]byte, T) []byte) []byte {
+	buf = header(buf, len(a), oid, len(a)*(4+width))
+	for _, v := range a {
+		buf = binary.BigEndian.AppendUint32(buf, uint32(width))
+		buf = put(buf, v)
 	}
 	return buf
+}
+
+func (a UUIDs) appendBinary(buf []byte) []byte {
+	return appendFixed(buf, a, pgtype.UUIDOID, 16, func(b []byte, v [16]byte) []byte { return append(b, v[:]...) })
 }
 
 func (a Texts) appendBinary(buf []byte) []byte {
@@ -159,21 +164,11 @@ func (a Texts) appendBinary(buf []byte) []byte {
 }
 
 func (a Int8s) appendBinary(buf []byte) []byte {
-	buf = header(buf, len(a), pgtype.Int8OID, len(a)*(4+8))
-	for _, v := range a {
-		buf = binary.BigEndian.AppendUint32(buf, 8)
-		buf = binary.BigEndian.AppendUint64(buf, uint64(v))
-	}
-	return buf
+	return appendFixed(buf, a, pgtype.Int8OID, 8, func(b []byte, v int64) []byte { return binary.BigEndian.AppendUint64(b, uint64(v)) })
 }
 
 func (a Int2s) appendBinary(buf []byte) []byte {
-	buf = header(buf, len(a), pgtype.Int2OID, len(a)*(4+2))
-	for _, v := range a {
-		buf = binary.BigEndian.AppendUint32(buf, 2)
-		buf = binary.BigEndian.AppendUint16(buf, uint16(v))
-	}
-	return buf
+	return appendFixed(buf, a, pgtype.Int2OID, 2, func(b []byte, v int16) []byte { return binary.BigEndian.AppendUint16(b, uint16(v)) })
 }
 
 func (UUIDs) elementOID() uint32 { return pgtype.UUIDOID }
