@@ -30,18 +30,8 @@ func TestApplyOnce(t *testing.T) {
 				}
 				return ""
 			})
-			if got, want := s.counters(t), map[string]int64{"a": 3, "b": 30}; !maps.Equal(got, want) {
-				t.Errorf("counters = %v, want %v", got, want)
-			}
-			if n := s.value(t, `SELECT count(*) FROM processed_events`); n != 4 {
-				t.Errorf("processed_events has %d rows, want 4", n)
-			}
-			if n := s.value(t, `SELECT count(*) FROM quarantine`); n != 2 {
-				t.Errorf("quarantine has %d rows, want 2 (the conflict and the poison record)", n)
-			}
-			if p := s.position(t); p != 7 {
-				t.Errorf("applied position = %d, want 7", p)
-			}
+			// Quarantined: the conflict and the poison record.
+			s.checkState(t, state{counters: map[string]int64{"a": 3, "b": 30}, processed: 4, quarantined: 2, position: 7})
 			checkPath(t, hc.name, c)
 		})
 	}
@@ -145,18 +135,7 @@ func TestFailedBatchRetried(t *testing.T) {
 					}
 					return ""
 				})
-				if got, want := s.counters(t), map[string]int64{"a": 3, "b": 10}; !maps.Equal(got, want) {
-					t.Errorf("counters = %v, want %v (each event applied once)", got, want)
-				}
-				if n := s.value(t, `SELECT count(*) FROM processed_events`); n != 3 {
-					t.Errorf("processed_events has %d rows, want 3", n)
-				}
-				if n := s.value(t, `SELECT count(*) FROM quarantine`); n != 1 {
-					t.Errorf("quarantine has %d rows, want 1", n)
-				}
-				if p := s.position(t); p != 4 {
-					t.Errorf("applied position = %d, want 4", p)
-				}
+				s.checkState(t, state{counters: map[string]int64{"a": 3, "b": 10}, processed: 3, quarantined: 1, position: 4})
 				if st := app.Stats(); st.Batches != 1 {
 					t.Errorf("stats %+v, want the one batch committed once", st)
 				}

@@ -3,6 +3,7 @@ package applier_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -174,6 +175,31 @@ func (s *stack) counters(t *testing.T) map[string]int64 {
 		t.Fatalf("read counters: %v", err)
 	}
 	return out
+}
+
+// state is what the database holds after a run: the counters, the rows of
+// processed_events and quarantine, and the partition's applied position.
+type state struct {
+	counters               map[string]int64
+	processed, quarantined int64
+	position               int64
+}
+
+// checkState reports every way the database differs from want.
+func (s *stack) checkState(t *testing.T, want state) {
+	t.Helper()
+	if got := s.counters(t); !maps.Equal(got, want.counters) {
+		t.Errorf("counters = %v, want %v (each event applied once)", got, want.counters)
+	}
+	if n := s.value(t, `SELECT count(*) FROM processed_events`); n != want.processed {
+		t.Errorf("processed_events has %d rows, want %d", n, want.processed)
+	}
+	if n := s.value(t, `SELECT count(*) FROM quarantine`); n != want.quarantined {
+		t.Errorf("quarantine has %d rows, want %d", n, want.quarantined)
+	}
+	if p := s.position(t); p != want.position {
+		t.Errorf("applied position = %d, want %d", p, want.position)
+	}
 }
 
 // checkNoOpenTransaction checks that no session on the test database is left
