@@ -78,7 +78,7 @@ func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg app
 	// and the heap goal to double (which also sends its allocations into
 	// fresh pages, each a page fault).
 	nRecs, nEvents, accounts, deposits := len(recs), int64(len(data.events)), data.accounts, data.deposits()
-	recs, data.events = nil, nil
+	data.events = nil // recs is not used again either
 	runtime.GC()
 
 	a, err := applier.New(e.applierConfig(cfg, topic, e.name(phase)), pool, ledger.Applier{})
