@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,20 +15,23 @@ import (
 
 // TestBenchBinaryJSON runs the built `heed bench --json` at a small size, all
 // phases including rss (which runs `heed apply` as a child process): it must
-// exit 0 and print one JSON object with every documented key measured.
+// exit 0 and print one JSON object with every documented key measured, and
+// write a CPU profile whose samples are labelled by phase and ingest handler.
 func TestBenchBinaryJSON(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the heed binary")
 	}
 	dbURL := testenv.PostgresURL(t)
 	bin := buildHeed(t)
+	goBin := testenv.LookPath(t, "go") // go tool pprof reads the profile
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "bench", "--json",
 		"--database-url", dbURL,
 		"--events", "2000", "--accounts", "100", "--naive-events", "300",
 		"--clients", "8", "--duration", "300ms", "--rate", "300",
-		"--rss-events", "20000",
+		"--rss-events", "20000", "--cpuprofile", prof,
 	)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -53,5 +58,16 @@ func TestBenchBinaryJSON(t *testing.T) {
 	}
 	if q, _ := got["rss_mib_at_25_50_75_100_pct"].([]any); len(q) != 4 {
 		t.Errorf("rss_mib_at_25_50_75_100_pct = %v, want 4 samples", got["rss_mib_at_25_50_75_100_pct"])
+	}
+
+	tags, err := exec.CommandContext(ctx, goBin, "tool", "pprof", "-tags", bin, prof).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go tool pprof -tags: %v\n%s", err, tags)
+	}
+	// Ingest keeps both cores busy for a second in all: hundreds of samples.
+	for _, label := range []string{"phase", "ingest", "handler", "noop", "deposit"} {
+		if !strings.Contains(string(tags), ": "+label+"\n") && !strings.Contains(string(tags), " "+label+":") {
+			t.Errorf("the CPU profile has no %q label:\n%s", label, tags)
+		}
 	}
 }

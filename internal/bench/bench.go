@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -255,14 +256,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	phases := []struct {
 		name string
-		run  func() error
+		run  func(context.Context) error
 	}{
-		{"ceiling", func() error { return e.ceiling(ctx, data, r) }},
-		{"drain", func() error { return e.drain(ctx, data, r) }},
-		{"naive", func() error { return e.naive(ctx, r) }},
-		{"ingest", func() error { return e.ingest(ctx, r) }},
-		{"e2e", func() error { return e.e2e(ctx, r) }},
-		{"rss", func() error { return e.rss(ctx, r) }},
+		{"ceiling", func(ctx context.Context) error { return e.ceiling(ctx, data, r) }},
+		{"drain", func(ctx context.Context) error { return e.drain(ctx, data, r) }},
+		{"naive", func(ctx context.Context) error { return e.naive(ctx, r) }},
+		{"ingest", func(ctx context.Context) error { return e.ingest(ctx, r) }},
+		{"e2e", func(ctx context.Context) error { return e.e2e(ctx, r) }},
+		{"rss", func(ctx context.Context) error { return e.rss(ctx, r) }},
 	}
 	for _, p := range phases {
 		if !cfg.runs(p.name) {
@@ -270,7 +271,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		e.settle(ctx)
 		start := time.Now()
-		if err := p.run(); err != nil {
+		var err error
+		// Labelled, so that a CPU profile of the run (heed bench
+		// --cpuprofile) splits by phase: go tool pprof -tagfocus phase=drain.
+		pprof.Do(ctx, pprof.Labels("phase", p.name), func(ctx context.Context) { err = p.run(ctx) })
+		if err != nil {
 			return r, fmt.Errorf("%s phase: %w", p.name, err)
 		}
 		e.progress("%s phase done in %s", p.name, time.Since(start).Round(time.Millisecond))

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -52,12 +53,12 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 	round := max(e.cfg.Duration/ingestRounds, 100*time.Millisecond)
 	var noop, real loadResult
 	for i := range ingestRounds {
-		n, err := e.ingestRun(ctx, noopPublisher{}, "", round)
+		n, err := e.labelledRun(ctx, "noop", noopPublisher{}, "", round)
 		if err != nil {
 			return fmt.Errorf("no-op handler: %w", err)
 		}
 		noop.add(n)
-		p, err := e.ingestRun(ctx, pub, topic, round)
+		p, err := e.labelledRun(ctx, "deposit", pub, topic, round)
 		if err != nil {
 			return err
 		}
@@ -165,6 +166,15 @@ func (l *loadResult) add(o loadResult) {
 	l.acks += o.acks
 	l.cpu += o.cpu
 	l.faults += o.faults
+}
+
+// labelledRun is ingestRun with the server's and the callers' goroutines
+// labelled handler=name in a CPU profile (go tool pprof -tagfocus
+// handler=noop). The producer's and the broker's goroutines started earlier
+// and carry no handler label.
+func (e *env) labelledRun(ctx context.Context, name string, pub ledger.Publisher, topic string, d time.Duration) (l loadResult, err error) {
+	pprof.Do(ctx, pprof.Labels("handler", name), func(ctx context.Context) { l, err = e.ingestRun(ctx, pub, topic, d) })
+	return l, err
 }
 
 // ingestRun serves pub and drives it with closed-loop callers: a warm-up,
