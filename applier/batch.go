@@ -17,16 +17,20 @@ import (
 var errStale = errors.New("applied position moved by another consumer")
 
 // applyWithRetry applies batch, retrying failures with backoff until it commits.
-// It reports false when the worker must stop (its partition was released) before
-// the batch committed; the batch is then rolled back and left to the next owner.
+// It is called holding a slot, which it gives back after the first attempt and
+// takes again for each retry. It reports false when the worker must stop (its
+// partition was released) before the batch committed; the batch is then rolled
+// back and left to the next owner.
 func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 	a := w.a
 	bo := newBackoff()
 	for attempt := 1; ; attempt++ {
-		select {
-		case a.slots <- struct{}{}:
-		case <-w.quit:
-			return false
+		if attempt > 1 {
+			select {
+			case a.slots <- struct{}{}:
+			case <-w.quit:
+				return false
+			}
 		}
 		err := w.applyOnce(a.hard, batch)
 		<-a.slots

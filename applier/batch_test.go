@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
@@ -196,6 +197,79 @@ func TestShutdownAbortsStuckBatch(t *testing.T) {
 			if got, want := s.counters(t), map[string]int64{"a": 1, "b": 10}; !maps.Equal(got, want) {
 				t.Errorf("counters = %v, want %v", got, want)
 			}
+		})
+	}
+}
+
+// A partition whose records wait for a transaction slot (all are in use by
+// other partitions) cuts its batch when it gets one: the records that arrived
+// while it waited, in fetches of their own, join one transaction instead of
+// queueing for one each.
+func TestBatchCutWhenSlotFree(t *testing.T) {
+	for _, hc := range handlers() {
+		t.Run(hc.name, func(t *testing.T) {
+			s := newStackPartitions(t, 2)
+			ctx := t.Context()
+			c := new(counter)
+			cl, err := kgo.NewClient(kgo.SeedBrokers(s.broker...), kgo.DefaultProduceTopic(s.topic),
+				kgo.AllowAutoTopicCreation(), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			produce := func(p int32, key, requestID string) {
+				r := record(t, key, requestID, 1)
+				r.Partition = p
+				if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+					t.Fatalf("produce to partition %d: %v", p, err)
+				}
+			}
+			// Partition 0's first transaction holds the only slot, stuck on
+			// a lock on its applied position.
+			if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, 0, 0)`, s.topic); err != nil {
+				t.Fatal(err)
+			}
+			lock, err := s.pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lock.Rollback(ctx) //nolint:errcheck // rolled back below; a no-op then
+			if _, err := lock.Exec(ctx, `SELECT * FROM applied_positions WHERE topic = $1 AND partition = 0 FOR UPDATE`, s.topic); err != nil {
+				t.Fatal(err)
+			}
+			produce(0, "a", "a1")
+			app := s.startConfig(t, hc.make(c), applier.Config{Concurrency: 1})
+			testenv.Eventually(t, 20*time.Second, func() string {
+				if n := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); n != 1 {
+					return fmt.Sprintf("%d sessions wait for a lock, want 1 (partition 0's compare-and-set)", n)
+				}
+				return ""
+			})
+			// Partition 1's records arrive apart: each in a fetch of its own.
+			for _, id := range []string{"b1", "b2", "b3"} {
+				produce(1, "b", id)
+				time.Sleep(200 * time.Millisecond)
+			}
+			time.Sleep(time.Second) // for the last fetch to reach partition 1's worker
+			if st := app.Stats(); st.Batches != 0 {
+				t.Fatalf("stats %+v while the only slot is held, want no batch committed", st)
+			}
+			if err := lock.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 20*time.Second, func() string {
+				if st := app.Stats(); st.Applied != 4 {
+					return fmt.Sprintf("stats %+v, want 4 applied", st)
+				}
+				return ""
+			})
+			if st := app.Stats(); st.Batches != 2 {
+				t.Errorf("stats %+v, want 2 batches: partition 0's and one with partition 1's three records", st)
+			}
+			if got, want := s.counters(t), map[string]int64{"a": 1, "b": 3}; !maps.Equal(got, want) {
+				t.Errorf("counters = %v, want %v", got, want)
+			}
+			s.checkNoOpenTransaction(t)
 		})
 	}
 }

@@ -50,7 +50,10 @@ type stack struct {
 	cl     *kgo.Client
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t *testing.T) *stack { t.Helper(); return newStackPartitions(t, 1) }
+
+// newStackPartitions is newStack with a topic of the given partitions.
+func newStackPartitions(t *testing.T, partitions int32) *stack {
 	t.Helper()
 	ctx := t.Context()
 	cfg, err := schema.PoolConfig(testenv.PostgresURL(t), schema.Default, 8)
@@ -70,7 +73,7 @@ func newStack(t *testing.T) *stack {
 	if _, err := s.pool.Exec(ctx, counterTableSQL); err != nil {
 		t.Fatalf("create counters: %v", err)
 	}
-	s.broker = testenv.Broker(t, 1).Addrs()
+	s.broker = testenv.Broker(t, partitions).Addrs()
 	if s.cl, err = kgo.NewClient(kgo.SeedBrokers(s.broker...), kgo.DefaultProduceTopic(s.topic), kgo.AllowAutoTopicCreation()); err != nil {
 		t.Fatalf("producer: %v", err)
 	}
@@ -114,8 +117,15 @@ type running struct {
 // unless stopped first.
 func (s *stack) start(t *testing.T, h applier.Handler, grace time.Duration) *running {
 	t.Helper()
-	a, err := applier.New(applier.Config{Brokers: s.broker, Topic: s.topic, Group: "counters",
-		ShutdownGrace: grace, Logger: testenv.Logger(t)}, s.pool, h)
+	return s.startConfig(t, h, applier.Config{ShutdownGrace: grace})
+}
+
+// startConfig is start with cfg's settings; it fills in the stack's broker,
+// topic, group and a logger.
+func (s *stack) startConfig(t *testing.T, h applier.Handler, cfg applier.Config) *running {
+	t.Helper()
+	cfg.Brokers, cfg.Topic, cfg.Group, cfg.Logger = s.broker, s.topic, "counters", testenv.Logger(t)
+	a, err := applier.New(cfg, s.pool, h)
 	if err != nil {
 		t.Fatalf("applier: %v", err)
 	}

@@ -73,68 +73,96 @@ func (w *partition) feed(ctx context.Context, recs []*kgo.Record) {
 
 func (w *partition) run() {
 	defer close(w.done)
+	a := w.a
 	for {
-		batch := w.collect()
-		if batch == nil {
+		if !w.wait() {
 			return
 		}
-		if !w.applyWithRetry(batch) {
+		select {
+		case a.slots <- struct{}{}:
+		case <-w.quit:
+			return
+		}
+		// Cut the batch only now: what arrived while this partition waited
+		// for a slot (other partitions' transactions) joins it, instead of
+		// waiting for a transaction of its own.
+		if !w.applyWithRetry(w.take()) {
 			return
 		}
 	}
 }
 
-// collect returns the next batch, bounded by count and bytes, waiting up to
-// Linger for more once it has some; nil when the worker must stop.
-func (w *partition) collect() []*kgo.Record {
-	cfg := &w.a.cfg
+// wait blocks until records are pending and then, with a Linger, until a
+// full batch is pending or Linger has passed; false when the worker must stop.
+func (w *partition) wait() bool {
 	if len(w.pending) == 0 {
 		select {
 		case recs := <-w.in:
 			w.pending = recs[:len(recs):len(recs)] // appends must not write into the fetch's array
 		case <-w.quit:
-			return nil
+			return false
 		}
 	}
-	var linger <-chan time.Time
-	if cfg.Linger > 0 {
-		t := time.NewTimer(cfg.Linger)
-		defer t.Stop()
-		linger = t.C
+	if w.a.cfg.Linger <= 0 {
+		return true
 	}
+	t := time.NewTimer(w.a.cfg.Linger)
+	defer t.Stop()
 	for {
-		n, size := 0, 0
-		for n < len(w.pending) && n < cfg.MaxBatchRecords {
-			size += len(w.pending[n].Key) + len(w.pending[n].Value)
-			if size > cfg.MaxBatchBytes && n > 0 {
-				break
-			}
-			n++
+		if w.drain() {
+			return true
 		}
-		if n < len(w.pending) || n == cfg.MaxBatchRecords {
-			batch := w.pending[:n:n]
-			w.pending = w.pending[n:]
-			return batch
-		}
-		// Everything pending fits: take more if it is already there (or within linger).
 		select {
 		case recs := <-w.in:
 			w.pending = append(w.pending, recs...)
-			continue
-		default:
+		case <-t.C:
+			return true
+		case <-w.quit:
+			return false
 		}
-		if linger != nil {
-			select {
-			case recs := <-w.in:
-				w.pending = append(w.pending, recs...)
-				continue
-			case <-linger:
-				linger = nil
-			case <-w.quit:
-			}
-		}
-		batch := w.pending
-		w.pending = nil
-		return batch
 	}
+}
+
+// drain moves records already queued on in to pending until a full batch is
+// pending, without waiting; it reports whether one is.
+func (w *partition) drain() bool {
+	for {
+		if _, full := w.cut(); full {
+			return true
+		}
+		select {
+		case recs := <-w.in:
+			w.pending = append(w.pending, recs...)
+		default:
+			return false
+		}
+	}
+}
+
+// cut is how many pending records make the next batch, bounded by count and
+// bytes (at least one record, however big), and whether that batch is full:
+// more records could not join it.
+func (w *partition) cut() (n int, full bool) {
+	cfg := &w.a.cfg
+	size := 0
+	for n < len(w.pending) && n < cfg.MaxBatchRecords {
+		size += len(w.pending[n].Key) + len(w.pending[n].Value)
+		if size > cfg.MaxBatchBytes && n > 0 {
+			break
+		}
+		n++
+	}
+	return n, n < len(w.pending) || n == cfg.MaxBatchRecords
+}
+
+// take returns the next batch: the pending records and those already queued,
+// up to the batch bounds. Records past them stay pending.
+func (w *partition) take() []*kgo.Record {
+	w.drain()
+	n, _ := w.cut()
+	batch := w.pending[:n:n]
+	if w.pending = w.pending[n:]; len(w.pending) == 0 {
+		w.pending = nil
+	}
+	return batch
 }
