@@ -56,6 +56,9 @@ func TestBenchBinaryJSON(t *testing.T) {
 	if n, _ := got["rss_events"].(float64); n != 20100 {
 		t.Errorf("rss_events = %v, want 20100 (100 opens, 20,000 deposits)", got["rss_events"])
 	}
+	if runs, _ := got["ceiling_batched_runs_events_per_s"].([]any); len(runs) != 2 {
+		t.Errorf("ceiling_batched_runs_events_per_s = %v, want 2 runs (before and after the drain)", got["ceiling_batched_runs_events_per_s"])
+	}
 	if q, _ := got["rss_mib_at_25_50_75_100_pct"].([]any); len(q) != 4 {
 		t.Errorf("rss_mib_at_25_50_75_100_pct = %v, want 4 samples", got["rss_mib_at_25_50_75_100_pct"])
 	}

@@ -53,6 +53,10 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
 	}
+	// The ceiling is measured before and after the drain; the ratio is to the mean.
+	if runs := r.CeilingBatchedRuns; len(runs) != 2 || runs[0] <= 0 || runs[1] <= 0 || r.CeilingBatched != (runs[0]+runs[1])/2 {
+		t.Errorf("batched ceiling %v from runs %v, want two positive runs and their mean", r.CeilingBatched, runs)
+	}
 	// Each caller has one command in flight at a time.
 	if n := r.IngestRecordsPerProduce; n < 1 || n > 8 {
 		t.Errorf("ingest: %.2f records per produce request, want between 1 and the 8 callers", n)
@@ -71,7 +75,7 @@ func TestRunSmall(t *testing.T) {
 	if err := WriteTable(&table, r, Config{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Postgres ceiling, batched SQL", "applier drain", "one event per transaction", "ingest: no-op handler", "end to end"} {
+	for _, want := range []string{"Postgres ceiling, batched SQL", "before the drain", "applier drain", "one event per transaction", "ingest: no-op handler", "end to end"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

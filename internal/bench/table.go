@@ -15,7 +15,11 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 	fmt.Fprintln(tw, "what\tfigure\tdetail")
 	batch, conc := cfg.Applier.MaxBatchRecords, cfg.Applier.Concurrency
 	if r.CeilingBatched > 0 {
-		fmt.Fprintf(tw, "Postgres ceiling, batched SQL\t%s events/s\tno heed code: one unnest statement per table, %s events per transaction, %d at once\n", count(int(r.CeilingBatched)), count(batch), conc)
+		runs := ""
+		if len(r.CeilingBatchedRuns) == 2 {
+			runs = fmt.Sprintf("; mean of %s before the drain and %s after", count(int(r.CeilingBatchedRuns[0])), count(int(r.CeilingBatchedRuns[1])))
+		}
+		fmt.Fprintf(tw, "Postgres ceiling, batched SQL\t%s events/s\tno heed code: one unnest statement per table, %s events per transaction, %d at once%s\n", count(int(r.CeilingBatched)), count(batch), conc, runs)
 		fmt.Fprintf(tw, "Postgres ceiling, COPY\t%s events/s\tCOPY for processed_events and command_results, one upsert for accounts\n", count(int(r.CeilingCopy)))
 	}
 	if r.Applier > 0 {
