@@ -157,17 +157,7 @@ func TestShutdownAbortsStuckBatch(t *testing.T) {
 			s := newStack(t)
 			ctx := t.Context()
 			c := new(counter)
-			if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, 0, 0)`, s.topic); err != nil {
-				t.Fatal(err)
-			}
-			lock, err := s.pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lock.Rollback(ctx) //nolint:errcheck // rolled back below; a no-op then
-			if _, err := lock.Exec(ctx, `SELECT * FROM applied_positions WHERE topic = $1 FOR UPDATE`, s.topic); err != nil {
-				t.Fatal(err)
-			}
+			lock := s.lockPosition(t, 0)
 			s.produce(t, record(t, "a", "a1", 1), record(t, "b", "b1", 10))
 			app := s.start(t, hc.make(c), 200*time.Millisecond)
 			testenv.Eventually(t, 20*time.Second, func() string {
@@ -226,17 +216,7 @@ func TestBatchCutWhenSlotFree(t *testing.T) {
 			}
 			// Partition 0's first transaction holds the only slot, stuck on
 			// a lock on its applied position.
-			if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, 0, 0)`, s.topic); err != nil {
-				t.Fatal(err)
-			}
-			lock, err := s.pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lock.Rollback(ctx) //nolint:errcheck // rolled back below; a no-op then
-			if _, err := lock.Exec(ctx, `SELECT * FROM applied_positions WHERE topic = $1 AND partition = 0 FOR UPDATE`, s.topic); err != nil {
-				t.Fatal(err)
-			}
+			lock := s.lockPosition(t, 0)
 			produce(0, "a", "a1")
 			app := s.startConfig(t, hc.make(c), applier.Config{Concurrency: 1})
 			testenv.Eventually(t, 20*time.Second, func() string {

@@ -262,3 +262,23 @@ func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.Tra
 func (*roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
 
 func (*roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// lockPosition sets partition's applied position to 0 and locks its row in a
+// transaction it returns, rolled back at the end of the test if not before: the
+// applier's compare-and-set on that partition waits until then.
+func (s *stack) lockPosition(t *testing.T, partition int32) pgx.Tx {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, $2, 0)`, s.topic, partition); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lock.Rollback(context.Background()) }) // a no-op once rolled back
+	if _, err := lock.Exec(ctx, `SELECT * FROM applied_positions WHERE topic = $1 AND partition = $2 FOR UPDATE`, s.topic, partition); err != nil {
+		t.Fatal(err)
+	}
+	return lock
+}
