@@ -93,8 +93,10 @@ func (w *partition) resync(batch []*kgo.Record) bool {
 
 // applyOnce runs one transaction for batch, on one connection, in pipelined
 // round trips (see begin and commit): two for a BatchHandler, two plus Apply's
-// own for a plain Handler, and one more only when some events were not new
-// (the claim's fingerprint comparison). Any failure rolls everything back.
+// own for a plain Handler. The first looks the batch's event IDs up, which
+// tells new from duplicate and conflict; the second records the new ones with
+// the state change. An ID another transaction recorded in between fails the
+// second on its key: that rolls everything back, and the retry finds it.
 func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	a := w.a
 	// Records below the known position were applied already (a re-fetch).
@@ -127,7 +129,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	if err != nil {
 		return err
 	}
-	statuses, err := t.claimed.Statuses(ctx, conn)
+	statuses, err := t.lookup.Statuses()
 	if err != nil {
 		return err
 	}

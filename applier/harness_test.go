@@ -282,3 +282,23 @@ func (s *stack) lockPosition(t *testing.T, partition int32) pgx.Tx {
 	}
 	return lock
 }
+
+// partitionProducer returns a function producing, and waiting for, a record of
+// key and requestID (adding 1) to the given partition of the stack's topic.
+func (s *stack) partitionProducer(t *testing.T) func(partition int32, key, requestID string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.broker...), kgo.DefaultProduceTopic(s.topic),
+		kgo.AllowAutoTopicCreation(), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return func(partition int32, key, requestID string) {
+		t.Helper()
+		r := record(t, key, requestID, 1)
+		r.Partition = partition
+		if err := cl.ProduceSync(t.Context(), r).FirstErr(); err != nil {
+			t.Fatalf("produce to partition %d: %v", partition, err)
+		}
+	}
+}

@@ -40,15 +40,16 @@ type txn struct {
 	conn *pgxpool.Conn
 	// tx is the transaction as a pgx.Tx, for a plain Handler's Apply.
 	tx pgx.Tx
-	// claimed is the batch's dedup claim.
-	claimed *dedup.Claimed
+	// lookup is the batch's dedup lookup: sent in begin, its new IDs
+	// recorded in commit.
+	lookup *dedup.Lookup
 	// loaded is what a BatchHandler's Load read; nil for a plain Handler or a
 	// batch with no decodable event.
 	loaded Loaded
 }
 
 // begin sends the batch's first round trip on conn: BEGIN, the compare-and-set
-// of the applied position from w.next to next, the claim of items and, for a
+// of the applied position from w.next to next, the lookup of items' IDs and, for a
 // BatchHandler, the reads Load queues for events. It returns errStale when the
 // position moved, and any other failure wrapped; release rolls back.
 func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event) (*txn, error) {
@@ -60,7 +61,7 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 	// competing member of the same partition waits here, then finds the
 	// position moved (and rolls back what it queued after it).
 	b.Queue(casSQL, next, a.cfg.Topic, w.p, w.next)
-	t.claimed = dedup.QueueClaim(b, items)
+	t.lookup = dedup.QueueLookup(b, items)
 	if bh, ok := a.handler.(BatchHandler); ok && len(events) > 0 {
 		t.loaded = bh.Load(b, events)
 	}
@@ -87,7 +88,7 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 
 // commit applies fresh (a BatchHandler queues its writes; a plain Handler's
 // Apply runs with the transaction), then sends the last round trip: those
-// writes, the quarantine of bad and COMMIT. Failures are returned wrapped;
+// writes, the record of the new event IDs, the quarantine of bad and COMMIT. Failures are returned wrapped;
 // release rolls back.
 func (w *partition) commit(ctx context.Context, t *txn, fresh []Event, bad []quarantined) error {
 	a := w.a
@@ -102,6 +103,9 @@ func (w *partition) commit(ctx context.Context, t *txn, fresh []Event, bad []qua
 		if err != nil {
 			return fmt.Errorf("apply events: %w", err)
 		}
+	}
+	if err := t.lookup.QueueRecord(b); err != nil {
+		return err
 	}
 	queueQuarantine(b, a.cfg.Topic, bad)
 	b.Queue("COMMIT").Exec(checkCommitted)

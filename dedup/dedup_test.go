@@ -53,14 +53,15 @@ var errRollback = context.Canceled // any sentinel: makes BeginFunc roll back
 // not counted).
 type claimFunc func(t *testing.T, pool *pgxpool.Pool, commit bool, items ...dedup.Item) ([]dedup.Status, int)
 
-// TestClaim runs one scenario through Claim and through QueueClaim, each on a
-// fresh schema: the two must agree on every status.
+// TestClaim runs one scenario through Claim, QueueClaim and QueueLookup with
+// QueueRecord, each on a fresh schema: they must agree on every status.
 func TestClaim(t *testing.T) {
 	for name, claimer := range map[string]claimFunc{
 		"Claim": func(t *testing.T, pool *pgxpool.Pool, commit bool, items ...dedup.Item) ([]dedup.Status, int) {
 			return claim(t, pool, commit, items...), -1
 		},
-		"QueueClaim": pipelinedClaim,
+		"QueueClaim":  pipelinedClaim,
+		"QueueLookup": lookupClaim,
 	} {
 		t.Run(name, func(t *testing.T) { claimScenario(t, claimer) })
 	}
