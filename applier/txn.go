@@ -88,8 +88,8 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 
 // commit applies fresh (a BatchHandler queues its writes; a plain Handler's
 // Apply runs with the transaction), then sends the last round trip: those
-// writes, the record of the new event IDs, the quarantine of bad and COMMIT. Failures are returned wrapped;
-// release rolls back.
+// writes, the record of the new event IDs, the quarantine of bad and COMMIT.
+// Failures are returned wrapped; release rolls back.
 func (w *partition) commit(ctx context.Context, t *txn, fresh []Event, bad []quarantined) error {
 	a := w.a
 	b := &pgx.Batch{}
