@@ -160,12 +160,7 @@ func TestShutdownAbortsStuckBatch(t *testing.T) {
 			lock := s.lockPosition(t, 0)
 			s.produce(t, record(t, "a", "a1", 1), record(t, "b", "b1", 10))
 			app := s.start(t, hc.make(c), 200*time.Millisecond)
-			testenv.Eventually(t, 20*time.Second, func() string {
-				if n := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); n != 1 {
-					return fmt.Sprintf("%d sessions wait for a lock, want 1 (the applier's compare-and-set)", n)
-				}
-				return ""
-			})
+			s.waitLockWaiters(t, 1, "the applier's compare-and-set")
 			if took := app.stop(t, 10*time.Second); took > 5*time.Second {
 				t.Errorf("Run took %v to return with a batch stuck, want about the shutdown grace (200ms)", took)
 			}
@@ -207,12 +202,7 @@ func TestBatchCutWhenSlotFree(t *testing.T) {
 			lock := s.lockPosition(t, 0)
 			produce(0, "a", "a1")
 			app := s.startConfig(t, hc.make(c), applier.Config{Concurrency: 1})
-			testenv.Eventually(t, 20*time.Second, func() string {
-				if n := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); n != 1 {
-					return fmt.Sprintf("%d sessions wait for a lock, want 1 (partition 0's compare-and-set)", n)
-				}
-				return ""
-			})
+			s.waitLockWaiters(t, 1, "partition 0's compare-and-set")
 			// Partition 1's records arrive apart: each in a fetch of its own.
 			for _, id := range []string{"b1", "b2", "b3"} {
 				produce(1, "b", id)
@@ -261,12 +251,7 @@ func TestSameEventInTwoPartitions(t *testing.T) {
 			produce(1, "b", "b1")
 			produce(1, "a", "same")
 			app := s.startConfig(t, hc.make(c), applier.Config{Concurrency: 2})
-			testenv.Eventually(t, 20*time.Second, func() string {
-				if n := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); n != 2 {
-					return fmt.Sprintf("%d sessions wait for a lock, want 2 (both partitions' compare-and-set)", n)
-				}
-				return ""
-			})
+			s.waitLockWaiters(t, 2, "both partitions' compare-and-set")
 			for _, lock := range []pgx.Tx{lock0, lock1} {
 				if err := lock.Rollback(t.Context()); err != nil {
 					t.Fatal(err)

@@ -302,3 +302,15 @@ func (s *stack) partitionProducer(t *testing.T) func(partition int32, key, reque
 		}
 	}
 }
+
+// waitLockWaiters waits until n sessions of the stack's database wait for a
+// lock; what names them in the failure message.
+func (s *stack) waitLockWaiters(t *testing.T, n int64, what string) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() string {
+		if got := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); got != n {
+			return fmt.Sprintf("%d sessions wait for a lock, want %d (%s)", got, n, what)
+		}
+		return ""
+	})
+}
