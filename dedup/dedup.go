@@ -6,11 +6,14 @@ package dedup
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/heed-dev/heed/pgarray"
 )
 
 //go:embed migrations/*.sql
@@ -58,9 +61,9 @@ type Item struct {
 	Fingerprint int64
 }
 
-// Querier is what Claim and Claimed.Statuses need: a pgx.Tx (or the connection
-// of a transaction begun by hand), so that the claim commits or rolls back with
-// the state change it guards.
+// Querier is what Claim needs: a pgx.Tx (or the connection of a transaction
+// begun by hand), so that the claim commits or rolls back with the state
+// change it guards.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
@@ -72,10 +75,18 @@ RETURNING event_id`
 
 const fingerprintsSQL = `SELECT event_id, fingerprint FROM processed_events WHERE event_id = ANY($1::uuid[])`
 
+// errNotReceived is returned by Lookup's methods when the lookup's result never
+// arrived.
+var errNotReceived = errors.New("look up event ids: the batch holding the lookup was not sent, or failed before the lookup's result was read")
+
 // Claim records items as processed in one statement and returns, for each item in
 // order, whether it is New, a Duplicate or a Conflict. When an ID occurs twice in
 // items, the first occurrence is the one that can be New. Only when some items are
-// not new does it run a second statement to compare fingerprints.
+// not new does it run a second statement to compare fingerprints. A transaction
+// claiming an ID that a concurrent one claimed waits for it and then finds the
+// ID processed; no retry is needed. QueueLookup and QueueRecord do the same work
+// pipelined with other statements and cheaper for Postgres, but a concurrent
+// claim of the same ID fails them.
 //
 // q must be the transaction that applies the new items: if it rolls back, the
 // claim rolls back too. Errors are wrapped with what failed; the transaction
@@ -84,15 +95,74 @@ func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
-	c := &Claimed{items: items}
-	rows, err := q.Query(ctx, claimSQL, c.args()...)
+	ids := make(pgarray.UUIDs, len(items))
+	fps := make(pgarray.Int8s, len(items))
+	for i, it := range items {
+		ids[i], fps[i] = it.ID, it.Fingerprint
+	}
+	rows, err := q.Query(ctx, claimSQL, ids, fps)
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids: %w", err)
 	}
-	err = c.collect(rows)
-	rows.Close()
+	inserted, err := pgx.CollectRows(rows, pgx.RowTo[[16]byte])
+	if err != nil {
+		return nil, fmt.Errorf("claim event ids: %w", err)
+	}
+	isNew := make(map[uuid.UUID]bool, len(inserted))
+	for _, id := range inserted {
+		isNew[id] = true
+	}
+	out := make([]Status, len(items))
+	var seen pgarray.UUIDs
+	for i, it := range items {
+		if isNew[it.ID] {
+			delete(isNew, it.ID) // a second occurrence of the ID is not new
+			out[i] = New
+			continue
+		}
+		seen = append(seen, it.ID)
+	}
+	if len(seen) == 0 {
+		return out, nil
+	}
+	stored, err := collectFingerprints(ctx, q, seen)
+	if err != nil {
+		return nil, fmt.Errorf("read fingerprints of processed events: %w", err)
+	}
+	for i, it := range items {
+		if out[i] == New {
+			continue
+		}
+		fp, ok := stored[it.ID]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("claim event ids: %s neither inserted nor found", it.ID)
+		case fp == it.Fingerprint:
+			out[i] = Duplicate
+		default:
+			out[i] = Conflict
+		}
+	}
+	return out, nil
+}
+
+// collectFingerprints reads the stored fingerprints of ids.
+func collectFingerprints(ctx context.Context, q Querier, ids pgarray.UUIDs) (map[uuid.UUID]int64, error) {
+	rows, err := q.Query(ctx, fingerprintsSQL, ids)
 	if err != nil {
 		return nil, err
 	}
-	return c.Statuses(ctx, q)
+	defer rows.Close()
+	got := make(map[uuid.UUID]int64, len(ids))
+	var (
+		id [16]byte
+		fp int64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&id, &fp); err != nil {
+			return nil, err
+		}
+		got[id] = fp
+	}
+	return got, rows.Err()
 }

@@ -15,7 +15,7 @@ import (
 const recordSQL = `INSERT INTO processed_events (event_id, fingerprint)
 SELECT * FROM unnest($1::uuid[], $2::int8[])`
 
-// Lookup is a claim in two steps, cheaper for Postgres than QueueClaim's
+// Lookup is a claim in two steps, cheaper for Postgres than Claim's
 // INSERT ... ON CONFLICT DO NOTHING (a speculative insertion per row): the
 // batch's IDs are looked up with their stored fingerprints (QueueLookup), which
 // tells every status without another round trip, and the new ones are then
