@@ -46,6 +46,13 @@ func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 			return false
 		}
 		a.stats.retries.Add(1)
+		if errors.Is(err, dedup.ErrRecordedConcurrently) {
+			// The same event ID in another partition (or topic), committed
+			// since the lookup: nothing failed, and the retry skips it.
+			a.log.Info("an event ID of the batch was recorded meanwhile by a concurrent transaction (the same ID in another partition or topic); rolled back, retrying at once",
+				"partition", w.p, "first_offset", batch[0].Offset, "records", len(batch), "err", err)
+			continue
+		}
 		wait := bo.NextBackOff()
 		a.log.Warn("apply batch failed; rolled back, retrying", "partition", w.p,
 			"first_offset", batch[0].Offset, "records", len(batch), "attempt", attempt, "retry_in", wait, "err", err)

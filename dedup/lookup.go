@@ -1,10 +1,12 @@
 package dedup
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/heed-dev/heed/pgarray"
 )
@@ -14,6 +16,11 @@ import (
 // fail on the primary key instead of skipping the row.
 const recordSQL = `INSERT INTO processed_events (event_id, fingerprint)
 SELECT * FROM unnest($1::uuid[], $2::int8[])`
+
+// ErrRecordedConcurrently is in the error of a batch holding QueueRecord's
+// INSERT when another transaction recorded one of the IDs since the lookup: roll
+// back and retry at once; the retry's lookup finds the ID processed.
+var ErrRecordedConcurrently = errors.New("an event id was recorded by a concurrent transaction since the lookup")
 
 // Lookup is a claim in two steps, cheaper for Postgres than Claim's
 // INSERT ... ON CONFLICT DO NOTHING (a speculative insertion per row): the
@@ -91,7 +98,8 @@ func (l *Lookup) Statuses() ([]Status, error) {
 
 // QueueRecord queues onto b the INSERT that records the New items as processed.
 // b must be sent in the transaction the lookup was, before it commits; the
-// INSERT's errors come out of b's results, wrapped with "record event ids". It
+// INSERT's errors come out of b's results, wrapped with "record event ids"
+// (and ErrRecordedConcurrently when a concurrent transaction got there first). It
 // queues nothing when no item is New, and fails when Statuses has not
 // succeeded.
 func (l *Lookup) QueueRecord(b *pgx.Batch) error {
@@ -114,7 +122,12 @@ func (l *Lookup) QueueRecord(b *pgx.Batch) error {
 		return nil
 	}
 	b.Queue(recordSQL, ids, fps).Fn = func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
+		_, err := br.Exec()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.TableName == "processed_events" { // unique_violation
+			return fmt.Errorf("record event ids: %w (%w)", ErrRecordedConcurrently, err)
+		}
+		if err != nil {
 			return fmt.Errorf("record event ids: %w", err)
 		}
 		return nil

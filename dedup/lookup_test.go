@@ -102,8 +102,8 @@ func TestLookupRace(t *testing.T) {
 	}
 	err := record(tx2, l2)
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || !strings.Contains(err.Error(), "record event ids") {
-		t.Fatalf("recording an ID another transaction recorded since: %v, want a unique violation wrapped with \"record event ids\"", err)
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || !errors.Is(err, dedup.ErrRecordedConcurrently) || !strings.Contains(err.Error(), "record event ids") {
+		t.Fatalf("recording an ID another transaction recorded since: %v, want a unique violation wrapped with \"record event ids\" and ErrRecordedConcurrently", err)
 	}
 	if err := tx2.Rollback(ctx); err != nil {
 		t.Fatal(err)
