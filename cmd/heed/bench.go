@@ -60,7 +60,7 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.protocol, "protocol", "connect", "what the ingest clients speak: connect (HTTP/1.1), connect-h2 (Connect over HTTP/2 without TLS) or grpc (HTTP/2)")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object instead of the table")
 	fs.StringVar(&c.heedBinary, "heed-binary", "", "heed executable the rss phase runs (default: this one)")
-	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server, applier, broker, clients) to this file")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server, applier, broker, clients) to this file, its samples labelled by phase and ingest handler (go tool pprof -tags)")
 	c.apply.registerBatch(fs)
 	fs.DurationVar(&c.produceLinger, "produce-linger", ingest.DefaultLinger, lingerUsage)
 	fs.StringVar(&c.compression, "compression", "none", "ingest record batch compression: none, gzip, snappy, lz4 or zstd")
