@@ -268,8 +268,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			if err := e.drain(ctx, data, r); err != nil || !cfg.runs("ceiling") {
 				return err
 			}
-			data = nil // dropped by the drain; ceilingAgain makes its own
-			e.settle(ctx)
+			e.settle(ctx) // the drain dropped the dataset; ceilingAgain makes its own
 			return e.ceilingAgain(ctx, r)
 		}},
 		{"naive", func(ctx context.Context) error { return e.naive(ctx, r) }},

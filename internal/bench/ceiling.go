@@ -49,14 +49,11 @@ func (e *env) ceilingAgain(ctx context.Context, r *Result) error {
 	if err != nil {
 		return err
 	}
-	r.CeilingBatchedRuns = append(r.CeilingBatchedRuns, rate)
-	var sum float64
-	for _, x := range r.CeilingBatchedRuns {
-		sum += x
-	}
-	r.CeilingBatched = sum / float64(len(r.CeilingBatchedRuns))
+	before := r.CeilingBatched
+	r.CeilingBatchedRuns = []float64{before, rate}
+	r.CeilingBatched = (before + rate) / 2
 	e.progress("ceiling_sql after the drain: %.0f events/s; the ceiling is the mean of %.0f and %.0f: %.0f events/s",
-		rate, r.CeilingBatchedRuns[0], rate, r.CeilingBatched)
+		rate, before, rate, r.CeilingBatched)
 	return nil
 }
 
