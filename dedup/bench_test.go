@@ -25,22 +25,7 @@ func BenchmarkClaim(b *testing.B) {
 		{"claim", func(ctx context.Context, tx pgx.Tx, items []dedup.Item) ([]dedup.Status, error) {
 			return dedup.Claim(ctx, tx, items)
 		}},
-		{"lookup", func(ctx context.Context, tx pgx.Tx, items []dedup.Item) ([]dedup.Status, error) {
-			batch := &pgx.Batch{}
-			l := dedup.QueueLookup(batch, items)
-			if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-				return nil, err
-			}
-			st, err := l.Statuses()
-			if err != nil {
-				return nil, err
-			}
-			batch = &pgx.Batch{}
-			if err := l.QueueRecord(batch); err != nil {
-				return nil, err
-			}
-			return st, tx.SendBatch(ctx, batch).Close()
-		}},
+		{"lookup", lookupAndRecord},
 	}
 	ids := []struct {
 		name string

@@ -6,7 +6,6 @@ package dedup
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 
@@ -74,10 +73,6 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id`
 
 const fingerprintsSQL = `SELECT event_id, fingerprint FROM processed_events WHERE event_id = ANY($1::uuid[])`
-
-// errNotReceived is returned by Lookup's methods when the lookup's result never
-// arrived.
-var errNotReceived = errors.New("look up event ids: the batch holding the lookup was not sent, or failed before the lookup's result was read")
 
 // Claim records items as processed in one statement and returns, for each item in
 // order, whether it is New, a Duplicate or a Conflict. When an ID occurs twice in
@@ -152,8 +147,14 @@ func collectFingerprints(ctx context.Context, q Querier, ids pgarray.UUIDs) (map
 	if err != nil {
 		return nil, err
 	}
+	return scanFingerprints(rows, len(ids))
+}
+
+// scanFingerprints reads the rows of fingerprintsSQL, about n of them, and
+// closes them. It returns every row or an error, never part of a result.
+func scanFingerprints(rows pgx.Rows, n int) (map[uuid.UUID]int64, error) {
 	defer rows.Close()
-	got := make(map[uuid.UUID]int64, len(ids))
+	got := make(map[uuid.UUID]int64, n)
 	var (
 		id [16]byte
 		fp int64
@@ -164,5 +165,8 @@ func collectFingerprints(ctx context.Context, q Querier, ids pgarray.UUIDs) (map
 		}
 		got[id] = fp
 	}
-	return got, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return got, nil
 }

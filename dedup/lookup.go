@@ -17,6 +17,10 @@ import (
 const recordSQL = `INSERT INTO processed_events (event_id, fingerprint)
 SELECT * FROM unnest($1::uuid[], $2::int8[])`
 
+// errNotReceived is returned by Lookup's methods when the lookup's result never
+// arrived.
+var errNotReceived = errors.New("look up event ids: the batch holding the lookup was not sent, or failed before the lookup's result was read")
+
 // ErrRecordedConcurrently is in the error of a batch holding QueueRecord's
 // INSERT when another transaction recorded one of the IDs since the lookup: roll
 // back and retry at once; the retry's lookup finds the ID processed.
@@ -138,18 +142,8 @@ func (l *Lookup) QueueRecord(b *pgx.Batch) error {
 // collect reads the stored fingerprints. It records them only when every row
 // was read, so that Statuses never works from part of a result.
 func (l *Lookup) collect(rows pgx.Rows) error {
-	got := make(map[uuid.UUID]int64, len(l.items))
-	var (
-		id [16]byte
-		fp int64
-	)
-	for rows.Next() {
-		if err := rows.Scan(&id, &fp); err != nil {
-			return fmt.Errorf("look up event ids: %w", err)
-		}
-		got[id] = fp
-	}
-	if err := rows.Err(); err != nil {
+	got, err := scanFingerprints(rows, len(l.items))
+	if err != nil {
 		return fmt.Errorf("look up event ids: %w", err)
 	}
 	l.stored = got

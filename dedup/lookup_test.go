@@ -1,6 +1,7 @@
 package dedup_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -14,37 +15,39 @@ import (
 	"github.com/heed-dev/heed/dedup"
 )
 
-// lookupClaim looks items up in one batch and records the new ones in a second,
-// as the applier does, in a transaction committed when commit is set.
+// lookupClaim runs lookupAndRecord in a transaction committed when commit is set.
 func lookupClaim(t *testing.T, pool *pgxpool.Pool, commit bool, items ...dedup.Item) (got []dedup.Status) {
 	t.Helper()
-	ctx := t.Context()
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		l := dedup.QueueLookup(b, items)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
+	err := pgx.BeginFunc(t.Context(), pool, func(tx pgx.Tx) error {
 		var err error
-		if got, err = l.Statuses(); err != nil {
-			return err
+		if got, err = lookupAndRecord(t.Context(), tx, items); err == nil && !commit {
+			err = errRollback
 		}
-		b = &pgx.Batch{}
-		if err := l.QueueRecord(b); err != nil {
-			return err
-		}
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-		if !commit {
-			return errRollback
-		}
-		return nil
+		return err
 	})
 	if err != nil && !errors.Is(err, errRollback) {
 		t.Fatalf("lookup and record: %v", err)
 	}
 	return got
+}
+
+// lookupAndRecord looks items up in one batch and records the new ones in a
+// second, as the applier does, in tx.
+func lookupAndRecord(ctx context.Context, tx pgx.Tx, items []dedup.Item) ([]dedup.Status, error) {
+	b := &pgx.Batch{}
+	l := dedup.QueueLookup(b, items)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, err
+	}
+	st, err := l.Statuses()
+	if err != nil {
+		return nil, err
+	}
+	b = &pgx.Batch{}
+	if err := l.QueueRecord(b); err != nil {
+		return nil, err
+	}
+	return st, tx.SendBatch(ctx, b).Close()
 }
 
 // lookup sends a lookup of items in tx and returns it with its statuses.
