@@ -62,9 +62,15 @@ type Config struct {
 	// database has cores to spare makes batches contend rather than overlap;
 	// the pool needs at least this many connections.
 	Concurrency int
-	// ShutdownGrace bounds how long Run waits, once its context ends, for
-	// in-flight batches to commit before rolling them back (default 10s).
+	// ShutdownGrace bounds how long a partition being released (revoked,
+	// lost, or Run's context ended) waits for its in-flight batch to commit
+	// before rolling it back (default 10s). Keep it well below the group's
+	// rebalance timeout.
 	ShutdownGrace time.Duration
+	// BatchTimeout bounds one attempt at a batch transaction, so that a
+	// connection that stopped answering (a black-holed network, a server
+	// that hangs) frees its slot; the batch is then retried (default 30s).
+	BatchTimeout time.Duration
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
@@ -90,6 +96,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.BatchTimeout <= 0 {
+		c.BatchTimeout = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -194,7 +203,7 @@ func (a *Applier) Run(ctx context.Context) error {
 			w := a.parts[ftp.Partition]
 			a.mu.Unlock()
 			if w != nil {
-				w.feed(ctx, ftp.Records)
+				w.feed(ftp.Records)
 			}
 		})
 		a.cl.AllowRebalance()
@@ -213,9 +222,7 @@ func (a *Applier) shutdown() {
 		delete(a.parts, p)
 	}
 	a.mu.Unlock()
-	timer := time.AfterFunc(a.cfg.ShutdownGrace, a.cancelHard)
-	stopAll(all)
-	timer.Stop()
+	a.stopAll(all)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := a.cl.CommitMarkedOffsets(ctx); err != nil {
@@ -229,11 +236,14 @@ func (a *Applier) shutdown() {
 // Stats returns counters of what this Applier has done so far.
 func (a *Applier) Stats() Stats { return a.stats.snapshot() }
 
-func stopAll(ws []*partition) {
+// stopAll stops the workers ws, each finishing its in-flight batch within
+// ShutdownGrace or rolling it back, and waits for them.
+func (a *Applier) stopAll(ws []*partition) {
 	for _, w := range ws {
-		w.stop()
+		w.stop(a.cfg.ShutdownGrace)
 	}
 	for _, w := range ws {
 		<-w.done
+		w.release()
 	}
 }

@@ -47,8 +47,7 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	for _, p := range ids {
 		pos := positions[p]
 		if old := a.parts[p]; old != nil { // not revoked in between: should not happen
-			old.stop()
-			<-old.done
+			a.stopAll([]*partition{old})
 		}
 		a.parts[p] = startPartition(a, p, pos)
 		parts[p] = kgo.NewOffset().At(pos).WithEpoch(-1)
@@ -105,7 +104,7 @@ func (a *Applier) release(ps []int32, why string) {
 		}
 	}
 	a.mu.Unlock()
-	stopAll(ws)
+	a.stopAll(ws)
 	a.log.Info("partitions "+why, "topic", a.cfg.Topic, "partitions", ps)
 }
 

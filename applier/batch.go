@@ -16,15 +16,27 @@ import (
 // member's view is out of date and its batch must not commit.
 var errStale = errors.New("applied position moved by another consumer")
 
-// applyWithRetry applies batch, retrying failures with backoff until it commits.
-// It is called holding a slot, which it gives back after the first attempt and
-// takes again for each retry. It reports false when the worker must stop (its
-// partition was released) before the batch committed; the batch is then rolled
-// back and left to the next owner.
-func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
+// applyBatch applies batch, in log order, in one transaction or, when an
+// event of it makes the transaction fail, in several: the failing part is
+// halved until the event is found alone and quarantined (see Classify). It is
+// called holding a slot; every later attempt takes one again. It reports
+// false when the worker must stop (its partition was released) before the
+// batch committed; what did not commit is rolled back and left to the next
+// owner.
+func (w *partition) applyBatch(batch []*kgo.Record) bool {
 	a := w.a
+	rest := batch // not committed yet
+	size := len(rest)
 	bo := newBackoff()
 	for attempt := 1; ; attempt++ {
+		// Records below the known position were applied already (a
+		// re-fetch, or another member's work found by resync).
+		for len(rest) > 0 && rest[0].Offset < w.next {
+			rest = rest[1:]
+		}
+		if len(rest) == 0 {
+			return true
+		}
 		if attempt > 1 {
 			select {
 			case a.slots <- struct{}{}:
@@ -32,30 +44,66 @@ func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 				return false
 			}
 		}
-		err := w.applyOnce(a.hard, batch)
+		cur := rest[:min(size, len(rest))]
+		ctx, cancel := context.WithTimeout(w.ctx, a.cfg.BatchTimeout)
+		err := w.applyOnce(ctx, cur)
+		cancel()
 		<-a.slots
 		if err == nil {
-			a.cl.MarkCommitRecords(batch[len(batch)-1])
-			return true
+			a.cl.MarkCommitRecords(cur[len(cur)-1])
+			rest = rest[len(cur):]
+			size = len(rest) // the rest may well apply whole
+			bo.Reset()
+			continue
 		}
 		if errors.Is(err, errStale) {
 			a.stats.stale.Add(1)
-			return w.resync(batch)
+			return w.resync(rest)
 		}
-		if a.hard.Err() != nil {
+		if w.ctx.Err() != nil {
 			return false
 		}
 		a.stats.retries.Add(1)
-		if errors.Is(err, dedup.ErrRecordedConcurrently) {
+		class := Classify(err)
+		switch {
+		case errors.Is(err, dedup.ErrRecordedConcurrently):
 			// The same event ID in another partition (or topic), committed
 			// since the lookup: nothing failed, and the retry skips it.
 			a.log.Info("an event ID of the batch was recorded meanwhile by a concurrent transaction (the same ID in another partition or topic); rolled back, retrying at once",
-				"partition", w.p, "first_offset", batch[0].Offset, "records", len(batch), "err", err)
+				"partition", w.p, "first_offset", cur[0].Offset, "records", len(cur), "err", err)
 			continue
+		case class == Poison:
+			var ee *EventError
+			errors.As(err, &ee)
+			if w.markPoison(cur, ee.Offset, ee.Reason) {
+				a.log.Warn("the handler rejected an event as one that can never apply; rolled back, applying the batch again without it",
+					"partition", w.p, "offset", ee.Offset, "reason", ee.Reason)
+				continue
+			}
+			class = Transient // an offset outside the batch: a handler bug, not a poison event
+			err = fmt.Errorf("%w (the handler named offset %d, which is not in the batch at %d..%d)", err, ee.Offset, cur[0].Offset, cur[len(cur)-1].Offset)
+		case class == EventCaused && len(cur) > 1:
+			size = len(cur) / 2
+			a.log.Warn("apply batch failed with an error an event may cause; rolled back, splitting the batch to find the event",
+				"partition", w.p, "first_offset", cur[0].Offset, "records", len(cur), "next_records", size, "err", err)
+			continue
+		case class == EventCaused:
+			off := cur[0].Offset
+			if w.suspect == off {
+				w.markPoison(cur, off, fmt.Sprintf("applying it fails in the database: %v", err))
+				a.log.Warn("an event fails alone, twice, with an error an event may cause; quarantining it",
+					"partition", w.p, "offset", off, "err", err)
+				continue
+			}
+			w.suspect = off
 		}
 		wait := bo.NextBackOff()
-		a.log.Warn("apply batch failed; rolled back, retrying", "partition", w.p,
-			"first_offset", batch[0].Offset, "records", len(batch), "attempt", attempt, "retry_in", wait, "err", err)
+		log := a.log.Warn
+		if class == Systemic {
+			log = a.log.Error
+		}
+		log("apply batch failed; rolled back, retrying", "partition", w.p, "class", class.String(),
+			"first_offset", cur[0].Offset, "records", len(cur), "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):
 		case <-w.quit:
@@ -64,20 +112,32 @@ func (w *partition) applyWithRetry(batch []*kgo.Record) bool {
 	}
 }
 
+// markPoison records that the record of batch at offset is poison, so that
+// the next attempt quarantines it; false if no live record has that offset.
+func (w *partition) markPoison(batch []*kgo.Record, offset int64, reason string) bool {
+	for _, r := range batch {
+		if r.Offset == offset && r.Offset >= w.next {
+			w.poison[offset] = reason
+			return true
+		}
+	}
+	return false
+}
+
 // resync re-reads the applied position after a failed compare-and-set and goes
-// on from there with the records it holds (batch, the one rolled back, first):
+// on from there with the records it holds (rest, the ones not committed, first):
 // applyOnce skips those below the new position. It does not seek: feed drops
 // re-fetched records below what it queued before, so a seek back would lose
 // records for good. A position that moved backwards (the database was rewound
 // under a running applier) cannot be served from what is held, so the worker
 // stops until the partition is reassigned.
-func (w *partition) resync(batch []*kgo.Record) bool {
+func (w *partition) resync(rest []*kgo.Record) bool {
 	a := w.a
 	var pos int64
 	bo := newBackoff()
 	for {
 		var err error
-		if pos, err = loadPosition(a.hard, a.pool, a.cfg.Topic, w.p); err == nil {
+		if pos, err = loadPosition(w.ctx, a.pool, a.cfg.Topic, w.p); err == nil {
 			break
 		}
 		wait := bo.NextBackOff()
@@ -94,16 +154,17 @@ func (w *partition) resync(batch []*kgo.Record) bool {
 	}
 	a.log.Warn("applied position moved by another consumer; batch rolled back, going on from there", "partition", w.p, "expected", w.next, "found", pos)
 	w.next = pos
-	w.pending = append(batch[:len(batch):len(batch)], w.pending...)
+	w.putBack(rest)
 	return true
 }
 
 // applyOnce runs one transaction for batch, on one connection, in pipelined
 // round trips (see begin and commit): two for a BatchHandler, two plus Apply's
-// own for a plain Handler. The first looks the batch's event IDs up, which
-// tells new from duplicate and conflict; the second records the new ones with
-// the state change. An ID another transaction recorded in between fails the
-// second on its key: that rolls everything back, and the retry finds it.
+// own for a plain Handler. The first looks the batch's event IDs and its
+// parked keys up, which tells new from duplicate, conflict and parked; the
+// second records the new ones with the state change. An ID another
+// transaction recorded in between fails the second on its key: that rolls
+// everything back, and the retry finds it.
 func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	a := w.a
 	// Records below the known position were applied already (a re-fetch).
@@ -120,6 +181,9 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	events := make([]Event, 0, len(batch))
 	for i, r := range batch {
 		decs[i] = decode(a.handler, r)
+		if reason, ok := w.poison[r.Offset]; ok && decs[i].poison == "" {
+			decs[i].poison = reason
+		}
 		if decs[i].poison == "" {
 			items = append(items, dedup.Item{ID: decs[i].event.ID, Fingerprint: decs[i].fingerprint})
 			events = append(events, decs[i].event)
@@ -136,51 +200,35 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	if err != nil {
 		return err
 	}
-	statuses, err := t.lookup.Statuses()
+	out, err := sort(decs, t.lookup, t.parked)
 	if err != nil {
 		return err
 	}
-	fresh, bad, dups, conflicts := classify(decs, statuses)
-	if err := w.commit(ctx, t, fresh, bad); err != nil {
+	if err := w.commit(ctx, t, out); err != nil {
 		return err
 	}
 
 	w.next = next
+	for off := range w.poison {
+		if off < next {
+			delete(w.poison, off)
+		}
+	}
+	w.suspect = -1
 	s := &a.stats
 	s.batches.Add(1)
-	s.applied.Add(int64(len(fresh)))
-	s.duplicates.Add(dups)
-	s.conflicts.Add(conflicts)
-	s.quarantined.Add(int64(len(bad)) - conflicts)
-	for _, q := range bad {
-		a.log.Warn("record quarantined", "kind", q.kind, "partition", q.rec.Partition, "offset", q.rec.Offset, "reason", q.reason)
+	s.applied.Add(int64(len(out.fresh)))
+	s.duplicates.Add(out.dups)
+	s.conflicts.Add(out.conflicts)
+	s.quarantined.Add(out.poison)
+	s.parked.Add(out.parkedN)
+	for _, q := range out.bad {
+		if q.kind != kindParked {
+			a.log.Warn("record quarantined", "kind", q.kind, "partition", q.rec.Partition, "offset", q.rec.Offset, "reason", q.reason)
+		}
+	}
+	if out.parkedN > 0 {
+		a.log.Warn("records parked behind a quarantined record of their key", "partition", w.p, "records", out.parkedN)
 	}
 	return nil
-}
-
-// classify splits a batch by what decoding and the claim found: the new events
-// to apply, the records to quarantine (poison ones and conflicts), and how
-// many were duplicates and conflicts. statuses holds one status per decodable
-// record, in order.
-func classify(decs []decoded, statuses []dedup.Status) (fresh []Event, bad []quarantined, dups, conflicts int64) {
-	fresh = make([]Event, 0, len(statuses))
-	j := 0
-	for _, d := range decs {
-		if d.poison != "" {
-			bad = append(bad, quarantined{rec: d.rec, kind: "poison", reason: d.poison})
-			continue
-		}
-		switch statuses[j] {
-		case dedup.New:
-			fresh = append(fresh, d.event)
-		case dedup.Duplicate:
-			dups++
-		case dedup.Conflict:
-			conflicts++
-			bad = append(bad, quarantined{rec: d.rec, kind: "conflict", eventID: &d.event.ID,
-				reason: fmt.Sprintf("request_id %q was reused with different content; the first command with it stands", d.event.RequestID)})
-		}
-		j++
-	}
-	return fresh, bad, dups, conflicts
 }

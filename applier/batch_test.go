@@ -95,16 +95,17 @@ func TestRoundTrips(t *testing.T) {
 	}
 }
 
-// A batch whose handler fails, or whose writes fail in Postgres, is rolled
-// back whole (position, claims, quarantine, state) and retried until it
-// commits, once; no connection is left inside a transaction.
+// A batch whose handler fails, or whose writes fail in Postgres with a
+// transient error, is rolled back whole (position, claims, quarantine, state)
+// and retried until it commits, once; no connection is left inside a
+// transaction.
 func TestFailedBatchRetried(t *testing.T) {
 	failures := []struct {
 		name   string
 		toggle func(c *counter, on bool)
 	}{
 		{"handler error", func(c *counter, on bool) { c.fail.Store(on) }},
-		{"write fails in Postgres", func(c *counter, on bool) { c.violate.Store(on) }},
+		{"write fails in Postgres (serialization failure)", func(c *counter, on bool) { c.violate.Store(on) }},
 	}
 	for _, hc := range handlers() {
 		for _, f := range failures {
@@ -112,7 +113,7 @@ func TestFailedBatchRetried(t *testing.T) {
 				s := newStack(t)
 				c := new(counter)
 				f.toggle(c, true)
-				s.produce(t, record(t, "a", "a1", 1), record(t, "a", "bad", 0), record(t, "b", "b1", 10), record(t, "a", "a2", 2))
+				s.produce(t, record(t, "a", "a1", 1), record(t, "c", "bad", 0), record(t, "b", "b1", 10), record(t, "a", "a2", 2))
 				app := s.start(t, hc.make(c), 0)
 				testenv.Eventually(t, 20*time.Second, func() string {
 					if n, st := c.failed.Load(), app.Stats(); n < 2 || st.Retries < 2 {

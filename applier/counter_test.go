@@ -20,11 +20,16 @@ import (
 // *counter is a plain Handler (its Apply talks to the database statement by
 // statement); batchCounter makes it a BatchHandler. Its switches inject
 // failures; it is safe for concurrent use.
+//
+// Two increments are poison that decoding cannot see: tooBig makes the
+// counter break the table's CHECK in Postgres (an error an event causes, found
+// by splitting the batch), and unlucky makes the handler reject its event with
+// applier.Quarantine.
 type counter struct {
 	// fail makes applying return errInjected while set.
 	fail atomic.Bool
-	// violate makes applying also write a counter below zero, which the
-	// table's CHECK rejects in Postgres, while set.
+	// violate makes applying also run a statement that fails in Postgres with
+	// a serialization failure (SQLSTATE 40001, transient) while set.
 	violate atomic.Bool
 	// failed counts the applications that failed on purpose.
 	failed atomic.Int64
@@ -43,11 +48,16 @@ var (
 var errInjected = errors.New("injected failure")
 
 const (
-	counterTableSQL = `CREATE TABLE counters (key text PRIMARY KEY, n bigint NOT NULL CHECK (n >= 0))`
+	counterTableSQL = `CREATE TABLE counters (key text PRIMARY KEY, n bigint NOT NULL CHECK (n >= 0 AND n < 1000000))`
 	readCountersSQL = `SELECT key, n FROM counters WHERE key = ANY($1::text[])`
 	writeCounterSQL = `INSERT INTO counters (key, n) SELECT * FROM unnest($1::text[], $2::int8[])
 ON CONFLICT (key) DO UPDATE SET n = excluded.n`
-	violateSQL = `UPDATE counters SET n = -1 WHERE key = $1`
+	violateSQL = `DO $$ BEGIN RAISE EXCEPTION 'injected serialization failure' USING ERRCODE = '40001'; END $$`
+
+	// tooBig is an increment that takes a counter past the table's CHECK.
+	tooBig = 1_000_000
+	// unlucky is an increment the handler quarantines.
+	unlucky = 777
 )
 
 // Decode returns the increment, or why the record can never apply.
@@ -84,7 +94,7 @@ func (c *counter) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) 
 		return fmt.Errorf("write counters: %w", err)
 	}
 	if violate {
-		if _, err := tx.Exec(ctx, violateSQL, ks[0]); err != nil {
+		if _, err := tx.Exec(ctx, violateSQL); err != nil {
 			return fmt.Errorf("write counters: %w", err)
 		}
 	}
@@ -122,7 +132,7 @@ func (l *counterLoad) Queue(events []applier.Event, b *pgx.Batch) error {
 	}
 	b.Queue(writeCounterSQL, ks, vs)
 	if violate {
-		b.Queue(violateSQL, ks[0])
+		b.Queue(violateSQL)
 	}
 	return nil
 }
@@ -135,6 +145,9 @@ func (c *counter) decide(events []applier.Event, n map[string]int64) (ks []strin
 		return nil, nil, false, errInjected
 	}
 	for _, ev := range events {
+		if ev.Payload.(int64) == unlucky {
+			return nil, nil, false, applier.Quarantine(ev, "the counter does not take 777")
+		}
 		n[ev.AggregateID] += ev.Payload.(int64)
 	}
 	ks = keys(events)

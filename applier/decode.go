@@ -18,6 +18,9 @@ type decoded struct {
 	event       Event
 	fingerprint int64
 	poison      string
+	// hasID is set once the envelope's event ID parsed, even for poison: it
+	// is stored with a quarantined record, for GetCommandResult.
+	hasID bool
 }
 
 // decode turns a record into an Event through h, or says why it can never apply.
@@ -33,6 +36,7 @@ func decode(h Handler, rec *kgo.Record) decoded {
 		d.poison = fmt.Sprintf("invalid event_id %q: %v", env.GetEventId(), err)
 		return d
 	}
+	d.event.ID, d.hasID = id, true
 	if env.GetPayload() == nil {
 		d.poison = "envelope has no payload"
 		return d

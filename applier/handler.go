@@ -41,8 +41,12 @@ type Handler interface {
 	// log order, inside tx. It must be deterministic: the result may depend only on
 	// the events and on state written by earlier events of the same partition.
 	// Business rejections are results to record, not errors. Any error rolls back
-	// the whole batch, which is then retried with backoff until it succeeds.
-	// Apply must neither commit nor roll back tx: the applier does.
+	// the whole batch; what happens next is Classify's decision: an EventError
+	// (see Quarantine) quarantines that event and applies the batch again
+	// without it, a failure in Postgres that an event may cause splits the
+	// batch until the event is found, anything else is retried with backoff
+	// until it succeeds. Apply must neither commit nor roll back tx: the
+	// applier does.
 	Apply(ctx context.Context, tx pgx.Tx, events []Event) error
 }
 
@@ -76,7 +80,7 @@ type Loaded interface {
 	// the applier sends with the commit. events are the new ones among those
 	// given to Load (at least one), in log order. Business rejections are
 	// results to write, not errors. An error, or a queued write failing in
-	// Postgres, rolls back the whole batch, which is then retried with backoff;
-	// Load and Queue then run again on a fresh batch.
+	// Postgres, rolls back the whole batch, which is then handled as for
+	// Handler.Apply's errors; Load and Queue then run again on a fresh batch.
 	Queue(events []Event, b *pgx.Batch) error
 }

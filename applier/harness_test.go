@@ -268,8 +268,16 @@ func (*roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndDa
 // applier's compare-and-set on that partition waits until then.
 func (s *stack) lockPosition(t *testing.T, partition int32) pgx.Tx {
 	t.Helper()
+	return s.lockPositionAt(t, partition, 0)
+}
+
+// lockPositionAt is lockPosition for a partition whose applied position is,
+// or is set to, pos.
+func (s *stack) lockPositionAt(t *testing.T, partition int32, pos int64) pgx.Tx {
+	t.Helper()
 	ctx := t.Context()
-	if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, $2, 0)`, s.topic, partition); err != nil {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset) VALUES ($1, $2, $3)
+ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset`, s.topic, partition, pos); err != nil {
 		t.Fatal(err)
 	}
 	lock, err := s.pool.Begin(ctx)

@@ -12,8 +12,10 @@ type Stats struct {
 	Duplicates int64
 	// Conflicts is the number of events whose ID was processed before with other content.
 	Conflicts int64
-	// Quarantined is the number of records that could never apply.
+	// Quarantined is the number of records that could never apply (poison).
 	Quarantined int64
+	// Parked is the number of records held behind a poison record of their key.
+	Parked int64
 	// Retries is the number of failed batch attempts that were retried.
 	Retries int64
 	// Stale is the number of batches rolled back because another member moved the position.
@@ -25,7 +27,7 @@ type Stats struct {
 }
 
 type counters struct {
-	batches, applied, duplicates, conflicts, quarantined, retries, stale, aheadOfTopic atomic.Int64
+	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale, aheadOfTopic atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
@@ -35,6 +37,7 @@ func (c *counters) snapshot() Stats {
 		Duplicates:   c.duplicates.Load(),
 		Conflicts:    c.conflicts.Load(),
 		Quarantined:  c.quarantined.Load(),
+		Parked:       c.parked.Load(),
 		Retries:      c.retries.Load(),
 		Stale:        c.stale.Load(),
 		AheadOfTopic: c.aheadOfTopic.Load(),

@@ -46,11 +46,19 @@ type txn struct {
 	// loaded is what a BatchHandler's Load read; nil for a plain Handler or a
 	// batch with no decodable event.
 	loaded Loaded
+	// parked holds the partition's parked keys, read in begin.
+	parked map[string]bool
 }
 
+// parkedKeysSQL reads a partition's parked keys: those with a poison record
+// that no operator has re-driven or dropped yet. There are few, often none.
+const parkedKeysSQL = `SELECT key FROM parked_keys WHERE topic = $1 AND partition = $2`
+
 // begin sends the batch's first round trip on conn: BEGIN, the compare-and-set
-// of the applied position from w.next to next, the lookup of items' IDs and, for a
-// BatchHandler, the reads Load queues for events. It returns errStale when the
+// of the applied position from w.next to next, the partition's parked keys,
+// the lookup of items' IDs and, for a BatchHandler, the reads Load queues for
+// events. The parked keys are read after the compare-and-set has locked the
+// position row, which an operator's re-drive locks too, so they are current. It returns errStale when the
 // position moved, and any other failure wrapped; release rolls back.
 func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event) (*txn, error) {
 	a := w.a
@@ -61,6 +69,20 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 	// competing member of the same partition waits here, then finds the
 	// position moved (and rolls back what it queued after it).
 	b.Queue(casSQL, next, a.cfg.Topic, w.p, w.next)
+	b.Queue(parkedKeysSQL, a.cfg.Topic, w.p).Query(func(rows pgx.Rows) error {
+		defer rows.Close()
+		var key []byte
+		for rows.Next() {
+			if err := rows.Scan(&key); err != nil {
+				return fmt.Errorf("read parked keys: %w", err)
+			}
+			if t.parked == nil {
+				t.parked = make(map[string]bool)
+			}
+			t.parked[string(key)] = true
+		}
+		return rows.Err()
+	})
 	t.lookup = dedup.QueueLookup(b, items)
 	if bh, ok := a.handler.(BatchHandler); ok && len(events) > 0 {
 		t.loaded = bh.Load(b, events)
@@ -86,14 +108,14 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 	return t, nil
 }
 
-// commit applies fresh (a BatchHandler queues its writes; a plain Handler's
-// Apply runs with the transaction), then sends the last round trip: those
-// writes, the record of the new event IDs, the quarantine of bad and COMMIT.
-// Failures are returned wrapped; release rolls back.
-func (w *partition) commit(ctx context.Context, t *txn, fresh []Event, bad []quarantined) error {
+// commit applies out.fresh (a BatchHandler queues its writes; a plain
+// Handler's Apply runs with the transaction), then sends the last round trip:
+// those writes, the record of the new event IDs, the quarantine and parking of
+// out.bad and COMMIT. Failures are returned wrapped; release rolls back.
+func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	a := w.a
 	b := &pgx.Batch{}
-	if len(fresh) > 0 {
+	if fresh := out.fresh; len(fresh) > 0 {
 		var err error
 		if t.loaded != nil {
 			err = t.loaded.Queue(fresh, b)
@@ -107,7 +129,7 @@ func (w *partition) commit(ctx context.Context, t *txn, fresh []Event, bad []qua
 	if err := t.lookup.QueueRecord(b); err != nil {
 		return err
 	}
-	queueQuarantine(b, a.cfg.Topic, bad)
+	queueQuarantine(b, a.cfg.Topic, w.p, out.bad, out.blocked)
 	b.Queue("COMMIT").Exec(checkCommitted)
 	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write and commit: %w", err)

@@ -40,6 +40,9 @@ const (
 	// Conflict means the ID was processed before with different content: the
 	// client reused a request ID for another command. Skip it and report it.
 	Conflict
+	// Excluded means the caller took the item out of the claim (Lookup.Exclude):
+	// it is neither looked at nor recorded.
+	Excluded
 )
 
 func (s Status) String() string {
@@ -50,6 +53,8 @@ func (s Status) String() string {
 		return "duplicate"
 	case Conflict:
 		return "conflict"
+	case Excluded:
+		return "excluded"
 	}
 	return fmt.Sprintf("Status(%d)", uint8(s))
 }

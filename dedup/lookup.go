@@ -45,6 +45,20 @@ type Lookup struct {
 	stored map[uuid.UUID]int64
 	// statuses is what Statuses worked out, kept for QueueRecord.
 	statuses []Status
+	// excluded marks the items taken out with Exclude.
+	excluded map[int]bool
+}
+
+// Exclude takes item i (in the order given to QueueLookup) out of the claim:
+// Statuses reports it Excluded, later occurrences of its ID do not compare
+// with it, and QueueRecord does not record it. Call it before Statuses; a
+// record held back (parked) is excluded so that it can be claimed when it is
+// applied later.
+func (l *Lookup) Exclude(i int) {
+	if l.excluded == nil {
+		l.excluded = make(map[int]bool)
+	}
+	l.excluded[i] = true
 }
 
 // QueueLookup queues onto b the statement that reads which of items' IDs were
@@ -85,6 +99,10 @@ func (l *Lookup) Statuses() ([]Status, error) {
 	}
 	out := make([]Status, len(l.items))
 	for i, it := range l.items {
+		if l.excluded[i] {
+			out[i] = Excluded
+			continue
+		}
 		fp, ok := l.stored[it.ID]
 		switch {
 		case !ok:

@@ -164,12 +164,21 @@ func TestFailedTransactionRetried(t *testing.T) {
 }
 
 // Records that can never apply are quarantined with their bytes and the
-// reason, and the partition moves on to the records after them.
+// reason. The key's later events are parked behind them, in log order, while
+// the partition moves on to the other keys' records after them.
 func TestPoisonRecordsQuarantined(t *testing.T) {
 	p := newPipeline(t, pipelineOpts{partitions: 2})
 	app := p.startApplier(t)
 	const key = "ivan"
-	p.open(t, "open-i", key)
+	open := token(t, p.open(t, "open-i", key).GetConsistencyToken())
+	// Another account on ivan's partition.
+	other := ""
+	for i := 0; other == ""; i++ {
+		name := fmt.Sprint("judy-", i)
+		if token(t, p.open(t, "open-"+name, name).GetConsistencyToken()).Partition == open.Partition {
+			other = name
+		}
+	}
 
 	envelopeOf := func(typ string, payload []byte) []byte {
 		env := &envelopev1.Envelope{
@@ -209,8 +218,12 @@ func TestPoisonRecordsQuarantined(t *testing.T) {
 			t.Fatalf("poison record at %d/%d is not before the deposit at %d/%d", r.Partition, r.Offset, tok.Partition, tok.Offset)
 		}
 	}
-	if got := p.balance(t, key, dep.GetConsistencyToken()); got != 9 {
-		t.Errorf("balance after poison records and a deposit of 9 = %d, want 9", got)
+	later := p.deposit(t, "dep-"+other, other, 7)
+	if got := p.balance(t, other, later.GetConsistencyToken()); got != 7 {
+		t.Errorf("balance of %s, on the poisoned partition after the poison records = %d, want 7", other, got)
+	}
+	if got := p.balance(t, key, dep.GetConsistencyToken()); got != 0 {
+		t.Errorf("balance of %s after poison records and a parked deposit of 9 = %d, want 0", key, got)
 	}
 	for i, pr := range poison {
 		var (
@@ -227,8 +240,13 @@ func TestPoisonRecordsQuarantined(t *testing.T) {
 			t.Errorf("poison record %d: kind %s reason %q (value kept: %t), want poison with %q", i, kind, reason, string(value) == string(pr.value), pr.reason)
 		}
 	}
-	if s := app.Stats(); s.Quarantined != 3 || s.Applied != 2 {
-		t.Errorf("stats = %+v, want 3 quarantined, 2 applied", s)
+	var kind string
+	if err := p.pool.QueryRow(t.Context(), `SELECT kind FROM quarantine WHERE topic = $1 AND partition = $2 AND "offset" = $3`,
+		p.topic, tok.Partition, tok.Offset).Scan(&kind); err != nil || kind != "parked" {
+		t.Errorf("the deposit after the poison records: quarantine kind %q (%v), want parked", kind, err)
+	}
+	if s := app.Stats(); s.Quarantined != 3 || s.Parked != 1 {
+		t.Errorf("stats = %+v, want 3 quarantined, 1 parked", s)
 	}
 }
 
