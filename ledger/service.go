@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/envelope"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
@@ -94,8 +95,11 @@ func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.
 	}), nil
 }
 
-// GetCommandResult reads a command's outcome by request ID or event ID: pending
-// until the applier has decided it.
+// GetCommandResult reads a command's outcome by request ID or event ID: its
+// result once the applier decided it; quarantined, parked or dropped with the
+// reason when the quarantine holds it; otherwise pending or, when the request
+// carries a consistency token that is applied, unknown (never written at or
+// before the token).
 func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[ledgerv1.GetCommandResultRequest]) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
 	var id uuid.UUID
 	switch ref := req.Msg.GetRef().(type) {
@@ -104,7 +108,8 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	case *ledgerv1.GetCommandResultRequest_EventId:
 		id = uuid.MustParse(ref.EventId) // validated as a UUID by the interceptor
 	}
-	if err := s.await(ctx, req.Msg.GetConsistencyToken()); err != nil {
+	tok := req.Msg.GetConsistencyToken()
+	if err := s.await(ctx, tok); err != nil {
 		return nil, err
 	}
 	out := &ledgerv1.GetCommandResultResponse{EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_PENDING}
@@ -112,11 +117,28 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	err := s.pool.QueryRow(ctx, `SELECT status, reason, balance_after FROM command_results WHERE event_id = $1`, [16]byte(id)).
 		Scan(&status, &out.Reason, &out.BalanceAfter)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return nil, readError(err)
-	default:
+	case err == nil:
 		out.Status = ledgerv1.CommandStatus(status)
+		return connect.NewResponse(out), nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return nil, readError(err)
+	}
+	outcome, reason, err := applier.QuarantineOutcome(ctx, s.pool, s.topic, id)
+	if err != nil {
+		return nil, readError(err)
+	}
+	switch outcome {
+	case applier.OutcomeQuarantined:
+		out.Status, out.Reason = ledgerv1.CommandStatus_COMMAND_STATUS_QUARANTINED, reason
+	case applier.OutcomeParked:
+		out.Status, out.Reason = ledgerv1.CommandStatus_COMMAND_STATUS_PARKED, reason
+	case applier.OutcomeDropped:
+		out.Status, out.Reason = ledgerv1.CommandStatus_COMMAND_STATUS_DROPPED, reason
+	case applier.NotQuarantined:
+		if tok != "" { // await returned: the token's position is applied
+			out.Status = ledgerv1.CommandStatus_COMMAND_STATUS_UNKNOWN
+			out.Reason = "no command with this ID was applied, rejected, quarantined or parked at or before the consistency token's position: if the token is the command's own, the command was never written"
+		}
 	}
 	return connect.NewResponse(out), nil
 }

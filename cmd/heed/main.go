@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -34,10 +36,19 @@ type verb struct {
 	summary string
 	example string // works as printed
 	new     func() command
+	// actions, if any, are what the verb's first argument may name (heed
+	// quarantine list); its command then implements actionCommand.
+	actions []string
+}
+
+// actionCommand is a command whose first argument names an action.
+type actionCommand interface {
+	command
+	setAction(action string)
 }
 
 func verbs() []verb {
-	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, benchVerb}
+	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, quarantineVerb, benchVerb}
 }
 
 func find(name string) (verb, bool) {
@@ -60,8 +71,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmd := v.new()
+	rest := args[1:]
+	if len(v.actions) > 0 {
+		if len(rest) == 0 || !slices.Contains(v.actions, rest[0]) {
+			fmt.Fprintf(stderr, "heed %s: name an action first: %s (e.g. %s)\n", v.name, strings.Join(v.actions, ", "), v.example)
+			return 2
+		}
+		cmd.(actionCommand).setAction(rest[0])
+		rest = rest[1:]
+	}
 	fs := newFlagSet(v, cmd, stderr)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -92,7 +112,11 @@ func newFlagSet(v verb, cmd command, out io.Writer) *flag.FlagSet {
 }
 
 func printVerb(v verb, fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "heed %s: %s\n\nUsage: heed %s [flags]\n\nExample:\n  %s\n\nFlags (each also read from the environment variable shown):\n", v.name, v.summary, v.name, v.example)
+	usage := "heed " + v.name
+	if len(v.actions) > 0 {
+		usage += " " + strings.Join(v.actions, "|")
+	}
+	fmt.Fprintf(w, "heed %s: %s\n\nUsage: %s [flags]\n\nExample:\n  %s\n\nFlags (each also read from the environment variable shown):\n", v.name, v.summary, usage, v.example)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
@@ -110,7 +134,7 @@ func help(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "heed: change a database and tell the world about it, without dual writes.")
 	fmt.Fprint(stdout, "\nUsage: heed VERB [flags]\n\nVerbs:\n")
 	for _, v := range verbs() {
-		fmt.Fprintf(stdout, "  %-8s %s\n", v.name, v.summary)
+		fmt.Fprintf(stdout, "  %-10s %s\n", v.name, v.summary)
 	}
 	fmt.Fprintln(stdout, "\nRun `heed help VERB` for a verb's flags and an example.")
 	return 0

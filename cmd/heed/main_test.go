@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -147,8 +148,15 @@ func TestVerbExamplesParse(t *testing.T) {
 			if len(fields) < 2 || fields[0] != "heed" || fields[1] != v.name {
 				t.Fatalf("example %q does not start with `heed %s`", v.example, v.name)
 			}
+			args := fields[2:]
+			if len(v.actions) > 0 {
+				if len(args) == 0 || !slices.Contains(v.actions, args[0]) {
+					t.Fatalf("example %q does not name an action (%v)", v.example, v.actions)
+				}
+				args = args[1:]
+			}
 			fs := newFlagSet(v, v.new(), new(bytes.Buffer))
-			if err := fs.Parse(fields[2:]); err != nil {
+			if err := fs.Parse(args); err != nil {
 				t.Errorf("example %q: %v", v.example, err)
 			}
 		})

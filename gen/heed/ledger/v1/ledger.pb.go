@@ -26,12 +26,25 @@ type CommandStatus int32
 
 const (
 	CommandStatus_COMMAND_STATUS_UNSPECIFIED CommandStatus = 0
-	// Not applied yet (or unknown).
+	// Not applied yet. Without a consistency_token heed cannot tell a command in flight from
+	// one never sent; with the command's own token it can (see COMMAND_STATUS_UNKNOWN).
 	CommandStatus_COMMAND_STATUS_PENDING CommandStatus = 1
 	// Applied: the state changed.
 	CommandStatus_COMMAND_STATUS_APPLIED CommandStatus = 2
 	// Rejected by a business rule; see reason. The state did not change.
 	CommandStatus_COMMAND_STATUS_REJECTED CommandStatus = 3
+	// The command's event can never be applied as it is (see reason): it is in the quarantine, and
+	// the account's later commands are parked behind it until an operator re-drives or drops it
+	// (`heed quarantine`).
+	CommandStatus_COMMAND_STATUS_QUARANTINED CommandStatus = 4
+	// Parked behind a quarantined command of the same account (see reason): it applies, in order,
+	// once that one is re-driven or dropped.
+	CommandStatus_COMMAND_STATUS_PARKED CommandStatus = 5
+	// Dropped by an operator from the quarantine: it never applies.
+	CommandStatus_COMMAND_STATUS_DROPPED CommandStatus = 6
+	// No such command: the consistency_token given is applied, and no command with this ID was
+	// applied, rejected, quarantined or parked. Given the command's own token, it was never written.
+	CommandStatus_COMMAND_STATUS_UNKNOWN CommandStatus = 7
 )
 
 // Enum value maps for CommandStatus.
@@ -41,12 +54,20 @@ var (
 		1: "COMMAND_STATUS_PENDING",
 		2: "COMMAND_STATUS_APPLIED",
 		3: "COMMAND_STATUS_REJECTED",
+		4: "COMMAND_STATUS_QUARANTINED",
+		5: "COMMAND_STATUS_PARKED",
+		6: "COMMAND_STATUS_DROPPED",
+		7: "COMMAND_STATUS_UNKNOWN",
 	}
 	CommandStatus_value = map[string]int32{
 		"COMMAND_STATUS_UNSPECIFIED": 0,
 		"COMMAND_STATUS_PENDING":     1,
 		"COMMAND_STATUS_APPLIED":     2,
 		"COMMAND_STATUS_REJECTED":    3,
+		"COMMAND_STATUS_QUARANTINED": 4,
+		"COMMAND_STATUS_PARKED":      5,
+		"COMMAND_STATUS_DROPPED":     6,
+		"COMMAND_STATUS_UNKNOWN":     7,
 	}
 )
 
@@ -662,7 +683,7 @@ type GetCommandResultResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	Status  CommandStatus          `protobuf:"varint,2,opt,name=status,proto3,enum=heed.ledger.v1.CommandStatus" json:"status,omitempty"`
-	// Why the command was rejected, empty otherwise.
+	// Why the command was rejected, quarantined, parked or dropped; empty otherwise.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The account's balance right after this command was applied (applied commands only).
 	BalanceAfter  int64 `protobuf:"varint,4,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
@@ -783,12 +804,16 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x125\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1d.heed.ledger.v1.CommandStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
-	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter*\x84\x01\n" +
+	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter*\xf7\x01\n" +
 	"\rCommandStatus\x12\x1e\n" +
 	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1a\n" +
 	"\x16COMMAND_STATUS_APPLIED\x10\x02\x12\x1b\n" +
-	"\x17COMMAND_STATUS_REJECTED\x10\x032\xc8\x03\n" +
+	"\x17COMMAND_STATUS_REJECTED\x10\x03\x12\x1e\n" +
+	"\x1aCOMMAND_STATUS_QUARANTINED\x10\x04\x12\x19\n" +
+	"\x15COMMAND_STATUS_PARKED\x10\x05\x12\x1a\n" +
+	"\x16COMMAND_STATUS_DROPPED\x10\x06\x12\x1a\n" +
+	"\x16COMMAND_STATUS_UNKNOWN\x10\a2\xc8\x03\n" +
 	"\rLedgerService\x12V\n" +
 	"\vOpenAccount\x12\".heed.ledger.v1.OpenAccountRequest\x1a#.heed.ledger.v1.OpenAccountResponse\x12J\n" +
 	"\aDeposit\x12\x1e.heed.ledger.v1.DepositRequest\x1a\x1f.heed.ledger.v1.DepositResponse\x12M\n" +

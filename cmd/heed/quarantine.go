@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/heed-dev/heed/applier"
+	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+	"github.com/heed-dev/heed/ledger"
+)
+
+var quarantineVerb = verb{
+	name:    "quarantine",
+	summary: "inspect, re-drive or drop quarantined and parked records (list, show, redrive, drop)",
+	example: "heed quarantine list --database-url postgres://postgres@127.0.0.1:5432/heed",
+	new:     func() command { return new(quarantineCmd) },
+	actions: []string{"list", "show", "redrive", "drop"},
+}
+
+type quarantineCmd struct {
+	action    string
+	kafka     kafkaFlags
+	db        dbFlags
+	log       logFlags
+	partition int
+	offset    int64
+	key       string
+	all       bool
+	asJSON    bool
+	reason    string
+}
+
+func (c *quarantineCmd) setAction(a string) { c.action = a }
+
+func (c *quarantineCmd) flags(fs *flag.FlagSet) {
+	c.kafka.register(fs, false)
+	c.db.register(fs, "", "Postgres URL of the projection, e.g. postgres://postgres@127.0.0.1:5432/heed")
+	fs.IntVar(&c.partition, "partition", -1, "the record's partition (list: only this partition; show, redrive, drop: required)")
+	fs.Int64Var(&c.offset, "offset", -1, "the record's offset (show, redrive, drop: required)")
+	fs.StringVar(&c.key, "key", "", "list: only records of this key (the account ID)")
+	fs.BoolVar(&c.all, "all", false, "list: also records no longer open (re-driven, dropped)")
+	fs.BoolVar(&c.asJSON, "json", false, "list, show: print JSON")
+	fs.StringVar(&c.reason, "reason", "", "drop: why the record is dropped, stored with it (required)")
+	c.log.registerLevel(fs, "warn")
+}
+
+func (c *quarantineCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+	logger, err := c.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if err := c.db.validate(); err != nil {
+		return err
+	}
+	if c.action != "list" && (c.partition < 0 || c.offset < 0) {
+		return fmt.Errorf("%s needs --partition and --offset of a record (see heed quarantine list)", c.action)
+	}
+	if c.action == "drop" && strings.TrimSpace(c.reason) == "" {
+		return errors.New("drop needs --reason: say why the record will never apply (it is stored with it and shown by GetCommandResult)")
+	}
+	pool, err := openDB(ctx, c.db, 2, false, logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	topic, p, off := c.kafka.topic, int32(c.partition), c.offset
+	switch c.action {
+	case "list":
+		f := applier.QuarantineFilter{All: c.all}
+		if c.partition >= 0 {
+			f.Partition = &p
+		}
+		if c.key != "" {
+			f.Key = []byte(c.key)
+		}
+		recs, err := applier.ListQuarantine(ctx, pool, topic, f)
+		if err != nil {
+			return err
+		}
+		return printQuarantine(stdout, recs, c.asJSON)
+	case "show":
+		r, err := applier.GetQuarantined(ctx, pool, topic, p, off)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("nothing in the quarantine of topic %s at partition %d offset %d (see heed quarantine list --all)", topic, p, off)
+		}
+		if err != nil {
+			return err
+		}
+		return showQuarantined(stdout, r, c.asJSON)
+	case "redrive":
+		res, err := applier.Redrive(ctx, pool, ledger.Applier{}, topic, p, off)
+		if err != nil {
+			return redriveError(err)
+		}
+		printRedrive(stdout, "re-drove", res)
+	case "drop":
+		res, err := applier.Drop(ctx, pool, ledger.Applier{}, topic, p, off, c.reason)
+		if err != nil {
+			return redriveError(err)
+		}
+		printRedrive(stdout, fmt.Sprintf("dropped offset %d; re-drove", off), res)
+	}
+	return nil
+}
+
+func redriveError(err error) error {
+	if errors.Is(err, applier.ErrNotQuarantined) {
+		return fmt.Errorf("%w (see heed quarantine list; only open poison and parked records can be re-driven or dropped)", err)
+	}
+	return fmt.Errorf("%w; nothing was changed: run it again", err)
+}
+
+func printRedrive(w io.Writer, did string, res applier.RedriveResult) {
+	fmt.Fprintf(w, "%s key %q: %d applied, %d duplicates, %d conflicts\n", did, res.Key, res.Applied, res.Duplicates, res.Conflicts)
+	if res.Poison >= 0 {
+		fmt.Fprintf(w, "offset %d still cannot apply: %s\n%d records stay parked behind it\n", res.Poison, res.Reason, res.Parked)
+		return
+	}
+	fmt.Fprintln(w, "the key is released: its next records apply as they come")
+}
+
+// quarantineJSON is a quarantined record as --json prints it.
+type quarantineJSON struct {
+	Partition int32           `json:"partition"`
+	Offset    int64           `json:"offset"`
+	Kind      string          `json:"kind"`
+	State     string          `json:"state"`
+	Key       string          `json:"key"`
+	EventID   string          `json:"event_id,omitempty"`
+	Reason    string          `json:"reason"`
+	Envelope  json.RawMessage `json:"envelope,omitempty"`
+	ValueHex  string          `json:"value_hex,omitempty"`
+}
+
+func toJSON(r applier.QuarantinedRecord, withValue bool) quarantineJSON {
+	j := quarantineJSON{Partition: r.Partition, Offset: r.Offset, Kind: r.Kind, State: r.State, Key: string(r.Key), Reason: r.Reason}
+	if r.EventID != nil {
+		j.EventID = r.EventID.String()
+	}
+	if withValue {
+		if env, ok := envelopeJSON(r.Value); ok {
+			j.Envelope = env
+		} else {
+			j.ValueHex = hex.EncodeToString(r.Value)
+		}
+	}
+	return j
+}
+
+// envelopeJSON renders value as an envelope in JSON, payload included, if it
+// is one this binary can read.
+func envelopeJSON(value []byte) (json.RawMessage, bool) {
+	var env envelopev1.Envelope
+	if err := proto.Unmarshal(value, &env); err != nil {
+		return nil, false
+	}
+	b, err := protojson.Marshal(&env)
+	if err != nil { // e.g. a payload type this binary does not know
+		env.Payload = nil
+		if b, err = protojson.Marshal(&env); err != nil {
+			return nil, false
+		}
+	}
+	return b, true
+}
+
+func printQuarantine(w io.Writer, recs []applier.QuarantinedRecord, asJSON bool) error {
+	if asJSON {
+		out := make([]quarantineJSON, len(recs))
+		for i, r := range recs {
+			out[i] = toJSON(r, false)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	if len(recs) == 0 {
+		fmt.Fprintln(w, "the quarantine is empty")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PARTITION\tOFFSET\tKIND\tSTATE\tKEY\tREASON")
+	for _, r := range recs {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%q\t%s\n", r.Partition, r.Offset, r.Kind, r.State, r.Key, r.Reason)
+	}
+	return tw.Flush()
+}
+
+func showQuarantined(w io.Writer, r applier.QuarantinedRecord, asJSON bool) error {
+	j := toJSON(r, true)
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(j)
+	}
+	fmt.Fprintf(w, "partition %d offset %d\nkind      %s\nstate     %s\nkey       %q\nevent id  %s\nreason    %s\n",
+		j.Partition, j.Offset, j.Kind, j.State, j.Key, j.EventID, j.Reason)
+	if j.Envelope != nil {
+		fmt.Fprintf(w, "envelope  %s\n", j.Envelope)
+	} else {
+		fmt.Fprintf(w, "value     %s (hex; not an envelope this binary can read)\n", j.ValueHex)
+	}
+	return nil
+}
