@@ -29,6 +29,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -141,6 +142,15 @@ type Applier struct {
 
 	mu    sync.Mutex
 	parts map[int32]*partition
+
+	// covered is the partition count the projection was built with (0:
+	// not known yet); workers of partitions past it hold their records.
+	// coveredAt is when it was last read, in Unix nanoseconds.
+	covered   atomic.Int32
+	coveredAt atomic.Int64
+	// stopped ends, with a cause that Run returns, when the applier must stop.
+	stopped context.Context
+	stop    context.CancelCauseFunc
 }
 
 // New creates an Applier that applies cfg.Topic to pool through h. The pool's
@@ -154,6 +164,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition),
 		slots: make(chan struct{}, cfg.Concurrency), clReady: make(chan struct{})}
 	a.hard, a.cancelHard = context.WithCancel(context.Background())
+	a.stopped, a.stop = context.WithCancelCause(context.Background())
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
@@ -179,8 +190,24 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 // Run consumes and applies until ctx ends or the client fails. When ctx ends it
 // lets in-flight batches commit (bounded by ShutdownGrace), commits the marked
 // offsets and leaves the group. It returns nil after a clean stop.
+//
+// Before consuming, and whenever partitions are assigned, it checks that the
+// broker's topic is the incarnation the projection is built from (see package
+// topic), recording it on first use: an error wrapping
+// topic.ErrOtherIncarnation or topic.ErrAheadOfTopic stops it (or keeps it
+// from starting), since applying would skip events. A grown partition count
+// (topic.ErrPartitionsChanged) holds the new partitions until an operator
+// confirms it, while the others apply.
 func (a *Applier) Run(ctx context.Context) error {
 	defer a.cancelHard()
+	if err := a.bindTopic(ctx); err != nil {
+		a.cl.Close()
+		return err
+	}
+	outer := ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(a.stopped, func() { cancel(context.Cause(a.stopped)) })()
 	a.log.Info("applier started", "topic", a.cfg.Topic, "group", a.cfg.Group, "brokers", a.cfg.Brokers)
 	var lastFetchErr time.Time
 	for {
@@ -209,6 +236,11 @@ func (a *Applier) Run(ctx context.Context) error {
 		a.cl.AllowRebalance()
 	}
 	a.shutdown()
+	if outer.Err() == nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return cause
+		}
+	}
 	return nil
 }
 

@@ -9,7 +9,6 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -41,7 +40,10 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	if err != nil {
 		return nil, fmt.Errorf("read applied positions: %w", err)
 	}
-	a.checkAgainstTopic(ctx, positions)
+	if err := a.bindTopic(ctx); err != nil {
+		a.fail(err) // Run stops; no worker starts
+		return offsets, nil
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, p := range ids {
@@ -54,27 +56,6 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	}
 	a.log.Info("partitions assigned", "topic", a.cfg.Topic, "positions", positions)
 	return offsets, nil
-}
-
-// checkAgainstTopic logs an error for every partition whose applied position
-// lies beyond the end of the topic: the database was filled from another topic
-// (a broker whose data was wiped, another --topic). Such a partition applies
-// nothing until the topic grows past the position, so say it loudly.
-func (a *Applier) checkAgainstTopic(ctx context.Context, positions map[int32]int64) {
-	ends, err := kadm.NewClient(a.cl).ListEndOffsets(ctx, a.cfg.Topic)
-	if err != nil {
-		a.log.Warn("list the topic's end offsets failed; cannot check the applied positions against it", "err", err)
-		return
-	}
-	ends.Each(func(o kadm.ListedOffset) {
-		if pos, ok := positions[o.Partition]; ok && o.Err == nil && pos > o.Offset {
-			a.stats.aheadOfTopic.Add(1)
-			a.log.Error("the database is ahead of the topic: it was applied from another topic or a broker whose data is gone; "+
-				"this partition applies nothing until the topic passes the position. Point --database-url/--schema at a fresh schema "+
-				"(the topic is the source of truth) or restore the broker's data",
-				"topic", a.cfg.Topic, "partition", o.Partition, "applied_position", pos, "topic_end", o.Offset)
-		}
-	})
 }
 
 // revoked stops the workers of revoked partitions, letting in-flight batches

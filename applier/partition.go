@@ -129,10 +129,25 @@ func (w *partition) resume() {
 func (w *partition) run() {
 	defer close(w.done)
 	a := w.a
+	held := false
 	for {
 		if !w.wait() {
 			return
 		}
+		if !a.covers(w.ctx, w.p) {
+			if !held {
+				a.log.Error("holding the partition: the projection was built with fewer partitions; its records apply once an operator confirms the new count (heed topic confirm-partitions)",
+					"partition", w.p, "covered", a.covered.Load())
+				held = true
+			}
+			select {
+			case <-time.After(recheckInterval):
+				continue
+			case <-w.quit:
+				return
+			}
+		}
+		held = false
 		select {
 		case a.slots <- struct{}{}:
 		case <-w.quit:

@@ -20,26 +20,21 @@ type Stats struct {
 	Retries int64
 	// Stale is the number of batches rolled back because another member moved the position.
 	Stale int64
-	// AheadOfTopic counts partitions found, when assigned, with an applied
-	// position beyond the topic's end: the database was filled from another
-	// topic or from a broker whose data is gone.
-	AheadOfTopic int64
 }
 
 type counters struct {
-	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale, aheadOfTopic atomic.Int64
+	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
-		Batches:      c.batches.Load(),
-		Applied:      c.applied.Load(),
-		Duplicates:   c.duplicates.Load(),
-		Conflicts:    c.conflicts.Load(),
-		Quarantined:  c.quarantined.Load(),
-		Parked:       c.parked.Load(),
-		Retries:      c.retries.Load(),
-		Stale:        c.stale.Load(),
-		AheadOfTopic: c.aheadOfTopic.Load(),
+		Batches:     c.batches.Load(),
+		Applied:     c.applied.Load(),
+		Duplicates:  c.duplicates.Load(),
+		Conflicts:   c.conflicts.Load(),
+		Quarantined: c.quarantined.Load(),
+		Parked:      c.parked.Load(),
+		Retries:     c.retries.Load(),
+		Stale:       c.stale.Load(),
 	}
 }

@@ -53,6 +53,23 @@ type Config struct {
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
 	KafkaOpts []kgo.Opt
+	// Gate, if set, is asked before every command is written (see Gate).
+	Gate Gate
+}
+
+// Gate decides whether commands may be written now, and over how many
+// partitions their keys hash. topic.Guard is one: it refuses commands while
+// the broker's topic is not the incarnation the projection is built from, and
+// keeps keys hashing over the partition count the projection was built with,
+// so that a partition added to the topic moves no key until an operator
+// confirms it. Its methods are called for every command: they must be cheap
+// and safe for concurrent use.
+type Gate interface {
+	// Admit returns nil when commands may be written, or why not; the
+	// command then fails with unavailable and that reason.
+	Admit() error
+	// Partitions is how many partitions keys hash over (0: all the topic has).
+	Partitions() int32
 }
 
 // DefaultLinger is the producer's default Linger. Under load it lets a produce
@@ -124,7 +141,7 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 		kgo.ProducerLinger(cfg.Linger),
 		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
 		kgo.ProducerBatchCompression(c),
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2 of the key, like Kafka's Java client
+		kgo.RecordPartitioner(keyPartitioner(cfg.Gate)),
 		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka"))),
 	}
 	cl, err := kgo.NewClient(append(opts, cfg.KafkaOpts...)...)
@@ -132,6 +149,24 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 		return nil, fmt.Errorf("create Kafka producer: %w", err)
 	}
 	return &Publisher{cfg: cfg, cl: cl}, nil
+}
+
+// keyPartitioner hashes a record's key with murmur2, like Kafka's Java client,
+// over the partition count gate gives when it is set and the topic has at
+// least that many, otherwise over all the topic's partitions.
+func keyPartitioner(gate Gate) kgo.Partitioner {
+	if gate == nil {
+		return kgo.StickyKeyPartitioner(nil)
+	}
+	return kgo.BasicConsistentPartitioner(func(topic string) func(*kgo.Record, int) int {
+		byKey := kgo.StickyKeyPartitioner(nil).ForTopic(topic)
+		return func(r *kgo.Record, n int) int {
+			if p := int(gate.Partitions()); p > 0 && p < n {
+				n = p
+			}
+			return byKey.Partition(r, n)
+		}
+	})
 }
 
 // Client returns the underlying Kafka client (for admin calls and hooks).
@@ -183,9 +218,14 @@ func NewRecord(env *envelopev1.Envelope) (*kgo.Record, error) {
 //
 // Errors are *connect.Error: unavailable when the broker did not acknowledge
 // (the caller should retry with the same request ID, which yields the same event
-// ID), canceled when the caller went away, internal for a payload that cannot
+// ID) or the Gate refuses commands, canceled when the caller went away, internal for a payload that cannot
 // be marshaled.
 func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, event proto.Message) (eventID, token string, err error) {
+	if p.cfg.Gate != nil {
+		if err := p.cfg.Gate.Admit(); err != nil {
+			return "", "", connect.NewError(connect.CodeUnavailable, fmt.Errorf("commands are refused, nothing was written: %w", err))
+		}
+	}
 	env, err := NewEnvelope(aggregateID, requestID, event)
 	if err != nil {
 		return "", "", connect.NewError(connect.CodeInternal, err)

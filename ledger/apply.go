@@ -83,6 +83,9 @@ type account struct {
 	balance int64
 	exists  bool
 	dirty   bool
+	// read is the balance read from the database, valid when stored is set.
+	read   int64
+	stored bool
 }
 
 // Apply applies a batch in bulk inside tx, in two round trips: it reads every
@@ -147,6 +150,7 @@ func (l *loaded) read(rows pgx.Rows) error {
 			return fmt.Errorf("read account %q, which was not asked for", id)
 		}
 		a.balance, a.exists = balance, true
+		a.read, a.stored = balance, true
 	}
 	if err := rows.Err(); err != nil {
 		return err // the query's own error, reported by whoever sent the batch
@@ -221,25 +225,49 @@ func decide(a *account, payload any) string {
 	return ""
 }
 
-// queueAccounts queues onto b the upsert of the changed accounts, if any.
+// queueAccounts queues onto b the writes of the changed accounts, if any:
+// accounts the batch read are updated only where their balance is still the
+// one read, accounts it opened are inserted only where none exists yet.
+// Touching fewer rows than it changed fails the statement in Postgres (the
+// accounts_written function) with a serialization failure, a transient error:
+// another transaction wrote an account since the batch read it (the same
+// account's events in two partitions), so the batch is rolled back and retried
+// from the new balance rather than losing an update. The check is made in
+// Postgres, not in a callback, because the batch's COMMIT is already on its way
+// when the write's answer arrives.
 func queueAccounts(b *pgx.Batch, accounts map[string]*account) {
-	var ids pgarray.Texts
+	var updates, inserts pgarray.Texts
 	for id, a := range accounts {
-		if a.dirty {
-			ids = append(ids, id)
+		switch {
+		case !a.dirty:
+		case a.stored:
+			updates = append(updates, id)
+		default:
+			inserts = append(inserts, id)
 		}
 	}
-	if len(ids) == 0 {
-		return
+	if len(updates) > 0 {
+		slices.Sort(updates) // one lock order for every writer
+		olds, news := make(pgarray.Int8s, len(updates)), make(pgarray.Int8s, len(updates))
+		for i, id := range updates {
+			olds[i], news[i] = accounts[id].read, accounts[id].balance
+		}
+		b.Queue(`WITH w AS (UPDATE accounts AS a SET balance = u.balance
+FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(account_id, read, balance)
+WHERE a.account_id = u.account_id AND a.balance = u.read RETURNING 1)
+SELECT accounts_written(count(*), $4) FROM w`, updates, olds, news, len(updates))
 	}
-	slices.Sort(ids) // one lock order for every writer
-	balances := make(pgarray.Int8s, len(ids))
-	for i, id := range ids {
-		balances[i] = accounts[id].balance
-	}
-	b.Queue(`INSERT INTO accounts (account_id, balance)
+	if len(inserts) > 0 {
+		slices.Sort(inserts)
+		balances := make(pgarray.Int8s, len(inserts))
+		for i, id := range inserts {
+			balances[i] = accounts[id].balance
+		}
+		b.Queue(`WITH w AS (INSERT INTO accounts (account_id, balance)
 SELECT * FROM unnest($1::text[], $2::int8[])
-ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance`, ids, balances)
+ON CONFLICT (account_id) DO NOTHING RETURNING 1)
+SELECT accounts_written(count(*), $3) FROM w`, inserts, balances, len(inserts))
+	}
 }
 
 // results collects command outcomes column by column for one bulk insert.

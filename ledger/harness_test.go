@@ -15,7 +15,6 @@ import (
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
-	"github.com/heed-dev/heed/dedup"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
@@ -27,13 +26,6 @@ import (
 // testSchema is the schema the harness migrates into: the default, as in
 // production, so that triggers a test installs land next to the tables.
 const testSchema = schema.Default
-
-// migrations mirrors cmd/heed's list (package main cannot be imported).
-var migrations = []schema.Migrations{
-	{Name: "dedup", FS: dedup.Migrations},
-	{Name: "applier", FS: applier.Migrations},
-	{Name: "ledger", FS: ledger.Migrations},
-}
 
 // pipelineOpts shapes a pipeline; the zero value is one partition.
 type pipelineOpts struct {
@@ -83,7 +75,7 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		t.Fatalf("connect: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	if err := schema.Migrate(ctx, pool, testSchema, migrations, logger); err != nil {
+	if err := schema.Migrate(ctx, pool, testSchema, ledger.Schema, logger); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
 	p.pool = pool
@@ -159,6 +151,17 @@ type runningApplier struct {
 // t.Cleanup unless the test stops it first.
 func (p *pipeline) startApplier(t *testing.T) *runningApplier {
 	t.Helper()
+	a := p.newApplier(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningApplier{Applier: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+// newApplier creates a member of the pipeline's group, not running.
+func (p *pipeline) newApplier(t *testing.T) *applier.Applier {
+	t.Helper()
 	a, err := applier.New(applier.Config{
 		Brokers:         p.broker,
 		Topic:           p.topic,
@@ -169,11 +172,7 @@ func (p *pipeline) startApplier(t *testing.T) *runningApplier {
 	if err != nil {
 		t.Fatalf("applier: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningApplier{Applier: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- a.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r
+	return a
 }
 
 // stop cancels the applier and waits for Run to return (it commits marked

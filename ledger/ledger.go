@@ -11,6 +11,11 @@ package ledger
 import (
 	"embed"
 	"io/fs"
+
+	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/schema"
+	"github.com/heed-dev/heed/topic"
 )
 
 //go:embed migrations/*.sql
@@ -19,3 +24,13 @@ var migrations embed.FS
 // Migrations holds the goose migrations for the ledger's tables (accounts and
 // command results).
 var Migrations, _ = fs.Sub(migrations, "migrations")
+
+// Schema is every migration set the ledger pipeline needs, in the order they
+// apply: the processed-event table, the applier's positions and quarantine,
+// the topic identity, and the ledger's own tables.
+var Schema = []schema.Migrations{
+	{Name: "dedup", FS: dedup.Migrations},
+	{Name: "applier", FS: applier.Migrations},
+	{Name: "topic", FS: topic.Migrations},
+	{Name: "ledger", FS: Migrations},
+}

@@ -40,5 +40,5 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	return applyFrom(ctx, logger, c.kafka, c.apply, pool)
+	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool)
 }

@@ -91,7 +91,7 @@ Try:
 `, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, addr, addr, addr)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, pool, ln) })
-	g.Go(func() error { return applyFrom(gctx, logger, c.kafka, c.apply, pool) })
+	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln) })
+	g.Go(func() error { return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool) })
 	return g.Wait()
 }

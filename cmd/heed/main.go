@@ -48,7 +48,7 @@ type actionCommand interface {
 }
 
 func verbs() []verb {
-	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, quarantineVerb, benchVerb}
+	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, topicVerb, quarantineVerb, benchVerb}
 }
 
 func find(name string) (verb, bool) {

@@ -2,26 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
-	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/ledger"
 	"github.com/heed-dev/heed/schema"
+	"github.com/heed-dev/heed/topic"
 )
-
-// migrations are every component's migration sets, in the order they apply.
-var migrations = []schema.Migrations{
-	{Name: "dedup", FS: dedup.Migrations},
-	{Name: "applier", FS: applier.Migrations},
-	{Name: "ledger", FS: ledger.Migrations},
-}
 
 // openDB connects to the database; with migrate it applies pending migrations,
 // otherwise it fails, saying to run `heed migrate`, when some are pending.
@@ -31,9 +27,9 @@ func openDB(ctx context.Context, db dbFlags, maxConns int32, migrate bool, logge
 		return nil, err
 	}
 	if migrate {
-		err = schema.Migrate(ctx, pool, db.schema, migrations, logger)
+		err = schema.Migrate(ctx, pool, db.schema, ledger.Schema, logger)
 	} else {
-		err = schema.CheckMigrated(ctx, pool, db.schema, migrations)
+		err = schema.CheckMigrated(ctx, pool, db.schema, ledger.Schema)
 	}
 	if err != nil {
 		pool.Close()
@@ -42,8 +38,29 @@ func openDB(ctx context.Context, db dbFlags, maxConns int32, migrate bool, logge
 	return pool, nil
 }
 
-// serveOn runs the command and query server on ln until ctx ends.
-func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, pool *pgxpool.Pool, ln net.Listener) error {
+// serveOn runs the command and query server on ln until ctx ends. It creates
+// the topic if it does not exist, then refuses to start unless the topic is the
+// incarnation the projection in pool is built from (recording it on first
+// use), and keeps checking while it runs: commands are refused meanwhile.
+func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, db dbFlags, pool *pgxpool.Pool, ln net.Listener) error {
+	// Fresh metadata for the guard's checks: kadm answers from the client's
+	// cache, kept for MetadataMinAge (5s by default).
+	adminCl, err := kgo.NewClient(kgo.SeedBrokers(kafka.brokerList()...), kgo.MetadataMinAge(250*time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("create Kafka admin client: %w", err)
+	}
+	defer adminCl.Close()
+	if _, recorded, err := topic.Recorded(ctx, pool, kafka.topic); err != nil {
+		return err
+	} else if !recorded { // a new projection: create the topic if it does not exist
+		if _, err := ingest.EnsureTopic(ctx, adminCl, kafka.topic, int32(sf.partitions), -1); err != nil {
+			return err
+		}
+	}
+	guard := topic.NewGuard(pool, adminCl, kafka.topic, 0, logger)
+	if err := guard.Check(ctx); err != nil {
+		return topicError(db, err)
+	}
 	pub, err := ingest.NewPublisher(ingest.Config{
 		Brokers:        kafka.brokerList(),
 		Topic:          kafka.topic,
@@ -51,26 +68,29 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 		Compression:    sf.compression,
 		ProduceTimeout: sf.produceTimeout,
 		Logger:         logger,
+		Gate:           guard,
 	})
 	if err != nil {
 		return err
 	}
 	defer pub.Close()
-	n, err := ingest.EnsureTopic(ctx, pub.Client(), kafka.topic, int32(sf.partitions), -1)
-	if err != nil {
-		return err
-	}
-	if n != int32(sf.partitions) {
-		logger.Info("topic exists with another partition count; keeping it", "topic", kafka.topic, "partitions", n, "flag", sf.partitions)
-	}
+	go guard.Run(ctx)
 	srv := ingest.NewServer(logger)
 	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax), ingest.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	return srv.Serve(ctx, ln)
 }
 
+// topicError says which projection a topic identity error is about.
+func topicError(db dbFlags, err error) error {
+	if errors.Is(err, topic.ErrOtherIncarnation) || errors.Is(err, topic.ErrAheadOfTopic) || errors.Is(err, topic.ErrPartitionsChanged) || errors.Is(err, topic.ErrMissing) {
+		return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
+	}
+	return err
+}
+
 // applyFrom runs the ledger applier until ctx ends.
-func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, pool *pgxpool.Pool) error {
+func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool) error {
 	a, err := applier.New(applier.Config{
 		Brokers:         kafka.brokerList(),
 		Topic:           kafka.topic,
@@ -85,7 +105,7 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 		return err
 	}
 	if err := a.Run(ctx); err != nil {
-		return fmt.Errorf("applier: %w", err)
+		return fmt.Errorf("applier: %w", topicError(db, err))
 	}
 	return nil
 }

@@ -50,5 +50,5 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	return serveOn(ctx, logger, c.kafka, c.serve, pool, ln)
+	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln)
 }

@@ -36,7 +36,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
-	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/devstack"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/ledger"
@@ -334,13 +333,6 @@ func randomSuffix() string {
 // name is this run's name for a phase's schema, topic or group.
 func (e *env) name(phase string) string { return "heed_bench_" + phase + "_" + e.run }
 
-// migrations are the ledger pipeline's tables.
-var migrations = []schema.Migrations{
-	{Name: "dedup", FS: dedup.Migrations},
-	{Name: "applier", FS: applier.Migrations},
-	{Name: "ledger", FS: ledger.Migrations},
-}
-
 // freshSchema creates and migrates a schema of the phase's own, and returns a
 // pool whose search_path is it and a function that closes the pool and drops
 // the schema.
@@ -358,7 +350,7 @@ func (e *env) freshSchema(ctx context.Context, phase string, conns int32) (*pgxp
 			e.cfg.Logger.Warn("drop the benchmark's schema", "schema", name, "err", err)
 		}
 	}
-	if err := schema.Migrate(ctx, pool, name, migrations, nil); err != nil {
+	if err := schema.Migrate(ctx, pool, name, ledger.Schema, nil); err != nil {
 		drop()
 		return nil, "", nil, err
 	}
