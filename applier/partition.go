@@ -11,8 +11,8 @@ import (
 // partition is the worker that applies one assigned partition.
 //
 // The poll loop hands it records with feed, which never blocks: records queue
-// up, and once a queue holds two full batches the poll loop pauses fetching
-// that partition until the worker has taken them down to one. A partition
+// up, and once a queue is full (two batches, see full) the poll loop pauses
+// fetching that partition until the worker has taken half of it. A partition
 // whose batch fails over and over therefore holds back only itself: the poll
 // loop keeps feeding the others and rebalances are never kept waiting on it.
 type partition struct {
@@ -87,8 +87,8 @@ func (w *partition) stop(grace time.Duration) {
 }
 
 // feed queues fetched records, dropping those below what was queued before (a
-// re-fetch after a pause or a seek). It never blocks: a queue holding two
-// full batches pauses fetching the partition until the worker takes them.
+// re-fetch after a pause or a seek). It never blocks: a full queue (see full)
+// pauses fetching the partition until the worker has taken half of it.
 func (w *partition) feed(recs []*kgo.Record) {
 	w.mu.Lock()
 	i := 0
@@ -105,10 +105,10 @@ func (w *partition) feed(recs []*kgo.Record) {
 	for _, r := range recs {
 		w.queueBytes += len(r.Key) + len(r.Value)
 	}
-	cfg := &w.a.cfg
-	if !w.paused && (len(w.queue) >= 2*cfg.MaxBatchRecords || w.queueBytes >= 2*cfg.MaxBatchBytes) {
+	if !w.paused && w.full() {
 		w.paused = true
-		w.a.cl.PauseFetchPartitions(map[string][]int32{cfg.Topic: {w.p}})
+		w.a.cl.PauseFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
+		w.a.log.Debug("partition queue full; fetching paused", "partition", w.p, "records", len(w.queue), "bytes", w.queueBytes)
 	}
 	w.mu.Unlock()
 	select {
@@ -117,12 +117,27 @@ func (w *partition) feed(recs []*kgo.Record) {
 	}
 }
 
+// pauseRecords is the fewest queued records that pause a partition: with
+// small batches, pausing at two of them would pause and resume for every
+// batch, and a resumed partition may wait for the fetch in flight (up to the
+// fetch's max wait) before it is fetched again.
+const pauseRecords = 8192
+
+// full reports whether the queue holds enough to pause fetching: two full
+// batches (at least pauseRecords records), or two batches' bytes. w.mu must
+// be held.
+func (w *partition) full() bool {
+	cfg := &w.a.cfg
+	return len(w.queue) >= max(2*cfg.MaxBatchRecords, pauseRecords) || w.queueBytes >= 2*cfg.MaxBatchBytes
+}
+
 // resume lets the poll loop fetch the partition again if feed paused it;
 // w.mu must be held.
 func (w *partition) resume() {
 	if w.paused {
 		w.paused = false
 		w.a.cl.ResumeFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
+		w.a.log.Debug("fetching resumed", "partition", w.p)
 	}
 }
 
@@ -219,7 +234,8 @@ func (w *partition) take() []*kgo.Record {
 	if w.queue = w.queue[n:]; len(w.queue) == 0 {
 		w.queue = nil
 	}
-	if len(w.queue) < w.a.cfg.MaxBatchRecords && w.queueBytes < w.a.cfg.MaxBatchBytes {
+	cfg := &w.a.cfg
+	if len(w.queue) < max(cfg.MaxBatchRecords, pauseRecords/2) && w.queueBytes < cfg.MaxBatchBytes {
 		w.resume()
 	}
 	return batch

@@ -31,7 +31,8 @@ func TestStuckPartitionStallsOnlyItself(t *testing.T) {
 		produce(0, "a", fmt.Sprint("a", i))
 		produce(1, "b", fmt.Sprint("b", i))
 	}
-	cfg := applier.Config{MaxBatchRecords: 5, Concurrency: 2, ShutdownGrace: 300 * time.Millisecond}
+	// Small batches by bytes: the stuck partition's queue fills and pauses it.
+	cfg := applier.Config{MaxBatchRecords: 5, MaxBatchBytes: 512, Concurrency: 2, ShutdownGrace: 300 * time.Millisecond}
 	first := s.startConfig(t, batchCounter{c}, cfg)
 	s.waitLockWaiters(t, 1, "partition 0's compare-and-set")
 	testenv.Eventually(t, 30*time.Second, func() string {
