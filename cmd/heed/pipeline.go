@@ -63,8 +63,8 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	if n != int32(sf.partitions) {
 		logger.Info("topic exists with another partition count; keeping it", "topic", kafka.topic, "partitions", n, "flag", sf.partitions)
 	}
-	srv := ingest.NewServer(logger)
-	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax), ingest.HandlerOptions()...)
+	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes))
+	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax), srv.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	return srv.Serve(ctx, ln)
 }
