@@ -31,12 +31,20 @@ import (
 const depositPath = "/heed.ledger.v1.LedgerService/Deposit"
 
 // accepting answers every Deposit: a request that reaches it passed every
-// limit and every validation rule.
+// limit and every validation rule. A Deposit with an amount above 1 takes that
+// many milliseconds to answer, like a read waiting for its consistency token.
 type accepting struct {
 	ledgerv1connect.UnimplementedLedgerServiceHandler
 }
 
-func (accepting) Deposit(context.Context, *connect.Request[ledgerv1.DepositRequest]) (*connect.Response[ledgerv1.DepositResponse], error) {
+func (accepting) Deposit(ctx context.Context, req *connect.Request[ledgerv1.DepositRequest]) (*connect.Response[ledgerv1.DepositResponse], error) {
+	if ms := req.Msg.GetAmount(); ms > 1 {
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-ctx.Done():
+			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+		}
+	}
 	return connect.NewResponse(&ledgerv1.DepositResponse{EventId: "accepted"}), nil
 }
 
@@ -343,6 +351,26 @@ func TestServerTimeouts(t *testing.T) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				t.Fatalf("the server kept the connection open for 30s (a %v timeout was set)", timeout)
+			}
+		})
+	}
+}
+
+// The read timeout bounds reading a request, not answering it: a handler that
+// takes longer than it (a read waiting up to --read-wait-max) still answers,
+// over HTTP/1.1 and HTTP/2.
+func TestSlowHandlerOutlivesReadTimeout(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	url := serveLedger(t, []ingest.ServerOption{ingest.WithTimeouts(timeout, 0)})
+	for name, hc := range map[string]*http.Client{"HTTP/1.1": http.DefaultClient, "HTTP/2": h2c()} {
+		t.Run(name, func(t *testing.T) {
+			client := ledgerv1connect.NewLedgerServiceClient(hc, url)
+			res, err := client.Deposit(t.Context(), connect.NewRequest(&ledgerv1.DepositRequest{RequestId: "r", AccountId: "a", Amount: int64(4 * timeout / time.Millisecond)}))
+			if err != nil {
+				t.Fatalf("a Deposit answered after 4x the read timeout: %v", err)
+			}
+			if res.Msg.GetEventId() != "accepted" {
+				t.Errorf("answer %v", res.Msg)
 			}
 		})
 	}
