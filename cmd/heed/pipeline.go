@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
@@ -64,7 +66,8 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 		logger.Info("topic exists with another partition count; keeping it", "topic", kafka.topic, "partitions", n, "flag", sf.partitions)
 	}
 	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes))
-	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax), srv.HandlerOptions()...)
+	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
+	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	return srv.Serve(ctx, ln)
 }
