@@ -182,7 +182,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	for i, r := range batch {
 		decs[i] = decode(a.handler, r)
 		if reason, ok := w.poison[r.Offset]; ok && decs[i].poison == "" {
-			decs[i].poison = reason
+			decs[i].poison = storable(reason)
 		}
 		if decs[i].poison == "" {
 			items = append(items, dedup.Item{ID: decs[i].event.ID, Fingerprint: decs[i].fingerprint})

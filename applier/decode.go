@@ -3,6 +3,7 @@ package applier
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -11,6 +12,11 @@ import (
 	"github.com/heed-dev/heed/envelope"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 )
+
+// MaxTextBytes is the most bytes a record's key, request_id or event type may
+// hold. Handlers store them as Postgres text, often in an index (whose entries
+// Postgres caps at about 2.7 kB), so a record carrying more is poison.
+const MaxTextBytes = 1024
 
 // decoded is a record after decoding: either an event or the reason it is poison.
 type decoded struct {
@@ -24,35 +30,49 @@ type decoded struct {
 }
 
 // decode turns a record into an Event through h, or says why it can never apply.
+// Whatever a producer wrote (kcat, a bug), an Event's text fields are text
+// Postgres can store (see checkText), and so is the poison reason.
 func decode(h Handler, rec *kgo.Record) decoded {
 	d := decoded{rec: rec}
+	if reason := check(h, rec, &d); reason != "" {
+		d.poison = storable(reason)
+	}
+	return d
+}
+
+// check fills in d's event and fingerprint from rec, or returns why rec can
+// never apply.
+func check(h Handler, rec *kgo.Record, d *decoded) string {
 	var env envelopev1.Envelope
 	if err := proto.Unmarshal(rec.Value, &env); err != nil {
-		d.poison = fmt.Sprintf("undecodable envelope: %v", err)
-		return d
+		return fmt.Sprintf("undecodable envelope: %v", err)
 	}
 	id, err := uuid.Parse(env.GetEventId())
 	if err != nil {
-		d.poison = fmt.Sprintf("invalid event_id %q: %v", env.GetEventId(), err)
-		return d
+		return fmt.Sprintf("invalid event_id %q: %v", env.GetEventId(), err)
+	}
+	if err := checkText(env.GetRequestId()); err != "" {
+		return "envelope request_id " + err
+	}
+	if err := checkText(env.GetType()); err != "" {
+		return "envelope type " + err
 	}
 	d.event.ID, d.hasID = id, true
 	if env.GetPayload() == nil {
-		d.poison = "envelope has no payload"
-		return d
+		return "envelope has no payload"
 	}
 	if name := strings.TrimPrefix(env.GetPayload().GetTypeUrl(), "type.googleapis.com/"); name != env.GetType() {
-		d.poison = fmt.Sprintf("envelope type %q does not match payload type %q", env.GetType(), name)
-		return d
+		return fmt.Sprintf("envelope type %q does not match payload type %q", env.GetType(), name)
 	}
 	if string(rec.Key) != env.GetAggregateId() {
-		d.poison = fmt.Sprintf("record key %q does not match envelope aggregate_id %q", rec.Key, env.GetAggregateId())
-		return d
+		return fmt.Sprintf("record key %q does not match envelope aggregate_id %q", rec.Key, env.GetAggregateId())
+	}
+	if err := checkText(env.GetAggregateId()); err != "" {
+		return "record key (the envelope's aggregate_id) " + err
 	}
 	payload, err := h.Decode(&env)
 	if err != nil {
-		d.poison = err.Error()
-		return d
+		return err.Error()
 	}
 	d.event = Event{
 		ID:          id,
@@ -64,5 +84,28 @@ func decode(h Handler, rec *kgo.Record) decoded {
 		Payload:     payload,
 	}
 	d.fingerprint = envelope.Fingerprint(&env)
-	return d
+	return ""
+}
+
+// checkText says what keeps s from being stored as Postgres text by a handler
+// (not UTF-8, a NUL, longer than MaxTextBytes), or returns "".
+func checkText(s string) string {
+	switch {
+	case len(s) > MaxTextBytes:
+		return fmt.Sprintf("is %d bytes long, more than the %d a record may carry (it starts %q)", len(s), MaxTextBytes, s[:32])
+	case !utf8.ValidString(s):
+		return fmt.Sprintf("%q is not valid UTF-8, which Postgres text requires", s)
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Sprintf("%q contains a NUL character (U+0000), which Postgres text cannot store", s)
+	}
+	return ""
+}
+
+// storable makes a poison reason (partly the Handler's words) text that
+// Postgres can store: valid UTF-8 without NUL.
+func storable(reason string) string {
+	if utf8.ValidString(reason) && strings.IndexByte(reason, 0) < 0 {
+		return reason
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(reason, "\uFFFD"), "\x00", `\x00`)
 }

@@ -75,6 +75,12 @@ func Applied(ctx context.Context, q Querier, topic string, t Token) (bool, error
 // Wait polls until Applied is true or ctx ends; in the latter case it returns an
 // error wrapping ErrNotYetApplied. Polling starts at 1ms and backs off to 50ms.
 func Wait(ctx context.Context, q Querier, topic string, t Token) error {
+	return wait(ctx, q, topic, t, nil)
+}
+
+// wait is Wait, calling pending (if not nil) once, when the first look finds
+// the token's write not applied yet.
+func wait(ctx context.Context, q Querier, topic string, t Token, pending func()) error {
 	delay := time.Millisecond
 	for {
 		ok, err := Applied(ctx, q, topic, t)
@@ -86,6 +92,10 @@ func Wait(ctx context.Context, q Querier, topic string, t Token) error {
 		}
 		if ok {
 			return nil
+		}
+		if pending != nil {
+			pending()
+			pending = nil
 		}
 		select {
 		case <-ctx.Done():

@@ -22,13 +22,26 @@ import (
 // CPU than it saves (`heed bench` measured it at about 7% of the process).
 const CompressMinBytes = 1024
 
-// HandlerOptions are the options every domain handler mounted on a Server must
-// be built with: protovalidate rules from the schema are enforced before the
-// handler runs, so a bad request gets invalid_argument naming the field, and
-// responses under CompressMinBytes are sent uncompressed. extra come last and
-// may override them.
+// HandlerOptions are Server.HandlerOptions for a Server with the default
+// limits (DefaultMaxRequestBytes).
 func HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
+	return handlerOptions(DefaultMaxRequestBytes, extra)
+}
+
+// HandlerOptions are the options every domain handler mounted on s must be
+// built with: a request message larger than the server's limit after
+// decompression is refused with resource_exhausted without being inflated
+// further; protovalidate rules from the schema are enforced before the handler
+// runs, so a bad request gets invalid_argument naming the field; responses
+// under CompressMinBytes are sent uncompressed. extra come last and may
+// override them.
+func (s *Server) HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
+	return handlerOptions(s.maxRequestBytes, extra)
+}
+
+func handlerOptions(maxRequestBytes int, extra []connect.HandlerOption) []connect.HandlerOption {
 	return append([]connect.HandlerOption{
+		requestLimits(maxRequestBytes),
 		connect.WithInterceptors(validate.NewInterceptor()),
 		connect.WithCompressMinBytes(CompressMinBytes),
 	}, extra...)
@@ -37,18 +50,39 @@ func HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
 // Server serves Connect, gRPC and gRPC-Web on one port (HTTP/1.1 and HTTP/2
 // without TLS), with gRPC reflection and the gRPC health service for every
 // mounted service. Mount everything before Serve.
+//
+// What one request may cost is bounded: its message size after decompression
+// (WithMaxRequestBytes; the raw body is bounded just above it), the time to
+// read it and the time an idle connection stays open (WithTimeouts). There is
+// no write timeout: over HTTP/2 it would reset long-lived streams (the gRPC
+// health service's Watch), and a handler's time is bounded by its own
+// deadlines (a read with a consistency token waits at most its maximum wait,
+// a command at most the produce timeout).
 type Server struct {
 	mux    *http.ServeMux
 	names  []string
 	logger *slog.Logger
+
+	maxRequestBytes          int
+	readTimeout, idleTimeout time.Duration
 }
 
-// NewServer returns an empty Server.
-func NewServer(logger *slog.Logger) *Server {
+// NewServer returns an empty Server with the default limits, changed by opts.
+func NewServer(logger *slog.Logger, opts ...ServerOption) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{mux: http.NewServeMux(), logger: logger}
+	s := &Server{
+		mux:             http.NewServeMux(),
+		logger:          logger,
+		maxRequestBytes: DefaultMaxRequestBytes,
+		readTimeout:     DefaultReadTimeout,
+		idleTimeout:     DefaultIdleTimeout,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Mount serves h under path (as a generated New...Handler returns them) for the
@@ -58,15 +92,17 @@ func (s *Server) Mount(service, path string, h http.Handler) {
 	s.mux.Handle(path, h)
 }
 
-// Handler returns the server's HTTP handler, with reflection and health added.
+// Handler returns the server's HTTP handler, with reflection and health added
+// and the request body bounded (see WithMaxRequestBytes).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", s.mux)
+	limits := requestLimits(s.maxRequestBytes)
 	reflector := grpcreflect.NewStaticReflector(s.names...)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(s.names...)))
-	return mux
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, limits))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, limits))
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(s.names...), limits))
+	return limitBody(mux, s.maxRequestBytes)
 }
 
 // Listen opens a TCP listener on addr, with an error that says what to do when
@@ -92,6 +128,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Handler:           s.Handler(),
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       s.readTimeout,
+		IdleTimeout:       s.idleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)

@@ -36,6 +36,9 @@ type pipelineOpts struct {
 	publishTo []string
 	// produceTimeout of the publisher (default 5s).
 	produceTimeout time.Duration
+	// readWaitMax is the longest a read with a consistency token waits
+	// (default 10s).
+	readWaitMax time.Duration
 }
 
 // pipeline is heed wired in-process the way cmd/heed wires it: a fresh
@@ -63,6 +66,9 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	}
 	if opts.produceTimeout <= 0 {
 		opts.produceTimeout = 5 * time.Second
+	}
+	if opts.readWaitMax <= 0 {
+		opts.readWaitMax = 10 * time.Second
 	}
 	dbURL := testenv.PostgresURL(t)
 	b := testenv.Broker(t, opts.partitions)
@@ -110,7 +116,8 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	}
 
 	srv := ingest.NewServer(logger)
-	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, p.topic, 10*time.Second), ingest.HandlerOptions()...)
+	svc := ledger.NewService(pub, pool, p.topic, opts.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
+	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, ingest.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	ln, err := ingest.Listen("127.0.0.1:0")
 	if err != nil {

@@ -33,16 +33,32 @@ type Service struct {
 	pool    *pgxpool.Pool
 	topic   string
 	maxWait time.Duration
+	ends    *consistency.Ends
 }
 
 var _ ledgerv1connect.LedgerServiceHandler = (*Service)(nil)
+
+// ServiceOption configures a Service.
+type ServiceOption func(*Service)
+
+// WithTopicEnds has a read whose consistency token is not applied yet check
+// the token against the topic's end offsets, so that a token no write to the
+// topic returned (forged, or from another topic) is refused at once with
+// invalid_argument instead of waiting maxWait. Without it such a read waits.
+func WithTopicEnds(ends *consistency.Ends) ServiceOption {
+	return func(s *Service) { s.ends = ends }
+}
 
 // NewService returns a Service publishing through pub and reading from pool
 // (whose search_path is heed's schema). topic is the one the applier applies,
 // whose positions consistency tokens are checked against. A read with a
 // consistency token waits at most maxWait (and at most its deadline).
-func NewService(pub Publisher, pool *pgxpool.Pool, topic string, maxWait time.Duration) *Service {
-	return &Service{pub: pub, pool: pool, topic: topic, maxWait: maxWait}
+func NewService(pub Publisher, pool *pgxpool.Pool, topic string, maxWait time.Duration, opts ...ServiceOption) *Service {
+	s := &Service{pub: pub, pool: pool, topic: topic, maxWait: maxWait}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // OpenAccount publishes AccountOpened.
@@ -77,7 +93,8 @@ func (s *Service) Withdraw(ctx context.Context, req *connect.Request[ledgerv1.Wi
 
 // GetAccount reads an account, after waiting for its consistency token if given.
 // Errors: not_found for an unknown account, invalid_argument for a malformed
-// token, unavailable when the token's write is not applied in time.
+// token or one that does not point into the topic (see WithTopicEnds),
+// unavailable when the token's write is not applied in time.
 func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.GetAccountRequest]) (*connect.Response[ledgerv1.GetAccountResponse], error) {
 	if err := s.await(ctx, req.Msg.GetConsistencyToken()); err != nil {
 		return nil, err
@@ -154,9 +171,12 @@ func (s *Service) await(ctx context.Context, token string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.maxWait)
 	defer cancel()
-	if err := consistency.Wait(ctx, s.pool, s.topic, t); err != nil {
-		if errors.Is(err, consistency.ErrNotYetApplied) {
+	if err := consistency.WaitWithin(ctx, s.pool, s.topic, t, s.ends); err != nil {
+		switch {
+		case errors.Is(err, consistency.ErrNotYetApplied):
 			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; retry the read", err))
+		case errors.Is(err, consistency.ErrNotInTopic):
+			return connect.NewError(connect.CodeInvalidArgument, err)
 		}
 		return readError(err)
 	}

@@ -160,6 +160,8 @@ type serveFlags struct {
 	compression    string
 	produceTimeout time.Duration
 	readWaitMax    time.Duration
+
+	maxRequestBytes int
 }
 
 func (s *serveFlags) register(fs *flag.FlagSet) {
@@ -169,11 +171,15 @@ func (s *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.compression, "compression", "none", "record batch compression: none, gzip, snappy, lz4 or zstd")
 	fs.DurationVar(&s.produceTimeout, "produce-timeout", 10*time.Second, "longest wait for the broker's ack before a command fails with unavailable")
 	fs.DurationVar(&s.readWaitMax, "read-wait-max", 5*time.Second, "longest a read with a consistency_token waits for its write to be applied")
+	fs.IntVar(&s.maxRequestBytes, "max-request-bytes", ingest.DefaultMaxRequestBytes, "largest request message accepted, in bytes after decompression (larger: resource_exhausted)")
 }
 
 func (s *serveFlags) validate() error {
 	if s.partitions < 1 {
 		return fmt.Errorf("--partitions %d: must be at least 1", s.partitions)
+	}
+	if s.maxRequestBytes < 1024 {
+		return fmt.Errorf("--max-request-bytes %d: must be at least 1024 (the default, %d, is 1 MiB)", s.maxRequestBytes, ingest.DefaultMaxRequestBytes)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/ledger"
@@ -75,8 +76,9 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	}
 	defer pub.Close()
 	go guard.Run(ctx)
-	srv := ingest.NewServer(logger)
-	path, h := ledgerv1connect.NewLedgerServiceHandler(ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax), ingest.HandlerOptions()...)
+	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes))
+	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
+	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	return srv.Serve(ctx, ln)
 }

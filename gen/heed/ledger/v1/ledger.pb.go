@@ -101,6 +101,7 @@ func (CommandStatus) EnumDescriptor() ([]byte, []int) {
 type OpenAccountRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's idempotency key: send the same value when retrying the same command.
+	// 1-128 characters, none of them NUL (U+0000).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'.
 	AccountId     string `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
@@ -209,6 +210,7 @@ func (x *OpenAccountResponse) GetConsistencyToken() string {
 type DepositRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's idempotency key: send the same value when retrying the same command.
+	// 1-128 characters, none of them NUL (U+0000).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'.
 	AccountId string `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
@@ -324,6 +326,7 @@ func (x *DepositResponse) GetConsistencyToken() string {
 type WithdrawRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's idempotency key: send the same value when retrying the same command.
+	// 1-128 characters, none of them NUL (U+0000).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'.
 	AccountId string `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
@@ -753,30 +756,30 @@ var File_heed_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1bheed/ledger/v1/ledger.proto\x12\x0eheed.ledger.v1\x1a\x1bbuf/validate/validate.proto\"}\n" +
-	"\x12OpenAccountRequest\x12)\n" +
+	"\x1bheed/ledger/v1/ledger.proto\x12\x0eheed.ledger.v1\x1a\x1bbuf/validate/validate.proto\"\x9c\x02\n" +
+	"\x12OpenAccountRequest\x12\xc7\x01\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\trequestId\x12<\n" +
+	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
+	"\x11request_id.no_nul\x12imust not contain a NUL character (U+0000): request IDs are stored as Postgres text, which cannot hold one\x1a\x18!this.contains('\\u0000')r\x05\x10\x01\x18\x80\x01R\trequestId\x12<\n" +
 	"\n" +
 	"account_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[A-Za-z0-9_.-]{1,64}$R\taccountId\"]\n" +
 	"\x13OpenAccountResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12+\n" +
-	"\x11consistency_token\x18\x02 \x01(\tR\x10consistencyToken\"\x9a\x01\n" +
-	"\x0eDepositRequest\x12)\n" +
+	"\x11consistency_token\x18\x02 \x01(\tR\x10consistencyToken\"\xb9\x02\n" +
+	"\x0eDepositRequest\x12\xc7\x01\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\trequestId\x12<\n" +
+	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
+	"\x11request_id.no_nul\x12imust not contain a NUL character (U+0000): request IDs are stored as Postgres text, which cannot hold one\x1a\x18!this.contains('\\u0000')r\x05\x10\x01\x18\x80\x01R\trequestId\x12<\n" +
 	"\n" +
 	"account_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[A-Za-z0-9_.-]{1,64}$R\taccountId\x12\x1f\n" +
 	"\x06amount\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x06amount\"Y\n" +
 	"\x0fDepositResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12+\n" +
-	"\x11consistency_token\x18\x02 \x01(\tR\x10consistencyToken\"\x9b\x01\n" +
-	"\x0fWithdrawRequest\x12)\n" +
+	"\x11consistency_token\x18\x02 \x01(\tR\x10consistencyToken\"\xba\x02\n" +
+	"\x0fWithdrawRequest\x12\xc7\x01\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\trequestId\x12<\n" +
+	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
+	"\x11request_id.no_nul\x12imust not contain a NUL character (U+0000): request IDs are stored as Postgres text, which cannot hold one\x1a\x18!this.contains('\\u0000')r\x05\x10\x01\x18\x80\x01R\trequestId\x12<\n" +
 	"\n" +
 	"account_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[A-Za-z0-9_.-]{1,64}$R\taccountId\x12\x1f\n" +
 	"\x06amount\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x06amount\"Z\n" +
@@ -792,11 +795,11 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\aAccount\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x18\n" +
-	"\abalance\x18\x02 \x01(\x03R\abalance\"\xb2\x01\n" +
-	"\x17GetCommandResultRequest\x12+\n" +
+	"\abalance\x18\x02 \x01(\x03R\abalance\"\xd1\x02\n" +
+	"\x17GetCommandResultRequest\x12\xc9\x01\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01H\x00R\trequestId\x12%\n" +
+	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
+	"\x11request_id.no_nul\x12imust not contain a NUL character (U+0000): request IDs are stored as Postgres text, which cannot hold one\x1a\x18!this.contains('\\u0000')r\x05\x10\x01\x18\x80\x01H\x00R\trequestId\x12%\n" +
 	"\bevent_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01H\x00R\aeventId\x125\n" +
 	"\x11consistency_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x10consistencyTokenB\f\n" +
 	"\x03ref\x12\x05\xbaH\x02\b\x01\"\xa9\x01\n" +
