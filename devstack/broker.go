@@ -95,10 +95,10 @@ type Broker struct {
 // StartBroker binds cfg.Listen, loads cfg.DataDir if it holds state from an
 // earlier run, and serves the Kafka protocol until Close.
 //
-// Errors: an invalid Listen address; the address being in use (the message
-// suggests --broker-listen); an unreadable or incompatible DataDir (the
-// message suggests moving it aside). ctx is only checked before starting:
-// kfake's startup cannot be interrupted.
+// Errors: a *ListenError when Listen is malformed, in use or not bindable
+// here; an unreadable or incompatible DataDir (the message suggests moving
+// it aside). ctx is only checked before starting: kfake's startup cannot be
+// interrupted.
 func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("broker: not started: %w", err)
@@ -110,14 +110,11 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	}
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
-		return nil, fmt.Errorf("broker: listen address %q: %w; use host:port, e.g. %s", listen, err, DefaultBrokerListen)
+		return nil, &ListenError{Addr: listen, Err: err}
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		if isAddrInUse(err) {
-			return nil, fmt.Errorf("broker: listen %s: address already in use; is another heed dev or broker running? pass --broker-listen / choose another port", listen)
-		}
-		return nil, fmt.Errorf("broker: listen %s: %w; pass --broker-listen with an address this machine can bind", listen, err)
+		return nil, &ListenError{Addr: listen, Err: err}
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		ln = advertisedListener{Listener: ln, addr: loopbackAddr(ln.Addr())}
@@ -150,6 +147,35 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	logger.Info("broker started", "addrs", b.addrs, "data_dir", cfg.DataDir)
 	return b, nil
 }
+
+// ListenError is StartBroker's error when it cannot listen on
+// BrokerConfig.Listen: the address is malformed, in use, or not one this
+// machine can bind. Err is the cause; InUse tells the second case apart.
+type ListenError struct {
+	Addr string
+	Err  error
+}
+
+// InUse reports whether another socket has the address already.
+func (e *ListenError) InUse() bool { return isAddrInUse(e.Err) }
+
+// Problem says what is wrong without a fix, for callers that name their
+// own setting in it.
+func (e *ListenError) Problem() string {
+	if e.InUse() {
+		return fmt.Sprintf("broker: listen %s: address already in use (is another heed dev or heed broker running?)", e.Addr)
+	}
+	return fmt.Sprintf("broker: listen %s: %v", e.Addr, e.Err)
+}
+
+func (e *ListenError) Error() string {
+	if e.InUse() {
+		return e.Problem() + "; set BrokerConfig.Listen to a free address"
+	}
+	return fmt.Sprintf("%s; set BrokerConfig.Listen to a host:port this machine can bind, e.g. %s", e.Problem(), DefaultBrokerListen)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
 
 // Addrs returns the host:port seed addresses to pass to kgo.SeedBrokers.
 func (b *Broker) Addrs() []string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -43,10 +44,25 @@ func (c *brokerCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		Logger:     logger,
 	})
 	if err != nil {
-		return err
+		return brokerError(err, "--listen")
 	}
 	defer b.Close()
 	fmt.Fprintf(stdout, "broker listening on %s, data in %s (Ctrl-C stops it)\n", b.Addrs()[0], filepath.Join(c.dataDir, "kafka"))
 	<-ctx.Done()
 	return nil
+}
+
+// brokerError says what to change in the verb's own flags when the
+// embedded broker cannot start: listenFlag sets the broker's address
+// (--listen in heed broker, --broker-listen in heed dev). Other errors are
+// returned as they are.
+func brokerError(err error, listenFlag string) error {
+	var le *devstack.ListenError
+	if errors.As(err, &le) {
+		if le.InUse() {
+			return fmt.Errorf("%s; stop it, or pass %s with a free address", le.Problem(), listenFlag)
+		}
+		return fmt.Errorf("%s; pass %s with a host:port this machine can bind, e.g. %s", le.Problem(), listenFlag, devstack.DefaultBrokerListen)
+	}
+	return err
 }

@@ -63,7 +63,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		Logger:     logger.With("component", "broker"),
 	})
 	if err != nil {
-		return err
+		return brokerError(err, "--broker-listen")
 	}
 	defer broker.Close()
 	c.kafka.brokers = strings.Join(broker.Addrs(), ",")

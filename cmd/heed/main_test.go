@@ -12,7 +12,9 @@ import (
 
 // TestConfigErrors runs heed in-process with bad configuration: each run
 // must stop at once, with an exit code and a message that says what to
-// change.
+// change. Runs of dev and broker get a fresh --data-dir and free addresses
+// ahead of the case's own flags (the last value of a flag wins), so that
+// nothing lands in the source tree or on a shared port.
 func TestConfigErrors(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -29,6 +31,7 @@ func TestConfigErrors(t *testing.T) {
 		wantCode   int
 		wantStderr []string
 		wantStdout []string
+		notStderr  []string
 	}{
 		{name: "unknown verb", args: []string{"frobnicate"}, wantCode: 2,
 			wantStderr: []string{`unknown verb "frobnicate"`, "heed help"}},
@@ -72,6 +75,12 @@ func TestConfigErrors(t *testing.T) {
 			wantStderr: []string{"address already in use", "--listen"}},
 		{name: "dev listen address taken", args: []string{"dev", "--listen", taken.Addr().String()}, wantCode: 1,
 			wantStderr: []string{"address already in use", "--listen"}},
+		{name: "broker listen address taken", args: []string{"broker", "--listen", taken.Addr().String()}, wantCode: 1,
+			wantStderr: []string{"address already in use", "pass --listen with a free address"}, notStderr: []string{"--broker-listen"}},
+		{name: "broker listen address malformed", args: []string{"broker", "--listen", "nine-oh-nine-two"}, wantCode: 1,
+			wantStderr: []string{"nine-oh-nine-two", "pass --listen with a host:port"}, notStderr: []string{"--broker-listen"}},
+		{name: "dev broker address taken", args: []string{"dev", "--broker-listen", taken.Addr().String()}, needDB: true, wantCode: 1,
+			wantStderr: []string{"address already in use", "pass --broker-listen with a free address"}},
 		{name: "bench unknown phase", args: []string{"bench", "--database-url", someDB, "--phases", "drain,warp"}, wantCode: 1,
 			wantStderr: []string{`phase "warp"`, "ceiling, drain, naive, ingest, e2e, rss"}},
 		{name: "bench bad protocol", args: []string{"bench", "--database-url", someDB, "--protocol", "carrier-pigeon"}, wantCode: 1,
@@ -93,9 +102,9 @@ func TestConfigErrors(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			args := tc.args
+			args := isolate(t, tc.args)
 			if tc.needDB {
-				args = append(append([]string(nil), args...), "--database-url", testenv.PostgresURL(t))
+				args = append(args, "--database-url", testenv.PostgresURL(t))
 			}
 			var stdout, stderr bytes.Buffer
 			code := run(t.Context(), args, &stdout, &stderr)
@@ -112,8 +121,33 @@ func TestConfigErrors(t *testing.T) {
 					t.Errorf("heed %s: stdout does not say %q:\n%s", strings.Join(args, " "), w, stdout.String())
 				}
 			}
+			for _, w := range tc.notStderr {
+				if strings.Contains(stderr.String(), w) {
+					t.Errorf("heed %s: stderr says %q:\n%s", strings.Join(args, " "), w, stderr.String())
+				}
+			}
 		})
 	}
+}
+
+// isolate returns args with, for dev and broker, a fresh --data-dir and
+// free addresses inserted after the verb, so that the case's own flags,
+// which come later, win.
+func isolate(tb testing.TB, args []string) []string {
+	tb.Helper()
+	if len(args) == 0 {
+		return nil
+	}
+	var extra []string
+	switch args[0] {
+	case "dev":
+		a := freeDevAddrs(tb)
+		extra = []string{"--data-dir", tb.TempDir(), "--listen", a.listen, "--broker-listen", a.broker}
+	case "broker":
+		extra = []string{"--data-dir", tb.TempDir(), "--listen", "127.0.0.1:0"}
+	}
+	out := append([]string{args[0]}, extra...)
+	return append(out, args[1:]...)
 }
 
 // TestEnvFallback checks that a HEED_* variable sets a flag the command
