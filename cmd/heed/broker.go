@@ -27,7 +27,7 @@ type brokerCmd struct {
 
 func (c *brokerCmd) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.listen, "listen", devstack.DefaultBrokerListen, "address to serve the Kafka protocol on")
-	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "directory the broker persists to (in DIR/kafka)")
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "directory the broker persists to (in DIR/kafka), one process at a time")
 	fs.IntVar(&c.partitions, "partitions", defaultPartitions, "partitions of topics created without a count")
 	c.log.register(fs)
 }
@@ -40,6 +40,7 @@ func (c *brokerCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	b, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
 		Listen:     c.listen,
 		DataDir:    filepath.Join(c.dataDir, "kafka"),
+		Program:    "heed broker",
 		Partitions: int32(c.partitions),
 		Logger:     logger,
 	})
@@ -54,9 +55,13 @@ func (c *brokerCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 
 // brokerError says what to change in the verb's own flags when the
 // embedded broker cannot start: listenFlag sets the broker's address
-// (--listen in heed broker, --broker-listen in heed dev). Other errors are
-// returned as they are.
+// (--listen in heed broker, --broker-listen in heed dev) and --data-dir its
+// directory. Other errors are returned as they are.
 func brokerError(err error, listenFlag string) error {
+	var inUse *devstack.DataDirInUseError
+	if errors.As(err, &inUse) {
+		return fmt.Errorf("%s: stop it, or pass another --data-dir", inUse.Problem())
+	}
 	var le *devstack.ListenError
 	if errors.As(err, &le) {
 		if le.InUse() {

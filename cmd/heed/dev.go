@@ -36,7 +36,7 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL; empty: the local server at 127.0.0.1:5432 (database heed), else a private cluster under --data-dir")
 	c.serve.register(fs)
 	c.apply.register(fs)
-	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data")
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data, one heed dev or broker at a time")
 	fs.StringVar(&c.brokerListen, "broker-listen", devstack.DefaultBrokerListen, "address the embedded broker serves the Kafka protocol on")
 	c.log.register(fs)
 }
@@ -49,16 +49,26 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err := c.serve.validate(); err != nil {
 		return err
 	}
+	// The data dir's lock comes first: a second heed dev on the directory
+	// stops here, before it binds a port, touches the broker's data or
+	// starts (or adopts) the private Postgres that lives there too.
+	kafkaDir := filepath.Join(c.dataDir, "kafka")
+	lock, err := devstack.LockDataDir(kafkaDir, devstack.Holder{Program: "heed dev", Broker: c.brokerListen})
+	if err != nil {
+		return brokerError(err, "--broker-listen")
+	}
+	defer lock.Release()
+
 	ln, err := ingest.Listen(c.serve.listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
 
-	kafkaDir := filepath.Join(c.dataDir, "kafka")
 	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
 		Listen:     c.brokerListen,
 		DataDir:    kafkaDir,
+		Lock:       lock,
 		Partitions: int32(c.serve.partitions),
 		Logger:     logger.With("component", "broker"),
 	})
