@@ -28,6 +28,7 @@ func TestConfigErrors(t *testing.T) {
 		args       []string
 		env        map[string]string
 		needDB     bool // append --database-url of a fresh, unmigrated database
+		missingDB  bool // append --database-url of a database that does not exist
 		wantCode   int
 		wantStderr []string
 		wantStdout []string
@@ -81,6 +82,14 @@ func TestConfigErrors(t *testing.T) {
 			wantStderr: []string{"nine-oh-nine-two", "pass --listen with a host:port"}, notStderr: []string{"--broker-listen"}},
 		{name: "dev broker address taken", args: []string{"dev", "--broker-listen", taken.Addr().String()}, needDB: true, wantCode: 1,
 			wantStderr: []string{"address already in use", "pass --broker-listen with a free address"}},
+		{name: "migrate missing database", args: []string{"migrate"}, missingDB: true, wantCode: 1,
+			wantStderr: []string{"does not exist", "createdb -h ", "create database heedtest_missing_"}, notStderr: []string{"is Postgres running"}},
+		{name: "serve missing database", args: []string{"serve", "--listen", "127.0.0.1:0"}, missingDB: true, wantCode: 1,
+			wantStderr: []string{"does not exist", "createdb -h "}, notStderr: []string{"is Postgres running"}},
+		{name: "apply missing database", args: []string{"apply"}, missingDB: true, wantCode: 1,
+			wantStderr: []string{"does not exist", "createdb -h "}, notStderr: []string{"is Postgres running"}},
+		{name: "dev missing database", args: []string{"dev"}, missingDB: true, wantCode: 1,
+			wantStderr: []string{"does not exist", "createdb -h "}, notStderr: []string{"does not answer"}},
 		{name: "bench unknown phase", args: []string{"bench", "--database-url", someDB, "--phases", "drain,warp"}, wantCode: 1,
 			wantStderr: []string{`phase "warp"`, "ceiling, drain, naive, ingest, e2e, rss"}},
 		{name: "bench bad protocol", args: []string{"bench", "--database-url", someDB, "--protocol", "carrier-pigeon"}, wantCode: 1,
@@ -105,6 +114,9 @@ func TestConfigErrors(t *testing.T) {
 			args := isolate(t, tc.args)
 			if tc.needDB {
 				args = append(args, "--database-url", testenv.PostgresURL(t))
+			}
+			if tc.missingDB {
+				args = append(args, "--database-url", testenv.MissingDatabaseURL(t))
 			}
 			var stdout, stderr bytes.Buffer
 			code := run(t.Context(), args, &stdout, &stderr)
