@@ -37,6 +37,12 @@ func (c *brokerCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := firstError(
+		nonEmpty("data-dir", c.dataDir, defaultDataDir),
+		atLeast("partitions", c.partitions, 1),
+	); err != nil {
+		return err
+	}
 	b, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
 		Listen:     c.listen,
 		DataDir:    filepath.Join(c.dataDir, "kafka"),

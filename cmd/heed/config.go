@@ -83,13 +83,6 @@ func (d *dbFlags) register(fs *flag.FlagSet, urlDefault, urlUsage string) {
 	fs.StringVar(&d.schema, "schema", schema.Default, "Postgres schema holding every heed table")
 }
 
-func (d *dbFlags) validate() error {
-	if d.url == "" {
-		return fmt.Errorf("no database: pass --database-url postgres://user@host:5432/db (or set HEED_DATABASE_URL)")
-	}
-	return schema.Validate(d.schema)
-}
-
 // logFlags configure the process's slog logger.
 type logFlags struct {
 	level  string
@@ -169,11 +162,4 @@ func (s *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.compression, "compression", "none", "record batch compression: none, gzip, snappy, lz4 or zstd")
 	fs.DurationVar(&s.produceTimeout, "produce-timeout", 10*time.Second, "longest wait for the broker's ack before a command fails with unavailable")
 	fs.DurationVar(&s.readWaitMax, "read-wait-max", 5*time.Second, "longest a read with a consistency_token waits for its write to be applied")
-}
-
-func (s *serveFlags) validate() error {
-	if s.partitions < 1 {
-		return fmt.Errorf("--partitions %d: must be at least 1", s.partitions)
-	}
-	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -46,7 +47,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := c.serve.validate(); err != nil {
+	if err := c.validate(logger); err != nil {
 		return err
 	}
 	// The data dir's lock comes first: a second heed dev on the directory
@@ -104,4 +105,25 @@ Try:
 	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, pool, ln) })
 	g.Go(func() error { return applyFrom(gctx, logger, c.kafka, c.apply, pool) })
 	return g.Wait()
+}
+
+// validate checks every flag before dev starts anything or prints its
+// banner.
+func (c *devCmd) validate(logger *slog.Logger) error {
+	if err := firstError(
+		nonEmpty("data-dir", c.dataDir, defaultDataDir),
+		c.db.validateIfSet(),
+		c.serve.validate(),
+		c.apply.validateBatch(),
+	); err != nil {
+		return err
+	}
+	// The embedded broker's address stands in for the one it will have.
+	kafka := c.kafka
+	kafka.brokers = c.brokerListen
+	if kafka.brokers == "" {
+		kafka.brokers = devstack.DefaultBrokerListen
+	}
+	icfg, acfg := ingestConfig(logger, kafka, c.serve), applierConfig(logger, kafka, c.apply)
+	return firstError(icfg.Validate(), acfg.Validate())
 }

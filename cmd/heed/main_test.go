@@ -2,17 +2,19 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
 // TestConfigErrors runs heed in-process with bad configuration: each run
-// must stop at once, with an exit code and a message that says what to
-// change. Runs of dev and broker get a fresh --data-dir and free addresses
+// must stop, before heed dev's banner, with an exit code and a message that
+// says what to change. Runs of dev and broker get a fresh --data-dir and free addresses
 // ahead of the case's own flags (the last value of a flag wins), so that
 // nothing lands in the source tree or on a shared port.
 func TestConfigErrors(t *testing.T) {
@@ -76,12 +78,64 @@ func TestConfigErrors(t *testing.T) {
 			wantStderr: []string{"address already in use", "--listen"}},
 		{name: "dev listen address taken", args: []string{"dev", "--listen", taken.Addr().String()}, wantCode: 1,
 			wantStderr: []string{"address already in use", "--listen"}},
+		{name: "serve zero produce timeout", args: []string{"serve", "--database-url", someDB, "--produce-timeout", "0s"}, wantCode: 1,
+			wantStderr: []string{"--produce-timeout 0s: must be more than 0"}},
+		{name: "serve zero read wait", args: []string{"serve", "--database-url", someDB, "--read-wait-max", "0s"}, wantCode: 1,
+			wantStderr: []string{"--read-wait-max 0s: must be more than 0"}},
+		{name: "serve negative read wait", args: []string{"serve", "--database-url", someDB, "--read-wait-max", "-1s"}, wantCode: 1,
+			wantStderr: []string{"--read-wait-max -1s: must be more than 0"}},
+		{name: "serve negative produce linger", args: []string{"serve", "--database-url", someDB, "--produce-linger", "-1ms"}, wantCode: 1,
+			wantStderr: []string{"--produce-linger -1ms: must be 0 or more"}},
+		{name: "serve bad compression", args: []string{"serve", "--database-url", someDB, "--compression", "bogus"}, wantCode: 1,
+			wantStderr: []string{"--compression", `"bogus"`, "none, gzip, snappy, lz4, zstd"}},
+		{name: "serve bad database URL", args: []string{"serve", "--database-url", "postgres://[::1"}, wantCode: 1,
+			wantStderr: []string{"--database-url", "postgres://user@host:port/db"}},
+		{name: "apply negative batch records", args: []string{"apply", "--database-url", someDB, "--batch-records", "-1"}, wantCode: 1,
+			wantStderr: []string{"--batch-records -1: must be at least 1"}},
+		{name: "apply zero batch records", args: []string{"apply", "--database-url", someDB, "--batch-records", "0"}, wantCode: 1,
+			wantStderr: []string{"--batch-records 0: must be at least 1"}},
+		{name: "apply negative batch records from env", args: []string{"apply", "--database-url", someDB}, env: map[string]string{"HEED_BATCH_RECORDS": "-1"}, wantCode: 1,
+			wantStderr: []string{"--batch-records -1: must be at least 1"}},
+		{name: "apply negative batch bytes", args: []string{"apply", "--database-url", someDB, "--batch-bytes", "-5"}, wantCode: 1,
+			wantStderr: []string{"--batch-bytes -5: must be at least 1"}},
+		{name: "apply negative batch linger", args: []string{"apply", "--database-url", someDB, "--batch-linger", "-1s"}, wantCode: 1,
+			wantStderr: []string{"--batch-linger -1s: must be 0 or more"}},
+		{name: "apply zero concurrency", args: []string{"apply", "--database-url", someDB, "--apply-concurrency", "0"}, wantCode: 1,
+			wantStderr: []string{"--apply-concurrency 0: must be at least 1"}},
+		{name: "apply empty group", args: []string{"apply", "--database-url", someDB, "--group", ""}, wantCode: 1,
+			wantStderr: []string{"--group"}},
+		{name: "broker zero partitions", args: []string{"broker", "--partitions", "0"}, wantCode: 1,
+			wantStderr: []string{"--partitions 0: must be at least 1"}},
 		{name: "broker listen address taken", args: []string{"broker", "--listen", taken.Addr().String()}, wantCode: 1,
 			wantStderr: []string{"address already in use", "pass --listen with a free address"}, notStderr: []string{"--broker-listen"}},
 		{name: "broker listen address malformed", args: []string{"broker", "--listen", "nine-oh-nine-two"}, wantCode: 1,
 			wantStderr: []string{"nine-oh-nine-two", "pass --listen with a host:port"}, notStderr: []string{"--broker-listen"}},
 		{name: "dev broker address taken", args: []string{"dev", "--broker-listen", taken.Addr().String()}, needDB: true, wantCode: 1,
 			wantStderr: []string{"address already in use", "pass --broker-listen with a free address"}},
+		{name: "dev bad compression", args: []string{"dev", "--compression", "bogus"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--compression", `"bogus"`}},
+		{name: "dev negative batch records", args: []string{"dev", "--batch-records", "-1"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--batch-records -1: must be at least 1"}},
+		{name: "dev negative batch bytes", args: []string{"dev", "--batch-bytes", "-1"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--batch-bytes -1: must be at least 1"}},
+		{name: "dev negative batch linger", args: []string{"dev", "--batch-linger", "-5ms"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--batch-linger -5ms: must be 0 or more"}},
+		{name: "dev zero concurrency", args: []string{"dev", "--apply-concurrency", "0"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--apply-concurrency 0: must be at least 1"}},
+		{name: "dev zero produce timeout", args: []string{"dev", "--produce-timeout", "0s"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--produce-timeout 0s: must be more than 0"}},
+		{name: "dev zero read wait", args: []string{"dev", "--read-wait-max", "0s"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--read-wait-max 0s: must be more than 0"}},
+		{name: "dev zero partitions", args: []string{"dev", "--partitions", "0"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--partitions 0: must be at least 1"}},
+		{name: "dev empty group", args: []string{"dev", "--group", ""}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--group"}},
+		{name: "dev empty topic", args: []string{"dev", "--topic", ""}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--topic"}},
+		{name: "dev bad schema name", args: []string{"dev", "--schema", "Heed-Prod"}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--schema", `schema name "Heed-Prod"`}},
+		{name: "dev empty data dir", args: []string{"dev", "--data-dir", ""}, needDB: true, wantCode: 1,
+			wantStderr: []string{"--data-dir is empty"}},
 		{name: "migrate missing database", args: []string{"migrate"}, missingDB: true, wantCode: 1,
 			wantStderr: []string{"does not exist", "createdb -h ", "create database heedtest_missing_"}, notStderr: []string{"is Postgres running"}},
 		{name: "serve missing database", args: []string{"serve", "--listen", "127.0.0.1:0"}, missingDB: true, wantCode: 1,
@@ -96,6 +150,12 @@ func TestConfigErrors(t *testing.T) {
 			wantStderr: []string{`protocol "carrier-pigeon"`, "connect, connect-h2 or grpc"}},
 		{name: "bench zero clients", args: []string{"bench", "--database-url", someDB, "--clients", "0"}, wantCode: 1,
 			wantStderr: []string{"--clients 0", "at least 1"}},
+		{name: "bench negative batch records", args: []string{"bench", "--database-url", someDB, "--batch-records", "-1"}, wantCode: 1,
+			wantStderr: []string{"--batch-records -1: must be at least 1"}},
+		{name: "bench negative batch linger", args: []string{"bench", "--database-url", someDB, "--batch-linger", "-1s"}, wantCode: 1,
+			wantStderr: []string{"--batch-linger -1s: must be 0 or more"}},
+		{name: "bench negative produce linger", args: []string{"bench", "--database-url", someDB, "--produce-linger", "-1s"}, wantCode: 1,
+			wantStderr: []string{"--produce-linger -1s: must be 0 or more"}},
 		{name: "bench fewer events than accounts", args: []string{"bench", "--database-url", someDB, "--events", "10"}, wantCode: 1,
 			wantStderr: []string{"10 events over 10000 accounts", "--accounts"}},
 		{name: "bench bad compression", args: []string{"bench", "--database-url", someDB, "--compression", "brotli"}, wantCode: 1,
@@ -118,8 +178,12 @@ func TestConfigErrors(t *testing.T) {
 			if tc.missingDB {
 				args = append(args, "--database-url", testenv.MissingDatabaseURL(t))
 			}
+			// Bad configuration ends the run at once; the timeout only keeps a
+			// run that wrongly starts from blocking the test forever.
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
 			var stdout, stderr bytes.Buffer
-			code := run(t.Context(), args, &stdout, &stderr)
+			code := run(ctx, args, &stdout, &stderr)
 			if code != tc.wantCode {
 				t.Errorf("heed %s: exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, tc.wantCode, stdout.String(), stderr.String())
 			}
@@ -137,6 +201,9 @@ func TestConfigErrors(t *testing.T) {
 				if strings.Contains(stderr.String(), w) {
 					t.Errorf("heed %s: stderr says %q:\n%s", strings.Join(args, " "), w, stderr.String())
 				}
+			}
+			if tc.wantCode != 0 && stdout.Len() > 0 {
+				t.Errorf("heed %s: failed after printing to stdout (a banner before the error?):\n%s", strings.Join(args, " "), stdout.String())
 			}
 		})
 	}

@@ -42,16 +42,35 @@ func openDB(ctx context.Context, db dbFlags, maxConns int32, migrate bool, logge
 	return pool, nil
 }
 
-// serveOn runs the command and query server on ln until ctx ends.
-func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, pool *pgxpool.Pool, ln net.Listener) error {
-	pub, err := ingest.NewPublisher(ingest.Config{
+// ingestConfig is the publisher's configuration from the flags.
+func ingestConfig(logger *slog.Logger, kafka kafkaFlags, sf serveFlags) ingest.Config {
+	return ingest.Config{
 		Brokers:        kafka.brokerList(),
 		Topic:          kafka.topic,
 		Linger:         producerLinger(sf.produceLinger),
 		Compression:    sf.compression,
 		ProduceTimeout: sf.produceTimeout,
 		Logger:         logger,
-	})
+	}
+}
+
+// applierConfig is the applier's configuration from the flags.
+func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier.Config {
+	return applier.Config{
+		Brokers:         kafka.brokerList(),
+		Topic:           kafka.topic,
+		Group:           af.group,
+		MaxBatchRecords: af.batchRecords,
+		MaxBatchBytes:   af.batchBytes,
+		Linger:          af.batchLinger,
+		Concurrency:     af.concurrency,
+		Logger:          logger,
+	}
+}
+
+// serveOn runs the command and query server on ln until ctx ends.
+func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, pool *pgxpool.Pool, ln net.Listener) error {
+	pub, err := ingest.NewPublisher(ingestConfig(logger, kafka, sf))
 	if err != nil {
 		return err
 	}
@@ -71,16 +90,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 
 // applyFrom runs the ledger applier until ctx ends.
 func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, pool *pgxpool.Pool) error {
-	a, err := applier.New(applier.Config{
-		Brokers:         kafka.brokerList(),
-		Topic:           kafka.topic,
-		Group:           af.group,
-		MaxBatchRecords: af.batchRecords,
-		MaxBatchBytes:   af.batchBytes,
-		Linger:          af.batchLinger,
-		Concurrency:     af.concurrency,
-		Logger:          logger,
-	}, pool, ledger.Applier{})
+	a, err := applier.New(applierConfig(logger, kafka, af), pool, ledger.Applier{})
 	if err != nil {
 		return err
 	}
