@@ -55,7 +55,7 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.clients, "clients", 64, "concurrent callers in the ingest phase (and the caller pool of the e2e phase)")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each ingest run and of the e2e phase")
 	fs.IntVar(&c.rate, "rate", 5000, "commands/s offered in the e2e phase")
-	fs.IntVar(&c.rssEvents, "rss-events", 2_000_000, "deposits a separate `heed apply` drains while its memory is sampled")
+	fs.IntVar(&c.rssEvents, "rss-events", 2_000_000, "deposits a separate heed apply process drains while its memory is sampled")
 	fs.StringVar(&c.phases, "phases", strings.Join(bench.Phases, ","), "comma-separated phases to run")
 	fs.StringVar(&c.protocol, "protocol", "connect", "what the ingest clients speak: connect (HTTP/1.1), connect-h2 (Connect over HTTP/2 without TLS) or grpc (HTTP/2)")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object instead of the table")

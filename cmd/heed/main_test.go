@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"net"
 	"os"
 	"strings"
@@ -14,9 +15,9 @@ import (
 
 // TestConfigErrors runs heed in-process with bad configuration: each run
 // must stop, before heed dev's banner, with an exit code and a message that
-// says what to change. Runs of dev and broker get a fresh --data-dir and free addresses
-// ahead of the case's own flags (the last value of a flag wins), so that
-// nothing lands in the source tree or on a shared port.
+// says what to change. Runs of dev and broker get a fresh --data-dir and
+// free addresses ahead of the case's own flags (the last value of a flag
+// wins), so that nothing lands in the source tree or on a shared port.
 func TestConfigErrors(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -268,6 +269,25 @@ func TestVerbExamplesParse(t *testing.T) {
 			if err := fs.Parse(fields[2:]); err != nil {
 				t.Errorf("example %q: %v", v.example, err)
 			}
+		})
+	}
+}
+
+// TestFlagUsagesNameTypes checks every verb's flag usages for back-quoted
+// words: the flag package shows such a word as the flag's type in help
+// (--rss-events showed as "heed apply" instead of int).
+func TestFlagUsagesNameTypes(t *testing.T) {
+	types := map[string]bool{"": true, "string": true, "int": true, "uint": true, "int64": true, "uint64": true, "float": true, "duration": true, "value": true}
+	for _, v := range verbs() {
+		t.Run(v.name, func(t *testing.T) {
+			newFlagSet(v, v.new(), new(bytes.Buffer)).VisitAll(func(f *flag.Flag) {
+				if strings.Contains(f.Usage, "`") {
+					t.Errorf("--%s: usage %q has a back-quoted word, which help shows as the flag's type", f.Name, f.Usage)
+				}
+				if name, _ := flag.UnquoteUsage(f); !types[name] {
+					t.Errorf("--%s: help shows its type as %q", f.Name, name)
+				}
+			})
 		})
 	}
 }
