@@ -96,9 +96,9 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
   broker    %s (embedded, data in %s), topic %s
   postgres  %s, schema %s
   server    http://%s (Connect, gRPC, gRPC-Web; reflection on)
-Try:
-  grpcurl -plaintext -d '{"request_id":"walkthrough-1","account_id":"alice"}' %s heed.ledger.v1.LedgerService/OpenAccount
-  grpcurl -plaintext -d '{"account_id":"alice"}' %s heed.ledger.v1.LedgerService/GetAccount
+Try (account banner-demo; the README's walkthrough uses other accounts and request IDs):
+  grpcurl -plaintext -d '{"request_id":"banner-open-1","account_id":"banner-demo"}' %s heed.ledger.v1.LedgerService/OpenAccount
+  grpcurl -plaintext -d '{"account_id":"banner-demo"}' %s heed.ledger.v1.LedgerService/GetAccount
 `, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, addr, addr, addr)
 
 	g, gctx := errgroup.WithContext(ctx)
