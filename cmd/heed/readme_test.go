@@ -177,3 +177,27 @@ func TestBannerThenWalkthrough(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeFirstRunSaysItCompiles checks that the README's first command,
+// `go run ./cmd/heed dev`, is followed by a note that the first run compiles
+// for minutes without output, and by the build-once alternative.
+func TestReadmeFirstRunSaysItCompiles(t *testing.T) {
+	b, err := os.ReadFile(readmePath)
+	if err != nil {
+		t.Fatalf("read the README: %v", err)
+	}
+	readme := string(b)
+	i := strings.Index(readme, "go run ./cmd/heed dev")
+	if i < 0 {
+		t.Fatal("the README does not say `go run ./cmd/heed dev`")
+	}
+	next := readme[i:]
+	if j := strings.Index(next, "\n## "); j >= 0 {
+		next = next[:j]
+	}
+	for _, w := range []string{"minutes", "go build -o heed ./cmd/heed", "./heed dev"} {
+		if !strings.Contains(next, w) {
+			t.Errorf("the README's first section after `go run ./cmd/heed dev` does not say %q", w)
+		}
+	}
+}
