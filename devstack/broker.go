@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -31,8 +32,25 @@ type BrokerConfig struct {
 
 	// DataDir persists the broker's state under this directory (created if
 	// needed) and reloads it on the next start. Empty keeps everything in
-	// memory. Only one Broker may use a DataDir at a time; nothing locks it.
+	// memory. Only one Broker may use a DataDir at a time, and StartBroker
+	// enforces it: before it binds Listen or reads the directory it locks
+	// DataDir (see LockDataDir) for the broker's lifetime, recording Program,
+	// the process ID and the listen address in DataDir/LOCK. Another holder,
+	// in this process or another, makes StartBroker fail with a
+	// *DataDirInUseError naming it. Close releases the lock; the kernel does
+	// when the process dies, so a crash leaves no stale lock.
 	DataDir string
+
+	// Lock, if set, is a lock the caller already holds on DataDir (from
+	// LockDataDir, taken before it started anything else that belongs to the
+	// directory). StartBroker then takes no lock of its own, records the
+	// broker's address in this one and leaves releasing it to the caller,
+	// after Close.
+	Lock *DataDirLock
+
+	// Program names this process in DataDir's lock file, e.g. "heed broker".
+	// Empty means the executable's base name. Unused when Lock is set.
+	Program string
 
 	// Partitions is the partition count of auto-created topics and of
 	// CreateTopics requests that ask for the default (-1). Zero or less
@@ -89,16 +107,20 @@ type Broker struct {
 	cluster   *kfake.Cluster
 	addrs     []string
 	logger    *slog.Logger
+	lock      *DataDirLock // taken by StartBroker; nil without DataDir or with BrokerConfig.Lock
 	closeOnce sync.Once
 }
 
-// StartBroker binds cfg.Listen, loads cfg.DataDir if it holds state from an
-// earlier run, and serves the Kafka protocol until Close.
+// StartBroker locks cfg.DataDir (unless cfg.Lock holds it), binds
+// cfg.Listen, loads cfg.DataDir if it holds state from an earlier run, and
+// serves the Kafka protocol until Close.
 //
-// Errors: an invalid Listen address; the address being in use (the message
-// suggests --broker-listen); an unreadable or incompatible DataDir (the
-// message suggests moving it aside). ctx is only checked before starting:
-// kfake's startup cannot be interrupted.
+// Errors: *DataDirInUseError when another process or Broker holds DataDir
+// (checked before anything is bound or read); a *ListenError when Listen is
+// malformed, in use or not bindable here; a Lock for another directory; an
+// unreadable or incompatible DataDir (the message suggests moving it
+// aside). ctx is only checked before starting: kfake's startup cannot be
+// interrupted.
 func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("broker: not started: %w", err)
@@ -110,14 +132,21 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	}
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
-		return nil, fmt.Errorf("broker: listen address %q: %w; use host:port, e.g. %s", listen, err, DefaultBrokerListen)
+		return nil, &ListenError{Addr: listen, Err: err}
+	}
+	lock, ownLock, err := brokerLock(cfg, listen)
+	if err != nil {
+		return nil, err
+	}
+	release := func() {
+		if ownLock {
+			lock.Release()
+		}
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		if isAddrInUse(err) {
-			return nil, fmt.Errorf("broker: listen %s: address already in use; is another heed dev or broker running? pass --broker-listen / choose another port", listen)
-		}
-		return nil, fmt.Errorf("broker: listen %s: %w; pass --broker-listen with an address this machine can bind", listen, err)
+		release()
+		return nil, &ListenError{Addr: listen, Err: err}
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		ln = advertisedListener{Listener: ln, addr: loopbackAddr(ln.Addr())}
@@ -138,6 +167,7 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	cluster, err := kfake.NewCluster(opts...)
 	if err != nil {
 		ln.Close()
+		release()
 		if cfg.DataDir != "" {
 			return nil, fmt.Errorf("broker: start with data dir %s: %w; if the directory is corrupt or from an incompatible version, move it aside to start empty", cfg.DataDir, err)
 		}
@@ -147,9 +177,68 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 		persistAutoCreatedTopics(cluster)
 	}
 	b := &Broker{cluster: cluster, addrs: cluster.ListenAddrs(), logger: logger}
+	if ownLock {
+		b.lock = lock
+	}
+	if lock != nil {
+		if err := lock.setBroker(b.addrs[0]); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+	}
 	logger.Info("broker started", "addrs", b.addrs, "data_dir", cfg.DataDir)
 	return b, nil
 }
+
+// brokerLock returns the lock on cfg.DataDir: cfg.Lock, or one taken now
+// (own), or nil without a DataDir.
+func brokerLock(cfg BrokerConfig, listen string) (lock *DataDirLock, own bool, err error) {
+	switch {
+	case cfg.DataDir == "" && cfg.Lock != nil:
+		return nil, false, fmt.Errorf("broker: BrokerConfig.Lock is set (for %s) but DataDir is empty; set DataDir to the locked directory", cfg.Lock.Dir())
+	case cfg.DataDir == "":
+		return nil, false, nil
+	case cfg.Lock != nil:
+		if filepath.Clean(cfg.Lock.Dir()) != filepath.Clean(cfg.DataDir) {
+			return nil, false, fmt.Errorf("broker: BrokerConfig.Lock holds %s, not DataDir %s; lock DataDir itself", cfg.Lock.Dir(), cfg.DataDir)
+		}
+		return cfg.Lock, false, nil
+	}
+	lock, err = LockDataDir(cfg.DataDir, Holder{Program: cfg.Program, Broker: listen})
+	if err != nil {
+		return nil, false, fmt.Errorf("broker: %w", err)
+	}
+	return lock, true, nil
+}
+
+// ListenError is StartBroker's error when it cannot listen on
+// BrokerConfig.Listen: the address is malformed, in use, or not one this
+// machine can bind. Err is the cause; InUse tells the second case apart.
+type ListenError struct {
+	Addr string
+	Err  error
+}
+
+// InUse reports whether another socket has the address already.
+func (e *ListenError) InUse() bool { return isAddrInUse(e.Err) }
+
+// Problem says what is wrong without a fix, for callers that name their
+// own setting in it.
+func (e *ListenError) Problem() string {
+	if e.InUse() {
+		return fmt.Sprintf("broker: listen %s: address already in use (is another heed dev or heed broker running?)", e.Addr)
+	}
+	return fmt.Sprintf("broker: listen %s: %v", e.Addr, e.Err)
+}
+
+func (e *ListenError) Error() string {
+	if e.InUse() {
+		return e.Problem() + "; set BrokerConfig.Listen to a free address"
+	}
+	return fmt.Sprintf("%s; set BrokerConfig.Listen to a host:port this machine can bind, e.g. %s", e.Problem(), DefaultBrokerListen)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
 
 // Addrs returns the host:port seed addresses to pass to kgo.SeedBrokers.
 func (b *Broker) Addrs() []string {
@@ -164,14 +253,19 @@ func (b *Broker) Cluster() *kfake.Cluster {
 }
 
 // Close stops the broker and, with a DataDir, flushes its state to disk
-// (see Broker). It waits at most 10 seconds, logging a warning if the flush
-// has not finished by then. Calling Close again does nothing.
+// (see Broker) and then releases the lock StartBroker took on it. It waits
+// at most 10 seconds, logging a warning if the flush has not finished by
+// then; the lock is released only once it has. Calling Close again does
+// nothing.
 func (b *Broker) Close() {
 	b.closeOnce.Do(func() {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			b.cluster.Close()
+			if b.lock != nil {
+				b.lock.Release()
+			}
 		}()
 		select {
 		case <-done:

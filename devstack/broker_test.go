@@ -2,6 +2,7 @@ package devstack_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -181,16 +182,26 @@ func TestBrokerRecoversWithoutClose(t *testing.T) {
 	}
 }
 
+// TestBrokerPortInUse checks that a taken Listen address is a *ListenError
+// that says so in the library's terms (BrokerConfig.Listen), naming no CLI
+// flag: which flag sets the address depends on the verb.
 func TestBrokerPortInUse(t *testing.T) {
 	b1 := startBroker(t, "")
 	_, err := devstack.StartBroker(t.Context(), devstack.BrokerConfig{Listen: b1.Addrs()[0]})
 	if err == nil {
 		t.Fatal("second broker on the same address started")
 	}
-	for _, s := range []string{"address already in use", "--broker-listen", b1.Addrs()[0]} {
+	var le *devstack.ListenError
+	if !errors.As(err, &le) || !le.InUse() || le.Addr != b1.Addrs()[0] {
+		t.Errorf("error %v (%T) is not a ListenError in use for %s", err, err, b1.Addrs()[0])
+	}
+	for _, s := range []string{"address already in use", "BrokerConfig.Listen", b1.Addrs()[0]} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error %q does not mention %q", err, s)
 		}
+	}
+	if strings.Contains(err.Error(), "--") {
+		t.Errorf("error %q names a command-line flag; the caller maps BrokerConfig.Listen to its own", err)
 	}
 }
 

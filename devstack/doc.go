@@ -4,6 +4,10 @@
 // database (a given URL, the local server on 127.0.0.1:5432, or a private
 // cluster started from the PostgreSQL server binaries).
 //
+// A broker data directory has one owner at a time: StartBroker (or a caller,
+// through LockDataDir) locks it, and a second owner is refused with a
+// *DataDirInUseError naming the first.
+//
 // Nothing here is meant for production: the broker is a single in-process
 // node and the private PostgreSQL cluster uses trust authentication on
 // 127.0.0.1. Tests use the same pieces through internal/testenv.

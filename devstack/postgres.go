@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/heed-dev/heed/schema"
 )
 
 // Defaults used by ResolvePostgres.
@@ -61,10 +63,12 @@ type Postgres struct {
 //     port it used last time, else PrivateClusterPort if free, else a free
 //     port, with a DevDatabase database.
 //
-// Errors: cfg.URL not answering; no PostgreSQL reachable and no server
-// binaries installed (wraps ErrNoPostgresBinaries; the message says to
-// install postgresql or pass --database-url); the private cluster failing
-// to start; the database not being creatable.
+// Errors: cfg.URL naming a database the server does not have (wraps a
+// *schema.MissingDatabaseError saying how to create it); cfg.URL not
+// answering; no PostgreSQL reachable and no server binaries installed
+// (wraps ErrNoPostgresBinaries; the message says to install postgresql or
+// pass --database-url); the private cluster failing to start; the database
+// not being creatable.
 func ResolvePostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	return resolvePostgres(ctx, cfg, LocalPostgresURL)
 }
@@ -75,6 +79,9 @@ func resolvePostgres(ctx context.Context, cfg PostgresConfig, localURL string) (
 	logger := orDiscard(cfg.Logger)
 	if cfg.URL != "" {
 		if err := PingPostgres(ctx, cfg.URL, givenPingTimeout); err != nil {
+			if missing := schema.AsMissingDatabase(cfg.URL, err); missing != nil {
+				return nil, fmt.Errorf("postgres: --database-url %s: %w; or pass the URL of an existing database", redact(cfg.URL), missing)
+			}
 			return nil, fmt.Errorf("postgres: --database-url %s does not answer: %w; check that the server runs and the URL's host, port, user, password and database are right", redact(cfg.URL), err)
 		}
 		return &Postgres{url: cfg.URL, source: "given URL"}, nil

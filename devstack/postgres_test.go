@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/heed-dev/heed/devstack"
 	"github.com/heed-dev/heed/internal/testenv"
+	"github.com/heed-dev/heed/schema"
 )
 
 func queryString(ctx context.Context, t *testing.T, url, sql string) string {
@@ -69,6 +71,34 @@ func TestResolvePostgresGivenURLDown(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "--database-url") || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("error should name --database-url and hide the password: %v", err)
+	}
+}
+
+// TestResolvePostgresGivenURLMissingDatabase names a database the server
+// does not have: the error must say so and how to create it, not that the
+// server does not answer.
+func TestResolvePostgresGivenURLMissingDatabase(t *testing.T) {
+	url := testenv.MissingDatabaseURL(t)
+	_, err := devstack.ResolvePostgres(t.Context(), devstack.PostgresConfig{URL: url})
+	if err == nil {
+		t.Fatal("ResolvePostgres succeeded with a missing database")
+	}
+	var missing *schema.MissingDatabaseError
+	if !errors.As(err, &missing) {
+		t.Errorf("error %v (%T) does not wrap a *schema.MissingDatabaseError", err, err)
+	}
+	u, perr := neturl.Parse(url)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	name, createdb := strings.TrimPrefix(u.Path, "/"), fmt.Sprintf("createdb -h %s -p %s -U %s ", u.Hostname(), u.Port(), u.User.Username())
+	for _, s := range []string{"--database-url", `database "` + name + `" does not exist`, createdb + name, "create database " + name} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not say %q", err, s)
+		}
+	}
+	if strings.Contains(err.Error(), "does not answer") {
+		t.Errorf("error %q says the server does not answer; it did", err)
 	}
 }
 

@@ -49,6 +49,10 @@ func PoolConfig(databaseURL, schemaName string, maxConns int32) (*pgxpool.Config
 
 // Connect opens a pool for databaseURL with search_path set to schemaName and
 // checks that the server answers. The caller closes the pool.
+//
+// Errors: an unparseable URL or schema name; a server that answers but has
+// no such database (wraps a *MissingDatabaseError saying how to create it);
+// a server that does not answer or refuses the connection.
 func Connect(ctx context.Context, databaseURL, schemaName string, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := PoolConfig(databaseURL, schemaName, maxConns)
 	if err != nil {
@@ -60,6 +64,10 @@ func Connect(ctx context.Context, databaseURL, schemaName string, maxConns int32
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
+		if missing := AsMissingDatabase(databaseURL, err); missing != nil {
+			return nil, fmt.Errorf("connect to %s@%s:%d: %w; or point --database-url / HEED_DATABASE_URL at an existing database",
+				cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, missing)
+		}
 		return nil, fmt.Errorf("connect to database %s@%s:%d/%s: %w (is Postgres running? check --database-url / HEED_DATABASE_URL)",
 			cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)
 	}

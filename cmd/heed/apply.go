@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"log/slog"
 )
 
 var applyVerb = verb{
@@ -32,7 +33,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := c.db.validate(); err != nil {
+	if err := c.validate(logger); err != nil {
 		return err
 	}
 	pool, err := openDB(ctx, c.db, int32(c.apply.concurrency)+2, false, logger)
@@ -41,4 +42,13 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	}
 	defer pool.Close()
 	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool)
+}
+
+// validate checks every flag before apply starts anything.
+func (c *applyCmd) validate(logger *slog.Logger) error {
+	if err := firstError(c.db.validate(), c.apply.validateBatch()); err != nil {
+		return err
+	}
+	cfg := applierConfig(logger, c.kafka, c.apply)
+	return cfg.Validate()
 }

@@ -55,7 +55,7 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.clients, "clients", 64, "concurrent callers in the ingest phase (and the caller pool of the e2e phase)")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each ingest run and of the e2e phase")
 	fs.IntVar(&c.rate, "rate", 5000, "commands/s offered in the e2e phase")
-	fs.IntVar(&c.rssEvents, "rss-events", 2_000_000, "deposits a separate `heed apply` drains while its memory is sampled")
+	fs.IntVar(&c.rssEvents, "rss-events", 2_000_000, "deposits a separate heed apply process drains while its memory is sampled")
 	fs.StringVar(&c.phases, "phases", strings.Join(bench.Phases, ","), "comma-separated phases to run")
 	fs.StringVar(&c.protocol, "protocol", "connect", "what the ingest clients speak: connect (HTTP/1.1), connect-h2 (Connect over HTTP/2 without TLS) or grpc (HTTP/2)")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object instead of the table")
@@ -102,9 +102,6 @@ func (c *benchCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if err := (&ingest.Config{Brokers: []string{"-"}, Topic: "-", Compression: c.compression}).Validate(); err != nil {
-		return fmt.Errorf("--compression: %w", err)
-	}
 
 	pg, err := devstack.ResolvePostgres(ctx, devstack.PostgresConfig{URL: c.dbURL, DataDir: c.dataDir, Logger: logger})
 	if err != nil {
@@ -144,16 +141,17 @@ func (c *benchCmd) validate() error {
 	}{
 		{"--events", c.events, 1}, {"--accounts", c.accounts, 1}, {"--partitions", c.partitions, 1},
 		{"--clients", c.clients, 1}, {"--rate", c.rate, 1}, {"--rss-events", c.rssEvents, 1},
-		{"--naive-events", c.naiveEvents, 0}, {"--batch-records", c.apply.batchRecords, 1},
-		{"--batch-bytes", c.apply.batchBytes, 1}, {"--apply-concurrency", c.apply.concurrency, 1},
+		{"--naive-events", c.naiveEvents, 0},
 	}
 	for _, ch := range checks {
 		if ch.v < ch.min {
 			return fmt.Errorf("%s %d: must be at least %d", ch.name, ch.v, ch.min)
 		}
 	}
-	if c.duration <= 0 {
-		return fmt.Errorf("--duration %s: must be positive", c.duration)
-	}
-	return nil
+	return firstError(
+		positive("duration", c.duration),
+		c.apply.validateBatch(),
+		notNegative("produce-linger", c.produceLinger),
+		validateCompression(c.compression),
+	)
 }

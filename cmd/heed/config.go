@@ -83,13 +83,6 @@ func (d *dbFlags) register(fs *flag.FlagSet, urlDefault, urlUsage string) {
 	fs.StringVar(&d.schema, "schema", schema.Default, "Postgres schema holding every heed table")
 }
 
-func (d *dbFlags) validate() error {
-	if d.url == "" {
-		return fmt.Errorf("no database: pass --database-url postgres://user@host:5432/db (or set HEED_DATABASE_URL)")
-	}
-	return schema.Validate(d.schema)
-}
-
 // logFlags configure the process's slog logger.
 type logFlags struct {
 	level  string
@@ -172,14 +165,4 @@ func (s *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.produceTimeout, "produce-timeout", 10*time.Second, "longest wait for the broker's ack before a command fails with unavailable")
 	fs.DurationVar(&s.readWaitMax, "read-wait-max", 5*time.Second, "longest a read with a consistency_token waits for its write to be applied")
 	fs.IntVar(&s.maxRequestBytes, "max-request-bytes", ingest.DefaultMaxRequestBytes, "largest request message accepted, in bytes after decompression (larger: resource_exhausted)")
-}
-
-func (s *serveFlags) validate() error {
-	if s.partitions < 1 {
-		return fmt.Errorf("--partitions %d: must be at least 1", s.partitions)
-	}
-	if s.maxRequestBytes < 1024 {
-		return fmt.Errorf("--max-request-bytes %d: must be at least 1024 (the default, %d, is 1 MiB)", s.maxRequestBytes, ingest.DefaultMaxRequestBytes)
-	}
-	return nil
 }

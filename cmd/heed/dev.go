@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -36,7 +37,7 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL; empty: the local server at 127.0.0.1:5432 (database heed), else a private cluster under --data-dir")
 	c.serve.register(fs)
 	c.apply.register(fs)
-	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data")
+	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data, one heed dev or broker at a time")
 	fs.StringVar(&c.brokerListen, "broker-listen", devstack.DefaultBrokerListen, "address the embedded broker serves the Kafka protocol on")
 	c.log.register(fs)
 }
@@ -46,24 +47,34 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := c.serve.validate(); err != nil {
+	if err := c.validate(logger); err != nil {
 		return err
 	}
+	// The data dir's lock comes first: a second heed dev on the directory
+	// stops here, before it binds a port, touches the broker's data or
+	// starts (or adopts) the private Postgres that lives there too.
+	kafkaDir := filepath.Join(c.dataDir, "kafka")
+	lock, err := devstack.LockDataDir(kafkaDir, devstack.Holder{Program: "heed dev", Broker: c.brokerListen})
+	if err != nil {
+		return brokerError(err, "--broker-listen")
+	}
+	defer lock.Release()
+
 	ln, err := ingest.Listen(c.serve.listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
 
-	kafkaDir := filepath.Join(c.dataDir, "kafka")
 	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
 		Listen:     c.brokerListen,
 		DataDir:    kafkaDir,
+		Lock:       lock,
 		Partitions: int32(c.serve.partitions),
 		Logger:     logger.With("component", "broker"),
 	})
 	if err != nil {
-		return err
+		return brokerError(err, "--broker-listen")
 	}
 	defer broker.Close()
 	c.kafka.brokers = strings.Join(broker.Addrs(), ",")
@@ -81,17 +92,42 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	defer pool.Close()
 
 	addr := ln.Addr().String()
-	fmt.Fprintf(stdout, `heed dev is running (Ctrl-C stops it; state survives a restart)
+	// The banner comes once the server checked the topic against the
+	// projection, so that a refusal is never preceded by it.
+	banner := func() {
+		fmt.Fprintf(stdout, `heed dev is running (Ctrl-C stops it; state survives a restart)
   broker    %s (embedded, data in %s), topic %s
   postgres  %s, schema %s
   server    http://%s (Connect, gRPC, gRPC-Web; reflection on)
-Try:
-  grpcurl -plaintext -d '{"request_id":"walkthrough-1","account_id":"alice"}' %s heed.ledger.v1.LedgerService/OpenAccount
-  grpcurl -plaintext -d '{"account_id":"alice"}' %s heed.ledger.v1.LedgerService/GetAccount
+Try (account banner-demo; the README's walkthrough uses other accounts and request IDs):
+  grpcurl -plaintext -d '{"request_id":"banner-open-1","account_id":"banner-demo"}' %s heed.ledger.v1.LedgerService/OpenAccount
+  grpcurl -plaintext -d '{"account_id":"banner-demo"}' %s heed.ledger.v1.LedgerService/GetAccount
 `, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, addr, addr, addr)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln) })
+	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, banner) })
 	g.Go(func() error { return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool) })
 	return g.Wait()
+}
+
+// validate checks every flag before dev starts anything or prints its
+// banner.
+func (c *devCmd) validate(logger *slog.Logger) error {
+	if err := firstError(
+		nonEmpty("data-dir", c.dataDir, defaultDataDir),
+		c.db.validateIfSet(),
+		c.serve.validate(),
+		c.apply.validateBatch(),
+	); err != nil {
+		return err
+	}
+	// The embedded broker's address stands in for the one it will have.
+	kafka := c.kafka
+	kafka.brokers = c.brokerListen
+	if kafka.brokers == "" {
+		kafka.brokers = devstack.DefaultBrokerListen
+	}
+	icfg, acfg := ingestConfig(logger, kafka, c.serve), applierConfig(logger, kafka, c.apply)
+	return firstError(icfg.Validate(), acfg.Validate())
 }

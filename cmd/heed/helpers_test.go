@@ -24,6 +24,9 @@ import (
 // bannerLine is the line of heed dev's banner that says the server is up.
 const bannerLine = "  server    http://"
 
+// brokerReadyLine is what heed broker prints once it serves.
+const brokerReadyLine = "broker listening on "
+
 // devAddrs are the addresses one heed dev instance serves on.
 type devAddrs struct {
 	listen, broker string
@@ -82,18 +85,21 @@ func (b *syncBuffer) String() string {
 }
 
 // bannerWriter passes everything to a buffer and closes ready once it has
-// seen heed dev's server line.
+// seen marker (heed dev's server line, heed broker's ready line).
 type bannerWriter struct {
 	syncBuffer
-	once  sync.Once
-	ready chan struct{}
+	marker string
+	once   sync.Once
+	ready  chan struct{}
 }
 
-func newBannerWriter() *bannerWriter { return &bannerWriter{ready: make(chan struct{})} }
+func newBannerWriter(marker string) *bannerWriter {
+	return &bannerWriter{marker: marker, ready: make(chan struct{})}
+}
 
 func (w *bannerWriter) Write(p []byte) (int, error) {
 	n, err := w.syncBuffer.Write(p)
-	if strings.Contains(w.String(), bannerLine) {
+	if strings.Contains(w.String(), w.marker) {
 		w.once.Do(func() { close(w.ready) })
 	}
 	return n, err
@@ -112,7 +118,14 @@ type process struct {
 // is killed in tb.Cleanup if still running.
 func startDev(tb testing.TB, bin string, args ...string) *process {
 	tb.Helper()
-	p := &process{cmd: exec.Command(bin, args...), stdout: newBannerWriter(), stderr: new(syncBuffer), done: make(chan struct{})}
+	return startHeed(tb, bin, bannerLine, args...)
+}
+
+// startHeed starts `bin args...` and waits until its stdout shows marker.
+// The process is killed in tb.Cleanup if still running.
+func startHeed(tb testing.TB, bin, marker string, args ...string) *process {
+	tb.Helper()
+	p := &process{cmd: exec.Command(bin, args...), stdout: newBannerWriter(marker), stderr: new(syncBuffer), done: make(chan struct{})}
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -130,11 +143,34 @@ func startDev(tb testing.TB, bin string, args ...string) *process {
 	select {
 	case <-p.stdout.ready:
 	case <-p.done:
-		tb.Fatalf("heed exited before its banner: %v\nstdout:\n%s\nstderr:\n%s", p.err, p.stdout.String(), p.stderr.String())
+		tb.Fatalf("heed exited before printing %q: %v\nstdout:\n%s\nstderr:\n%s", marker, p.err, p.stdout.String(), p.stderr.String())
 	case <-time.After(60 * time.Second):
-		tb.Fatalf("no banner from heed within 60s\nstdout:\n%s\nstderr:\n%s", p.stdout.String(), p.stderr.String())
+		tb.Fatalf("heed did not print %q within 60s\nstdout:\n%s\nstderr:\n%s", marker, p.stdout.String(), p.stderr.String())
 	}
 	return p
+}
+
+// running reports whether the process has not exited.
+func (p *process) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill sends SIGKILL, as a crash would end it, and waits for the exit.
+func (p *process) kill(tb testing.TB) {
+	tb.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		tb.Fatalf("kill heed: %v", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("heed still runs 30s after SIGKILL")
+	}
 }
 
 // interrupt sends SIGINT and requires exit code 0 within 30s.
@@ -153,13 +189,21 @@ func (p *process) interrupt(tb testing.TB) {
 	}
 }
 
-// runDev runs heed dev in-process through run() until the test ends, and
-// waits for its banner. At cleanup it cancels the context and requires exit
-// code 0.
-func runDev(tb testing.TB, args ...string) {
+// runDev runs heed dev in-process through run() until the test ends, waits
+// for its banner and returns what it printed so far. At cleanup it cancels
+// the context and requires exit code 0.
+func runDev(tb testing.TB, args ...string) string {
+	tb.Helper()
+	return runHeed(tb, bannerLine, args...)
+}
+
+// runHeed runs heed in-process through run() until the test ends, waits
+// until its stdout shows marker and returns that stdout. At cleanup it
+// cancels the context and requires exit code 0.
+func runHeed(tb testing.TB, marker string, args ...string) string {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stdout, stderr := newBannerWriter(), new(syncBuffer)
+	stdout, stderr := newBannerWriter(marker), new(syncBuffer)
 	code := make(chan int, 1)
 	go func() { code <- run(ctx, args, stdout, stderr) }()
 	tb.Cleanup(func() {
@@ -167,20 +211,21 @@ func runDev(tb testing.TB, args ...string) {
 		select {
 		case c := <-code:
 			if c != 0 {
-				tb.Errorf("heed dev exited with code %d after cancel, want 0\nstderr:\n%s", c, stderr.String())
+				tb.Errorf("heed %s exited with code %d after cancel, want 0\nstderr:\n%s", args[0], c, stderr.String())
 			}
 		case <-time.After(30 * time.Second):
-			tb.Errorf("heed dev did not return within 30s of cancel\nstderr:\n%s", stderr.String())
+			tb.Errorf("heed %s did not return within 30s of cancel\nstderr:\n%s", args[0], stderr.String())
 		}
 	})
 	select {
 	case <-stdout.ready:
 	case c := <-code:
 		code <- c
-		tb.Fatalf("heed dev exited with code %d before its banner\nstderr:\n%s", c, stderr.String())
+		tb.Fatalf("heed %s exited with code %d before printing %q\nstderr:\n%s", args[0], c, marker, stderr.String())
 	case <-time.After(60 * time.Second):
-		tb.Fatalf("no banner from heed dev within 60s\nstderr:\n%s", stderr.String())
+		tb.Fatalf("heed %s did not print %q within 60s\nstderr:\n%s", args[0], marker, stderr.String())
 	}
+	return stdout.String()
 }
 
 func ledgerClient(addr string) ledgerv1connect.LedgerServiceClient {

@@ -62,7 +62,11 @@ func find(name string) (verb, bool) {
 
 // run executes the verb named by args[0] and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
+		printUsage(stderr) // a mistake: usage on stderr, like an unknown verb
+		return 2
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		return help(args, stdout, stderr)
 	}
 	v, ok := find(args[0])
@@ -131,11 +135,16 @@ func help(args []string, stdout, stderr io.Writer) int {
 		printVerb(v, newFlagSet(v, v.new(), stdout), stdout)
 		return 0
 	}
-	fmt.Fprintln(stdout, "heed: change a database and tell the world about it, without dual writes.")
-	fmt.Fprint(stdout, "\nUsage: heed VERB [flags]\n\nVerbs:\n")
-	for _, v := range verbs() {
-		fmt.Fprintf(stdout, "  %-10s %s\n", v.name, v.summary)
-	}
-	fmt.Fprintln(stdout, "\nRun `heed help VERB` for a verb's flags and an example.")
+	printUsage(stdout)
 	return 0
+}
+
+// printUsage lists the verbs.
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "heed: change a database and tell the world about it, without dual writes.")
+	fmt.Fprint(w, "\nUsage: heed VERB [flags]\n\nVerbs:\n")
+	for _, v := range verbs() {
+		fmt.Fprintf(w, "  %-10s %s\n", v.name, v.summary)
+	}
+	fmt.Fprintln(w, "\nRun `heed help VERB` for a verb's flags and an example.")
 }

@@ -39,13 +39,40 @@ func openDB(ctx context.Context, db dbFlags, maxConns int32, migrate bool, logge
 	return pool, nil
 }
 
+// ingestConfig is the publisher's configuration from the flags.
+func ingestConfig(logger *slog.Logger, kafka kafkaFlags, sf serveFlags) ingest.Config {
+	return ingest.Config{
+		Brokers:        kafka.brokerList(),
+		Topic:          kafka.topic,
+		Linger:         producerLinger(sf.produceLinger),
+		Compression:    sf.compression,
+		ProduceTimeout: sf.produceTimeout,
+		Logger:         logger,
+	}
+}
+
+// applierConfig is the applier's configuration from the flags.
+func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier.Config {
+	return applier.Config{
+		Brokers:         kafka.brokerList(),
+		Topic:           kafka.topic,
+		Group:           af.group,
+		MaxBatchRecords: af.batchRecords,
+		MaxBatchBytes:   af.batchBytes,
+		Linger:          af.batchLinger,
+		Concurrency:     af.concurrency,
+		Logger:          logger,
+	}
+}
+
 // serveOn runs the command and query server on ln until ctx ends. It creates
 // the topic if it does not exist, then refuses to start unless the topic is the
 // incarnation the projection in pool is built from (recording it on first
 // use), and keeps checking while it runs: commands are refused meanwhile.
-func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, db dbFlags, pool *pgxpool.Pool, ln net.Listener) error {
-	// Fresh metadata for the guard's checks: kadm answers from the client's
-	// cache, kept for MetadataMinAge (5s by default).
+// ready, if not nil, is called once the server is about to serve.
+func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, db dbFlags, pool *pgxpool.Pool, ln net.Listener, ready func()) error {
+	// Fresh metadata for EnsureTopic: kadm answers from the client's cache,
+	// kept for MetadataMinAge (5s by default).
 	adminCl, err := kgo.NewClient(kgo.SeedBrokers(kafka.brokerList()...), kgo.MetadataMinAge(250*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("create Kafka admin client: %w", err)
@@ -62,20 +89,17 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	if err := guard.Check(ctx); err != nil {
 		return topicError(db, err)
 	}
-	pub, err := ingest.NewPublisher(ingest.Config{
-		Brokers:        kafka.brokerList(),
-		Topic:          kafka.topic,
-		Linger:         producerLinger(sf.produceLinger),
-		Compression:    sf.compression,
-		ProduceTimeout: sf.produceTimeout,
-		Logger:         logger,
-		Gate:           guard,
-	})
+	icfg := ingestConfig(logger, kafka, sf)
+	icfg.Gate = guard
+	pub, err := ingest.NewPublisher(icfg)
 	if err != nil {
 		return err
 	}
 	defer pub.Close()
 	go guard.Run(ctx)
+	if ready != nil {
+		ready()
+	}
 	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes))
 	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
 	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions()...)
@@ -93,16 +117,7 @@ func topicError(db dbFlags, err error) error {
 
 // applyFrom runs the ledger applier until ctx ends.
 func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool) error {
-	a, err := applier.New(applier.Config{
-		Brokers:         kafka.brokerList(),
-		Topic:           kafka.topic,
-		Group:           af.group,
-		MaxBatchRecords: af.batchRecords,
-		MaxBatchBytes:   af.batchBytes,
-		Linger:          af.batchLinger,
-		Concurrency:     af.concurrency,
-		Logger:          logger,
-	}, pool, ledger.Applier{})
+	a, err := applier.New(applierConfig(logger, kafka, af), pool, ledger.Applier{})
 	if err != nil {
 		return err
 	}

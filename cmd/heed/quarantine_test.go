@@ -14,9 +14,9 @@ import (
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
-// runHeed runs heed in-process with args and returns its exit code, stdout and
+// runOnce runs heed in-process with args to its end and returns its exit code, stdout and
 // stderr.
-func runHeed(tb testing.TB, args ...string) (int, string, string) {
+func runOnce(tb testing.TB, args ...string) (int, string, string) {
 	tb.Helper()
 	var stdout, stderr bytes.Buffer
 	code := run(tb.Context(), args, &stdout, &stderr)
@@ -71,30 +71,30 @@ func TestQuarantineVerb(t *testing.T) {
 
 	db := []string{"--database-url", dbURL}
 	pos := []string{"--partition", fmt.Sprint(junk.Partition), "--offset", fmt.Sprint(junk.Offset)}
-	code, out, errOut := runHeed(t, append([]string{"quarantine", "list"}, db...)...)
+	code, out, errOut := runOnce(t, append([]string{"quarantine", "list"}, db...)...)
 	if code != 0 || !strings.Contains(out, "poison") || !strings.Contains(out, "parked") || !strings.Contains(out, "amount -5 must be greater than 0") {
 		t.Errorf("quarantine list: code %d\n%s%s\nwant the poison record and the parked deposit", code, out, errOut)
 	}
-	code, out, errOut = runHeed(t, append(append([]string{"quarantine", "show"}, db...), pos...)...)
+	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "show"}, db...), pos...)...)
 	if code != 0 || !strings.Contains(out, `"requestId":"q-junk"`) || !strings.Contains(out, "kind      poison") {
 		t.Errorf("quarantine show: code %d\n%s%s\nwant the record with its envelope", code, out, errOut)
 	}
-	code, out, errOut = runHeed(t, append(append([]string{"quarantine", "redrive"}, db...), pos...)...)
+	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "redrive"}, db...), pos...)...)
 	if code != 0 || !strings.Contains(out, "still cannot apply") || !strings.Contains(out, "1 records stay parked") {
 		t.Errorf("quarantine redrive of a record that is still poison: code %d\n%s%s", code, out, errOut)
 	}
-	code, _, errOut = runHeed(t, append(append([]string{"quarantine", "drop"}, db...), pos...)...)
+	code, _, errOut = runOnce(t, append(append([]string{"quarantine", "drop"}, db...), pos...)...)
 	if code != 1 || !strings.Contains(errOut, "drop needs --reason") {
 		t.Errorf("quarantine drop without --reason: code %d, stderr %q; want 1 asking for --reason", code, errOut)
 	}
-	code, out, errOut = runHeed(t, append(append([]string{"quarantine", "drop", "--reason", "bad producer, ticket 7"}, db...), pos...)...)
+	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "drop", "--reason", "bad producer, ticket 7"}, db...), pos...)...)
 	if code != 0 || !strings.Contains(out, "1 applied") || !strings.Contains(out, "the key is released") {
 		t.Errorf("quarantine drop: code %d\n%s%s", code, out, errOut)
 	}
 	if got := balance(t, c, "quinn", dep.Msg.GetConsistencyToken()); got != 30 {
 		t.Errorf("balance after the drop = %d, want 30", got)
 	}
-	code, _, errOut = runHeed(t, "quarantine", "--database-url", dbURL)
+	code, _, errOut = runOnce(t, "quarantine", "--database-url", dbURL)
 	if code != 2 || !strings.Contains(errOut, "list, show, redrive, drop") {
 		t.Errorf("quarantine without an action: code %d, stderr %q; want 2 naming the actions", code, errOut)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"log/slog"
 
 	"github.com/heed-dev/heed/ingest"
 )
@@ -34,10 +35,7 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := c.db.validate(); err != nil {
-		return err
-	}
-	if err := c.serve.validate(); err != nil {
+	if err := c.validate(logger); err != nil {
 		return err
 	}
 	ln, err := ingest.Listen(c.serve.listen)
@@ -50,5 +48,14 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln)
+	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln, nil)
+}
+
+// validate checks every flag before serve starts anything.
+func (c *serveCmd) validate(logger *slog.Logger) error {
+	if err := firstError(c.db.validate(), c.serve.validate()); err != nil {
+		return err
+	}
+	cfg := ingestConfig(logger, c.kafka, c.serve)
+	return cfg.Validate()
 }

@@ -29,14 +29,8 @@ const PostgresURLEnv = "HEED_TEST_DATABASE_URL"
 // test failure.
 func PostgresURL(tb testing.TB) string {
 	tb.Helper()
-	admin := os.Getenv(PostgresURLEnv)
-	if admin == "" {
-		admin = devstack.LocalPostgresURL
-	}
+	admin := adminURL(tb)
 	ctx := tb.Context()
-	if err := devstack.PingPostgres(ctx, admin, 2*time.Second); err != nil {
-		Require(tb, "PostgreSQL", fmt.Errorf("%s: %w; start a server there (e.g. docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15) or set %s to a server whose user may CREATE DATABASE", redacted(admin), err, PostgresURLEnv))
-	}
 	name := "heedtest_" + randomHex(8)
 	dbURL, err := devstack.WithDatabase(admin, name)
 	if err != nil {
@@ -52,6 +46,33 @@ func PostgresURL(tb testing.TB) string {
 	}
 	tb.Cleanup(func() { dropDatabase(tb, admin, name) })
 	return dbURL
+}
+
+// MissingDatabaseURL returns the URL of a database that does not exist
+// (heedtest_missing_<random hex>) on the test server PostgresURL uses,
+// which answers: for tests of what a user who names a missing database is
+// told. The server not answering follows Require policy.
+func MissingDatabaseURL(tb testing.TB) string {
+	tb.Helper()
+	u, err := devstack.WithDatabase(adminURL(tb), "heedtest_missing_"+randomHex(8))
+	if err != nil {
+		tb.Fatalf("testenv: %s: %v", PostgresURLEnv, err)
+	}
+	return u
+}
+
+// adminURL returns $HEED_TEST_DATABASE_URL or devstack.LocalPostgresURL
+// once it answers a ping within 2 seconds; otherwise Require policy applies.
+func adminURL(tb testing.TB) string {
+	tb.Helper()
+	admin := os.Getenv(PostgresURLEnv)
+	if admin == "" {
+		admin = devstack.LocalPostgresURL
+	}
+	if err := devstack.PingPostgres(tb.Context(), admin, 2*time.Second); err != nil {
+		Require(tb, "PostgreSQL", fmt.Errorf("%s: %w; start a server there (e.g. docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15) or set %s to a server whose user may CREATE DATABASE", redacted(admin), err, PostgresURLEnv))
+	}
+	return admin
 }
 
 // dropDatabase drops name, disconnecting its sessions; failures are logged,

@@ -1,0 +1,62 @@
+package schema_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/heed-dev/heed/internal/testenv"
+	"github.com/heed-dev/heed/schema"
+)
+
+// TestConnectErrors checks that Connect tells a database the server does
+// not have from a server that does not answer, and says how to fix each.
+func TestConnectErrors(t *testing.T) {
+	cases := []struct {
+		name        string
+		url         func(testing.TB) string
+		wantMissing bool
+		want        []string
+		wantNot     []string
+	}{
+		{
+			name:        "missing database",
+			url:         testenv.MissingDatabaseURL,
+			wantMissing: true,
+			want:        []string{"does not exist", "createdb -h ", "psql -h ", "-d postgres -c 'create database heedtest_missing_", "--database-url"},
+			wantNot:     []string{"is Postgres running"},
+		},
+		{
+			name: "nothing listening",
+			url: func(tb testing.TB) string {
+				return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/heed?sslmode=disable", testenv.FreePort(tb))
+			},
+			want:    []string{"is Postgres running", "--database-url"},
+			wantNot: []string{"does not exist"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pool, err := schema.Connect(t.Context(), tc.url(t), schema.Default, 1)
+			if err == nil {
+				pool.Close()
+				t.Fatal("Connect succeeded")
+			}
+			var missing *schema.MissingDatabaseError
+			if got := errors.As(err, &missing); got != tc.wantMissing {
+				t.Errorf("error %v: wraps a *MissingDatabaseError = %v, want %v", err, got, tc.wantMissing)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			for _, w := range tc.wantNot {
+				if strings.Contains(err.Error(), w) {
+					t.Errorf("error %q says %q", err, w)
+				}
+			}
+		})
+	}
+}
