@@ -174,7 +174,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		// Notice partitions added to the topic within seconds, not the
 		// default 5 minutes: they are held until confirmed, and applied
 		// as soon as they are (topic.ConfirmPartitions).
-		kgo.MetadataMaxAge(10*time.Second),
+		kgo.MetadataMaxAge(10 * time.Second),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(time.Second),
 		kgo.AdjustFetchOffsetsFn(a.assigned),
