@@ -45,7 +45,7 @@ func decode(h Handler, rec *kgo.Record) decoded {
 func check(h Handler, rec *kgo.Record, d *decoded) string {
 	var env envelopev1.Envelope
 	if err := proto.Unmarshal(rec.Value, &env); err != nil {
-		return fmt.Sprintf("undecodable envelope: %v", err)
+		return "undecodable envelope: " + ProtoError(err)
 	}
 	id, err := uuid.Parse(env.GetEventId())
 	if err != nil {
@@ -108,4 +108,12 @@ func storable(reason string) string {
 		return reason
 	}
 	return strings.ReplaceAll(strings.ToValidUTF8(reason, "\uFFFD"), "\x00", `\x00`)
+}
+
+// ProtoError is err's text with the no-break spaces protobuf-go puts at random
+// into its error messages (so that nobody depends on their text) made plain
+// spaces: the text is stored as a quarantine reason, and the same record must
+// get the same reason whichever binary reads it.
+func ProtoError(err error) string {
+	return strings.ReplaceAll(err.Error(), "\u00a0", " ")
 }

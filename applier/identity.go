@@ -24,6 +24,9 @@ func (a *Applier) bindTopic(ctx context.Context) error {
 	bo := newBackoff()
 	for {
 		err := a.bindTopicOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err == nil || errors.Is(err, topic.ErrOtherIncarnation) || errors.Is(err, topic.ErrAheadOfTopic) {
 			return err
 		}

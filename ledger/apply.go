@@ -65,7 +65,7 @@ func (Applier) Decode(env *envelopev1.Envelope) (any, error) {
 		return nil, fmt.Errorf("unknown event type %q", env.GetType())
 	}
 	if err := proto.Unmarshal(env.GetPayload().GetValue(), msg); err != nil {
-		return nil, fmt.Errorf("invalid %s payload: %v", env.GetType(), err)
+		return nil, fmt.Errorf("invalid %s payload: %s", env.GetType(), applier.ProtoError(err))
 	}
 	if !validAccountID(msg.GetAccountId()) {
 		return nil, fmt.Errorf("invalid %s: account_id %q does not match %s", env.GetType(), msg.GetAccountId(), accountIDPattern)

@@ -105,9 +105,21 @@ Try (account banner-demo; the README's walkthrough uses other accounts and reque
 `, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, addr, addr, addr)
 	}
 
+	// The applier starts once the server found the topic to match the
+	// projection: a refusal stops dev before anything is applied.
+	served := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, banner) })
-	g.Go(func() error { return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool) })
+	g.Go(func() error {
+		return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, func() { banner(); close(served) })
+	})
+	g.Go(func() error {
+		select {
+		case <-served:
+		case <-gctx.Done():
+			return nil
+		}
+		return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool)
+	})
 	return g.Wait()
 }
 

@@ -110,7 +110,10 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 // topicError says which projection a topic identity error is about.
 func topicError(db dbFlags, err error) error {
 	if errors.Is(err, topic.ErrOtherIncarnation) || errors.Is(err, topic.ErrAheadOfTopic) || errors.Is(err, topic.ErrPartitionsChanged) || errors.Is(err, topic.ErrMissing) {
-		return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
+		if errors.Is(err, topic.ErrPartitionsChanged) {
+			return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
+		}
+		return fmt.Errorf("refusing to start on schema %s: %w (to start over instead, if the old topic is gone for good: drop schema %s, the projection of that topic)", db.schema, err, db.schema)
 	}
 	return err
 }

@@ -204,8 +204,12 @@ func showQuarantined(w io.Writer, r applier.QuarantinedRecord, asJSON bool) erro
 		enc.SetIndent("", "  ")
 		return enc.Encode(j)
 	}
+	id := j.EventID
+	if id == "" {
+		id = "none (no valid envelope)"
+	}
 	fmt.Fprintf(w, "partition %d offset %d\nkind      %s\nstate     %s\nkey       %q\nevent id  %s\nreason    %s\n",
-		j.Partition, j.Offset, j.Kind, j.State, j.Key, j.EventID, j.Reason)
+		j.Partition, j.Offset, j.Kind, j.State, j.Key, id, j.Reason)
 	if j.Envelope != nil {
 		fmt.Fprintf(w, "envelope  %s\n", j.Envelope)
 	} else {

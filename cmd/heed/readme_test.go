@@ -18,6 +18,9 @@ const readmePath = "../../README.md"
 // readmeAddr is the server address the README's commands use.
 const readmeAddr = "127.0.0.1:8080"
 
+// readmeDatabaseURL is the database URL the README's commands use.
+const readmeDatabaseURL = "postgres://postgres@127.0.0.1:5432/heed"
+
 // consoleStep is one `$ command` of a README console block and the output
 // printed under it.
 type consoleStep struct {
@@ -138,11 +141,12 @@ func matchOutput(got string, want []string) bool {
 }
 
 // TestBannerThenWalkthrough does what a new user does: start heed dev, try
-// the commands its banner suggests, then follow the README's walkthrough.
-// Every grpcurl step of the walkthrough must print what the README prints
-// (event IDs, consistency tokens, balances, results), so the banner's
-// examples must not touch the walkthrough's accounts, request IDs or
-// partitions.
+// the commands its banner suggests, then follow the README's walkthrough and
+// the quarantine section after it. Every grpcurl and heed quarantine step must
+// print what the README prints (event IDs, consistency tokens, balances,
+// results), so the banner's examples must not touch the walkthrough's
+// accounts, request IDs or partitions; the kcat step that writes a record by
+// hand runs too.
 func TestBannerThenWalkthrough(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs heed dev and grpcurl")
@@ -170,10 +174,34 @@ func TestBannerThenWalkthrough(t *testing.T) {
 	if len(steps) < 10 {
 		t.Fatalf("the README has %d grpcurl steps, want the walkthrough's (10 or more)", len(steps))
 	}
-	for _, s := range steps {
-		got, _ := runCommand(t, grpcurl, s.command, addrs.listen)
-		if !matchOutput(got, s.output) {
-			t.Errorf("$ %s\ngot:\n%s\nthe README prints:\n%s", s.command, got, strings.Join(s.output, "\n"))
+	kcat := ""
+	for _, s := range readmeSteps(t, "") {
+		switch {
+		case strings.HasPrefix(s.command, "grpcurl "):
+			got, _ := runCommand(t, grpcurl, s.command, addrs.listen)
+			if !matchOutput(got, s.output) {
+				t.Errorf("$ %s\ngot:\n%s\nthe README prints:\n%s", s.command, got, strings.Join(s.output, "\n"))
+			}
+		case strings.HasPrefix(s.command, "printf ") && strings.Contains(s.command, "| kcat "):
+			// A record written to the topic by hand, as the README does.
+			if kcat == "" {
+				kcat = testenv.LookPath(t, "kcat")
+			}
+			line := strings.ReplaceAll(s.command, "127.0.0.1:9092", addrs.broker)
+			if out, err := exec.CommandContext(t.Context(), "sh", "-c", line).CombinedOutput(); err != nil {
+				t.Fatalf("$ %s: %v\n%s", line, err, out)
+			}
+		case strings.HasPrefix(s.command, "heed quarantine "):
+			words := shellWords(t, s.command)
+			for i, w := range words {
+				if w == readmeDatabaseURL {
+					words[i] = dbURL
+				}
+			}
+			code, got, errOut := runOnce(t, words[1:]...)
+			if code != 0 || !matchOutput(got, s.output) {
+				t.Errorf("$ %s\nexit %d, got:\n%s%s\nthe README prints:\n%s", s.command, code, got, errOut, strings.Join(s.output, "\n"))
+			}
 		}
 	}
 }
