@@ -175,6 +175,11 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		// default 5 minutes: they are held until confirmed, and applied
 		// as soon as they are (topic.ConfirmPartitions).
 		kgo.MetadataMaxAge(10 * time.Second),
+		// A partition resumed after a pause is fetched once the fetch in
+		// flight returns, which waits up to FetchMaxWait when none of its
+		// partitions has data: Kafka's Java consumer waits 500ms at most,
+		// franz-go 5s by default.
+		kgo.FetchMaxWait(500 * time.Millisecond),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(time.Second),
 		kgo.AdjustFetchOffsetsFn(a.assigned),
@@ -226,6 +231,7 @@ func (a *Applier) Run(ctx context.Context) error {
 			lastFetchErr = time.Now()
 			a.log.Warn("fetch failed; retrying", "topic", topic, "partition", p, "err", err)
 		})
+		deadline := time.Now().Add(feedWait)
 		fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
 			if len(ftp.Records) == 0 {
 				return
@@ -234,7 +240,7 @@ func (a *Applier) Run(ctx context.Context) error {
 			w := a.parts[ftp.Partition]
 			a.mu.Unlock()
 			if w != nil {
-				w.feed(ftp.Records)
+				w.feed(ftp.Records, deadline)
 			}
 		})
 		a.cl.AllowRebalance()

@@ -200,7 +200,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	if err != nil {
 		return err
 	}
-	out, err := sort(decs, t.lookup, t.parked)
+	out, err := sortBatch(decs, t.lookup, t.parked)
 	if err != nil {
 		return err
 	}

@@ -46,12 +46,12 @@ type sorted struct {
 	dups, conflicts, poison, parkedN int64
 }
 
-// sort splits a batch by what decoding, the dedup lookup and the parked keys
+// sortBatch splits a batch by what decoding, the dedup lookup and the parked keys
 // found, in log order: a poison record is quarantined and parks its key, a
 // record of a parked key is parked, and the others are new, duplicates or
 // conflicts. lookup holds one item per decodable record, in order; parked
 // holds the keys parked before the batch.
-func sort(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (sorted, error) {
+func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (sorted, error) {
 	var out sorted
 	j := 0
 	for i := range decs {
