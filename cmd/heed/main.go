@@ -144,7 +144,7 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "heed: change a database and tell the world about it, without dual writes.")
 	fmt.Fprint(w, "\nUsage: heed VERB [flags]\n\nVerbs:\n")
 	for _, v := range verbs() {
-		fmt.Fprintf(w, "  %-10s %s\n", v.name, v.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", v.name, v.summary)
 	}
 	fmt.Fprintln(w, "\nRun `heed help VERB` for a verb's flags and an example.")
 }
