@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // EndOffsets reads where a topic's partitions end, from the brokers.
@@ -16,6 +19,29 @@ type EndOffsets interface {
 	// called. It fails, rather than leave a partition out, when one cannot be
 	// listed. It must be safe for concurrent use.
 	EndOffsets(ctx context.Context) (map[int32]int64, error)
+}
+
+// ListEndOffsets returns every partition of topic with its end offset (the
+// offset the next record written to it gets), as the brokers report it now: a
+// metadata and a ListOffsets round trip through cl. It fails when the topic or
+// any of its partitions cannot be listed.
+func ListEndOffsets(ctx context.Context, cl *kgo.Client, topic string) (map[int32]int64, error) {
+	listed, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	parts, ok := listed[topic]
+	if !ok || len(parts) == 0 {
+		return nil, fmt.Errorf("list end offsets of %s: no partitions listed", topic)
+	}
+	ends := make(map[int32]int64, len(parts))
+	for part, o := range parts {
+		if o.Err != nil {
+			return nil, fmt.Errorf("list end offset of %s partition %d: %w", topic, part, o.Err)
+		}
+		ends[part] = o.Offset
+	}
+	return ends, nil
 }
 
 // ErrNotInTopic is wrapped by the error of a token that points past its

@@ -45,24 +45,7 @@ func EnsureTopic(ctx context.Context, cl *kgo.Client, topic string, partitions i
 var _ consistency.EndOffsets = (*Publisher)(nil)
 
 // EndOffsets returns every partition of the publisher's topic with its end
-// offset (the offset its next record gets), as the brokers report it now: a
-// metadata and a ListOffsets round trip. It fails when the topic or any of its
-// partitions cannot be listed. It is safe for concurrent use.
+// offset (consistency.ListEndOffsets). It is safe for concurrent use.
 func (p *Publisher) EndOffsets(ctx context.Context) (map[int32]int64, error) {
-	listed, err := kadm.NewClient(p.cl).ListEndOffsets(ctx, p.cfg.Topic)
-	if err != nil {
-		return nil, fmt.Errorf("list end offsets of %s: %w", p.cfg.Topic, err)
-	}
-	parts, ok := listed[p.cfg.Topic]
-	if !ok || len(parts) == 0 {
-		return nil, fmt.Errorf("list end offsets of %s: no partitions listed", p.cfg.Topic)
-	}
-	ends := make(map[int32]int64, len(parts))
-	for part, o := range parts {
-		if o.Err != nil {
-			return nil, fmt.Errorf("list end offset of %s partition %d: %w", p.cfg.Topic, part, o.Err)
-		}
-		ends[part] = o.Offset
-	}
-	return ends, nil
+	return consistency.ListEndOffsets(ctx, p.cl, p.cfg.Topic)
 }

@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/heed-dev/heed/consistency"
 )
 
 // Querier is what Bind and Recorded need: a pool, a connection or a
@@ -62,7 +64,7 @@ func Verify(ctx context.Context, q Querier, cl *kgo.Client, name string) (Identi
 	if err != nil {
 		return Identity{}, err
 	}
-	ends, err := EndOffsets(ctx, cl, name)
+	ends, err := consistency.ListEndOffsets(ctx, cl, name)
 	if err != nil {
 		return Identity{}, err
 	}

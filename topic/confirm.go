@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/heed-dev/heed/consistency"
 )
 
 // ErrNotDrained is wrapped by ConfirmPartitions' error when the old
@@ -90,7 +92,7 @@ func ConfirmPartitions(ctx context.Context, q Querier, cl *kgo.Client, name stri
 // drained returns the ends of rec's partitions and "" when each is applied to
 // its end with nothing quarantined or parked, or else what is left.
 func drained(ctx context.Context, q Querier, cl *kgo.Client, rec Identity) (map[int32]int64, string, error) {
-	all, err := EndOffsets(ctx, cl, rec.Name)
+	all, err := consistency.ListEndOffsets(ctx, cl, rec.Name)
 	if err != nil {
 		return nil, "", err
 	}

@@ -23,7 +23,6 @@ import (
 	"io/fs"
 
 	"github.com/google/uuid"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -89,25 +88,4 @@ func Describe(ctx context.Context, cl *kgo.Client, name string) (Identity, error
 		return Identity{Name: name, ID: uuid.UUID(t.TopicID), Partitions: int32(len(t.Partitions))}, nil
 	}
 	return Identity{}, fmt.Errorf("topic %s: %w", name, ErrMissing)
-}
-
-// EndOffsets returns the end offset (high watermark) of each partition of
-// the topic name.
-func EndOffsets(ctx context.Context, cl *kgo.Client, name string) (map[int32]int64, error) {
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, name)
-	if err != nil {
-		return nil, fmt.Errorf("list end offsets of %s: %w", name, err)
-	}
-	out := make(map[int32]int64)
-	var firstErr error
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil && firstErr == nil {
-			firstErr = o.Err
-		}
-		out[o.Partition] = o.Offset
-	})
-	if firstErr != nil {
-		return nil, fmt.Errorf("list end offsets of %s: %w", name, firstErr)
-	}
-	return out, nil
 }

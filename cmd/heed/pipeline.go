@@ -71,9 +71,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 // use), and keeps checking while it runs: commands are refused meanwhile.
 // ready, if not nil, is called once the server is about to serve.
 func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, db dbFlags, pool *pgxpool.Pool, ln net.Listener, ready func()) error {
-	// Fresh metadata for EnsureTopic: kadm answers from the client's cache,
-	// kept for MetadataMinAge (5s by default).
-	adminCl, err := kgo.NewClient(kgo.SeedBrokers(kafka.brokerList()...), kgo.MetadataMinAge(250*time.Millisecond))
+	adminCl, err := kgo.NewClient(kgo.SeedBrokers(kafka.brokerList()...))
 	if err != nil {
 		return fmt.Errorf("create Kafka admin client: %w", err)
 	}

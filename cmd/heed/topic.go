@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/topic"
 )
 
@@ -58,7 +59,7 @@ func (c *topicCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.kafka.brokerList()...), kgo.MetadataMinAge(250*time.Millisecond))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.kafka.brokerList()...))
 	if err != nil {
 		return fmt.Errorf("create Kafka client: %w", err)
 	}
@@ -98,7 +99,7 @@ func (c *topicCmd) show(ctx context.Context, w io.Writer, pool topic.Querier, cl
 		return err
 	}
 	fmt.Fprintf(w, "broker: %s\n", live)
-	ends, err := topic.EndOffsets(ctx, cl, c.kafka.topic)
+	ends, err := consistency.ListEndOffsets(ctx, cl, c.kafka.topic)
 	if err != nil {
 		return err
 	}
