@@ -40,9 +40,13 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	if err != nil {
 		return nil, fmt.Errorf("read applied positions: %w", err)
 	}
-	if err := a.bindTopic(ctx); err != nil {
-		a.fail(err) // Run stops; no worker starts
-		return offsets, nil
+	// Run bound the topic before it started consuming; a rebalance later
+	// checks again (the topic may have been recreated meanwhile).
+	if a.covered.Load() == 0 || time.Since(time.Unix(0, a.coveredAt.Load())) >= recheckInterval {
+		if err := a.bindTopic(ctx); err != nil {
+			a.fail(err) // Run stops; no worker starts
+			return offsets, nil
+		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/consistency"
@@ -96,16 +97,23 @@ func drained(ctx context.Context, q Querier, cl *kgo.Client, rec Identity) (map[
 	if err != nil {
 		return nil, "", err
 	}
+	applied := make(map[int32]int64, rec.Partitions)
+	rows, err := q.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1 AND partition < $2`, rec.Name, rec.Partitions)
+	if err != nil {
+		return nil, "", fmt.Errorf("read applied positions: %w", err)
+	}
+	var (
+		part int32
+		next int64
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&part, &next}, func() error { applied[part] = next; return nil }); err != nil {
+		return nil, "", fmt.Errorf("read applied positions: %w", err)
+	}
 	ends := make(map[int32]int64, rec.Partitions)
 	var behind int64
 	for p := range rec.Partitions {
 		ends[p] = all[p]
-		var next int64
-		err := q.QueryRow(ctx, `SELECT coalesce(max(next_offset), 0) FROM applied_positions WHERE topic = $1 AND partition = $2`, rec.Name, p).Scan(&next)
-		if err != nil {
-			return nil, "", fmt.Errorf("read applied positions: %w", err)
-		}
-		behind += max(all[p]-next, 0)
+		behind += max(all[p]-applied[p], 0)
 	}
 	if behind > 0 {
 		return ends, fmt.Sprintf("%d events of partitions 0-%d are not applied yet (is heed apply running?)", behind, rec.Partitions-1), nil
