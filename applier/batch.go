@@ -75,7 +75,7 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		case class == Poison:
 			var ee *EventError
 			errors.As(err, &ee)
-			if w.markPoison(cur, ee.Offset, ee.Reason) {
+			if w.markPoison(cur, ee.Offset, storable(ee.Reason)) {
 				a.log.Warn("the handler rejected an event as one that can never apply; rolled back, applying the batch again without it",
 					"partition", w.p, "offset", ee.Offset, "reason", ee.Reason)
 				continue
@@ -90,7 +90,7 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		case class == EventCaused:
 			off := cur[0].Offset
 			if w.suspect == off {
-				w.markPoison(cur, off, fmt.Sprintf("applying it fails in the database: %v", err))
+				w.markPoison(cur, off, failsInDatabase(err))
 				a.log.Warn("an event fails alone, twice, with an error an event may cause; quarantining it",
 					"partition", w.p, "offset", off, "err", err)
 				continue
@@ -164,16 +164,10 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 // parked keys up, which tells new from duplicate, conflict and parked; the
 // second records the new ones with the state change. An ID another
 // transaction recorded in between fails the second on its key: that rolls
-// everything back, and the retry finds it.
+// everything back, and the retry finds it. batch is not empty and starts at
+// the applied position (applyBatch trims what lies below it).
 func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	a := w.a
-	// Records below the known position were applied already (a re-fetch).
-	for len(batch) > 0 && batch[0].Offset < w.next {
-		batch = batch[1:]
-	}
-	if len(batch) == 0 {
-		return nil
-	}
 	next := batch[len(batch)-1].Offset + 1
 
 	decs := make([]decoded, len(batch))
@@ -182,7 +176,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	for i, r := range batch {
 		decs[i] = decode(a.handler, r)
 		if reason, ok := w.poison[r.Offset]; ok && decs[i].poison == "" {
-			decs[i].poison = storable(reason)
+			decs[i].poison = reason
 		}
 		if decs[i].poison == "" {
 			items = append(items, dedup.Item{ID: decs[i].event.ID, Fingerprint: decs[i].fingerprint})

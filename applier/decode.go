@@ -24,8 +24,9 @@ type decoded struct {
 	event       Event
 	fingerprint int64
 	poison      string
-	// hasID is set once the envelope's event ID parsed, even for poison: it
-	// is stored with a quarantined record, for GetCommandResult.
+	// hasID is set once the envelope's event ID parsed, even for poison, and
+	// fingerprint with it: the ID is stored with a quarantined record, for
+	// GetCommandResult, and a dropped one is recorded as processed.
 	hasID bool
 }
 
@@ -58,6 +59,7 @@ func check(h Handler, rec *kgo.Record, d *decoded) string {
 		return "envelope type " + err
 	}
 	d.event.ID, d.hasID = id, true
+	d.fingerprint = envelope.Fingerprint(&env)
 	if env.GetPayload() == nil {
 		return "envelope has no payload"
 	}
@@ -83,7 +85,6 @@ func check(h Handler, rec *kgo.Record, d *decoded) string {
 		Offset:      rec.Offset,
 		Payload:     payload,
 	}
-	d.fingerprint = envelope.Fingerprint(&env)
 	return ""
 }
 

@@ -14,12 +14,11 @@ import (
 // queue is full (four batches), waits for the worker to take one, but only
 // until a deadline shared by the whole poll (feedWait): a partition whose
 // worker does not keep up by then has its fetching paused until the worker
-// has taken half of its queue. So a healthy partition gets backpressure
-// without its fetched data being dropped and fetched again, and a partition
-// whose batch keeps failing holds the poll loop up once, briefly, and then
-// not at all. A partition
-// whose batch fails over and over therefore holds back only itself: the poll
-// loop keeps feeding the others and rebalances are never kept waiting on it.
+// has taken its queue down to one batch. So a healthy partition gets
+// backpressure without its fetched data being dropped and fetched again, and
+// a partition whose batch keeps failing holds the poll loop up once, briefly,
+// and then not at all: it holds back only itself, and rebalances are never
+// kept waiting on it.
 type partition struct {
 	a *Applier
 	p int32
@@ -101,9 +100,9 @@ const feedWait = 100 * time.Millisecond
 // feed queues fetched records, dropping those below what was queued before (a
 // re-fetch after a pause or a seek). If that fills the queue, it waits until
 // the worker takes a batch, the worker stops, or deadline passes; in the
-// last case it pauses fetching the partition until the worker has taken half
-// of the queue. Records are never dropped: the queue may hold more than full
-// until the pause takes effect.
+// last case it pauses fetching the partition until the worker has taken the
+// queue down to one batch. Records are never dropped: the queue may hold more
+// than full until the pause takes effect.
 func (w *partition) feed(recs []*kgo.Record, deadline time.Time) {
 	w.mu.Lock()
 	i := 0
@@ -117,9 +116,7 @@ func (w *partition) feed(recs []*kgo.Record, deadline time.Time) {
 	}
 	w.fed = recs[len(recs)-1].Offset + 1
 	w.queue = append(w.queue, recs...)
-	for _, r := range recs {
-		w.queueBytes += len(r.Key) + len(r.Value)
-	}
+	w.queueBytes += recordBytes(recs...)
 	full := w.full()
 	w.mu.Unlock()
 	select {
@@ -247,10 +244,10 @@ func (w *partition) wait() bool {
 // more records could not join it. w.mu must be held.
 func (w *partition) cut() (n int, full bool) {
 	cfg := &w.a.cfg
-	size := 0
+	bytes := 0
 	for n < len(w.queue) && n < cfg.MaxBatchRecords {
-		size += len(w.queue[n].Key) + len(w.queue[n].Value)
-		if size > cfg.MaxBatchBytes && n > 0 {
+		bytes += recordBytes(w.queue[n])
+		if bytes > cfg.MaxBatchBytes && n > 0 {
 			break
 		}
 		n++
@@ -266,9 +263,7 @@ func (w *partition) take() []*kgo.Record {
 	defer w.mu.Unlock()
 	n, _ := w.cut()
 	batch := w.queue[:n:n]
-	for _, r := range batch {
-		w.queueBytes -= len(r.Key) + len(r.Value)
-	}
+	w.queueBytes -= recordBytes(batch...)
 	if w.queue = w.queue[n:]; len(w.queue) == 0 {
 		w.queue = nil
 	}
@@ -292,9 +287,7 @@ func (w *partition) putBack(recs []*kgo.Record) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, r := range recs {
-		w.queueBytes += len(r.Key) + len(r.Value)
-	}
+	w.queueBytes += recordBytes(recs...)
 	w.queue = append(recs[:len(recs):len(recs)], w.queue...)
 }
 
@@ -306,4 +299,13 @@ func (w *partition) release() {
 	w.resume()
 	w.queue, w.queueBytes = nil, 0
 	w.mu.Unlock()
+}
+
+// recordBytes is the bytes of recs that count against MaxBatchBytes: keys and values.
+func recordBytes(recs ...*kgo.Record) int {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Key) + len(r.Value)
+	}
+	return n
 }

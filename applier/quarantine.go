@@ -38,7 +38,7 @@ type quarantined struct {
 type sorted struct {
 	// fresh are the new events to apply, in log order.
 	fresh []Event
-	// bad are the records to quarantine or park, in log order.
+	// bad are the records to quarantine or park.
 	bad []quarantined
 	// blocked are the keys that a poison record of this batch parks from now
 	// on (parked keys the database knew before are not in it).
@@ -50,7 +50,7 @@ type sorted struct {
 // found, in log order: a poison record is quarantined and parks its key, a
 // record of a parked key is parked, and the others are new, duplicates or
 // conflicts. lookup holds one item per decodable record, in order; parked
-// holds the keys parked before the batch.
+// holds the keys parked before the batch, and gets those this batch parks.
 func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (sorted, error) {
 	var out sorted
 	j := 0
@@ -96,11 +96,23 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		case dedup.Conflict:
 			out.conflicts++
 			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindConflict, eventID: &d.event.ID,
-				reason: fmt.Sprintf("request_id %q was reused with different content; the first command with it stands", d.event.RequestID)})
+				reason: conflictReason(d.event.RequestID)})
 		}
 		j++
 	}
 	return out, nil
+}
+
+// conflictReason is why a command whose request ID was used before with other
+// content is quarantined.
+func conflictReason(requestID string) string {
+	return fmt.Sprintf("request_id %q was reused with different content; the first command with it stands", requestID)
+}
+
+// failsInDatabase is why a record that fails alone in Postgres, with an error
+// an event may cause, is quarantined.
+func failsInDatabase(err error) string {
+	return storable("applying it fails in the database: " + err.Error())
 }
 
 // idOrNil is the record's event ID, if its envelope had a valid one.

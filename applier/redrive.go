@@ -5,15 +5,11 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/dedup"
-	"github.com/heed-dev/heed/envelope"
-	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 )
 
 // ErrNotQuarantined is returned by Redrive and Drop when no open poison or
@@ -73,9 +69,13 @@ func Drop(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, part
 // openRecord is an open row of the quarantine.
 type openRecord struct {
 	offset int64
-	kind   string
 	key    []byte
 	value  []byte
+}
+
+// record is r as the record it was read from.
+func (r openRecord) record(topic string, partition int32) *kgo.Record {
+	return &kgo.Record{Topic: topic, Partition: partition, Offset: r.offset, Key: r.key, Value: r.value}
 }
 
 func resolve(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, partition int32, offset int64, dropNote string) (RedriveResult, error) {
@@ -102,7 +102,7 @@ AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).
 			return err
 		}
 		if dropNote != "" {
-			if err := drop(ctx, tx, topic, partition, offset, dropNote, recs); err != nil {
+			if err := drop(ctx, tx, h, topic, partition, offset, dropNote, recs); err != nil {
 				return err
 			}
 			res.Dropped = offset
@@ -131,14 +131,14 @@ AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).
 
 // openRecords reads the open poison and parked records of key, in log order.
 func openRecords(ctx context.Context, tx pgx.Tx, topic string, partition int32, key []byte) ([]openRecord, error) {
-	rows, err := tx.Query(ctx, `SELECT "offset", kind, value FROM quarantine
+	rows, err := tx.Query(ctx, `SELECT "offset", value FROM quarantine
 WHERE topic = $1 AND partition = $2 AND key = $3 AND state = 'open' AND kind IN ('poison', 'parked') ORDER BY "offset"`, topic, partition, key)
 	if err != nil {
 		return nil, fmt.Errorf("read the key's quarantined records: %w", err)
 	}
 	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (openRecord, error) {
 		r := openRecord{key: key}
-		err := row.Scan(&r.offset, &r.kind, &r.value)
+		err := row.Scan(&r.offset, &r.value)
 		return r, err
 	})
 	if err != nil {
@@ -160,7 +160,7 @@ func without(recs []openRecord, offset int64) []openRecord {
 // redriveOne applies r in a savepoint of tx and marks it redriven; it returns
 // a reason, and applies nothing, when r still cannot apply.
 func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, r openRecord, res *RedriveResult) (string, error) {
-	d := decode(h, &kgo.Record{Topic: topic, Partition: partition, Offset: r.offset, Key: r.key, Value: r.value})
+	d := decode(h, r.record(topic, partition))
 	if d.poison != "" {
 		return d.poison, nil
 	}
@@ -175,12 +175,12 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 	if err != nil {
 		_ = sp.Rollback(ctx) // the outer transaction ends either way
 		switch Classify(err) {
-		case Poison, EventCaused:
+		case Poison:
 			var ee *EventError
-			if errors.As(err, &ee) {
-				return ee.Reason, nil
-			}
-			return fmt.Sprintf("applying it fails in the database: %v", err), nil
+			errors.As(err, &ee)
+			return storable(ee.Reason), nil
+		case EventCaused:
+			return failsInDatabase(err), nil
 		}
 		return "", fmt.Errorf("apply offset %d: %w", r.offset, err)
 	}
@@ -196,7 +196,7 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 	case dedup.Conflict:
 		res.Conflicts++
 		kind = kindConflict
-		reason = fmt.Sprintf("request_id %q was reused with different content; the first command with it stands", d.event.RequestID)
+		reason = conflictReason(d.event.RequestID)
 	}
 	_, err = tx.Exec(ctx, `UPDATE quarantine SET state = CASE WHEN $5 = '' THEN 'redriven' ELSE 'open' END,
 kind = coalesce(nullif($5, ''), kind), reason = coalesce(nullif($6, ''), reason), event_id = $4
@@ -218,25 +218,21 @@ func markPoison(ctx context.Context, tx pgx.Tx, topic string, partition int32, o
 	return nil
 }
 
-// drop marks the record at offset dropped and records its event ID, if it
-// has one, as processed.
-func drop(ctx context.Context, tx pgx.Tx, topic string, partition int32, offset int64, note string, recs []openRecord) error {
-	var value []byte
+// drop marks the record at offset dropped and records its event ID, if its
+// envelope has a valid one, as processed.
+func drop(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, offset int64, note string, recs []openRecord) error {
 	for _, r := range recs {
-		if r.offset == offset {
-			value = r.value
+		if r.offset != offset {
+			continue
 		}
-	}
-	var env envelopev1.Envelope
-	if err := proto.Unmarshal(value, &env); err == nil {
-		if id, err := uuid.Parse(env.GetEventId()); err == nil {
-			if _, err := dedup.Claim(ctx, tx, []dedup.Item{{ID: id, Fingerprint: envelope.Fingerprint(&env)}}); err != nil {
+		if d := decode(h, r.record(topic, partition)); d.hasID {
+			if _, err := dedup.Claim(ctx, tx, []dedup.Item{{ID: d.event.ID, Fingerprint: d.fingerprint}}); err != nil {
 				return fmt.Errorf("record the dropped event as processed: %w", err)
 			}
 		}
 	}
 	_, err := tx.Exec(ctx, `UPDATE quarantine SET state = 'dropped', reason = reason || '; ' || $4
-WHERE topic = $1 AND partition = $2 AND "offset" = $3`, topic, partition, offset, note)
+WHERE topic = $1 AND partition = $2 AND "offset" = $3`, topic, partition, offset, storable(note))
 	if err != nil {
 		return fmt.Errorf("mark offset %d dropped: %w", offset, err)
 	}

@@ -58,8 +58,9 @@ const parkedKeysSQL = `SELECT key FROM parked_keys WHERE topic = $1 AND partitio
 // of the applied position from w.next to next, the partition's parked keys,
 // the lookup of items' IDs and, for a BatchHandler, the reads Load queues for
 // events. The parked keys are read after the compare-and-set has locked the
-// position row, which an operator's re-drive locks too, so they are current. It returns errStale when the
-// position moved, and any other failure wrapped; release rolls back.
+// position row, which an operator's re-drive locks too, so they are current.
+// It returns errStale when the position moved, and any other failure
+// wrapped; release rolls back.
 func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event) (*txn, error) {
 	a := w.a
 	t := &txn{conn: conn}
