@@ -13,11 +13,15 @@ import (
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
-// poisonedKey produces, for key c, a record before a poison one (it breaks the
-// counters' CHECK), the poison one and two after it, with records of key a in
-// between, and waits until the applier has quarantined and parked them.
-func poisonedKey(t *testing.T, s *stack, app *running) {
+// poisonedKey starts an applier on a fresh stack and produces, for key c, a
+// record before a poison one (it breaks the counters' CHECK), the poison one
+// and two after it, with records of key a in between, and waits until the
+// applier has quarantined and parked them.
+func poisonedKey(t *testing.T) (*stack, *counter, *running) {
 	t.Helper()
+	s := newStack(t)
+	c := new(counter)
+	app := s.start(t, batchCounter{c}, 0)
 	s.produce(t,
 		record(t, "c", "c1", 5),            // 0
 		record(t, "a", "a1", 1),            // 1
@@ -32,6 +36,13 @@ func poisonedKey(t *testing.T, s *stack, app *running) {
 		}
 		return ""
 	})
+	return s, c, app
+}
+
+// fixCheck lifts the CHECK the poison record breaks: the fix a re-drive waits for.
+func fixCheck(t *testing.T, s *stack) {
+	t.Helper()
+	fixCheck(t, s)
 }
 
 // After a fix (here the constraint it broke is lifted), re-driving the poison
@@ -39,10 +50,7 @@ func poisonedKey(t *testing.T, s *stack, app *running) {
 // is released, so its next record applies at once; a second re-drive finds
 // nothing open.
 func TestRedriveAfterFix(t *testing.T) {
-	s := newStack(t)
-	c := new(counter)
-	app := s.start(t, batchCounter{c}, 0)
-	poisonedKey(t, s, app)
+	s, c, _ := poisonedKey(t)
 
 	// Without the fix the record is still poison: nothing changes.
 	res, err := applier.Redrive(t.Context(), s.pool, batchCounter{c}, s.topic, 0, 2)
@@ -53,9 +61,7 @@ func TestRedriveAfterFix(t *testing.T) {
 		t.Errorf("redrive before the fix = %+v, want nothing applied, offset 2 still poison, 2 parked", res)
 	}
 
-	if _, err := s.pool.Exec(t.Context(), `ALTER TABLE counters DROP CONSTRAINT counters_n_check`); err != nil {
-		t.Fatal(err)
-	}
+	fixCheck(t, s)
 	res, err = applier.Redrive(t.Context(), s.pool, batchCounter{c}, s.topic, 0, 2)
 	if err != nil {
 		t.Fatalf("redrive: %v", err)
@@ -90,10 +96,7 @@ func TestRedriveAfterFix(t *testing.T) {
 // log order, the dropped event never does, and a retry of the dropped command
 // (its event again, later in the log) is a duplicate.
 func TestDropPoison(t *testing.T) {
-	s := newStack(t)
-	c := new(counter)
-	app := s.start(t, batchCounter{c}, 0)
-	poisonedKey(t, s, app)
+	s, c, app := poisonedKey(t)
 
 	res, err := applier.Drop(t.Context(), s.pool, batchCounter{c}, s.topic, 0, 2, "ticket 42: not a real deposit")
 	if err != nil {
@@ -130,13 +133,8 @@ func TestDropPoison(t *testing.T) {
 // record of the key that arrives while the re-drive runs applies after the
 // re-driven ones, never before them and never parked for good.
 func TestRedriveWhileApplying(t *testing.T) {
-	s := newStack(t)
-	c := new(counter)
-	app := s.start(t, batchCounter{c}, 0)
-	poisonedKey(t, s, app)
-	if _, err := s.pool.Exec(t.Context(), `ALTER TABLE counters DROP CONSTRAINT counters_n_check`); err != nil {
-		t.Fatal(err)
-	}
+	s, c, _ := poisonedKey(t)
+	fixCheck(t, s)
 	done := make(chan error, 1)
 	for i := range 20 {
 		s.produce(t, record(t, "c", fmt.Sprint("c-late", i), 1))
