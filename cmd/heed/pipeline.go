@@ -39,6 +39,9 @@ func openDB(ctx context.Context, db dbFlags, maxConns int32, migrate bool, logge
 	return pool, nil
 }
 
+// The server's guard decides which commands the publisher writes.
+var _ ingest.Gate = (*topic.Guard)(nil)
+
 // ingestConfig is the publisher's configuration from the flags.
 func ingestConfig(logger *slog.Logger, kafka kafkaFlags, sf serveFlags) ingest.Config {
 	return ingest.Config{
@@ -105,12 +108,13 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	return srv.Serve(ctx, ln)
 }
 
-// topicError says which projection a topic identity error is about.
+// topicError says which projection a topic identity error is about, and for
+// a topic that is not the projection's, how to start over.
 func topicError(db dbFlags, err error) error {
-	if errors.Is(err, topic.ErrOtherIncarnation) || errors.Is(err, topic.ErrAheadOfTopic) || errors.Is(err, topic.ErrPartitionsChanged) || errors.Is(err, topic.ErrMissing) {
-		if errors.Is(err, topic.ErrPartitionsChanged) {
-			return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
-		}
+	switch {
+	case errors.Is(err, topic.ErrPartitionsChanged):
+		return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
+	case errors.Is(err, topic.ErrOtherIncarnation), errors.Is(err, topic.ErrAheadOfTopic):
 		return fmt.Errorf("refusing to start on schema %s: %w (to start over instead, if the old topic is gone for good: drop schema %s, the projection of that topic)", db.schema, err, db.schema)
 	}
 	return err
