@@ -31,6 +31,10 @@ type counter struct {
 	// violate makes applying also run a statement that fails in Postgres with
 	// a serialization failure (SQLSTATE 40001, transient) while set.
 	violate atomic.Bool
+	// checkOnce makes the next application also run a statement that fails
+	// with a check violation (SQLSTATE 23514, an error an event may cause),
+	// once.
+	checkOnce atomic.Bool
 	// failed counts the applications that failed on purpose.
 	failed atomic.Int64
 	// applies and queues count the calls of Apply and of Loaded.Queue.
@@ -53,6 +57,7 @@ const (
 	writeCounterSQL = `INSERT INTO counters (key, n) SELECT * FROM unnest($1::text[], $2::int8[])
 ON CONFLICT (key) DO UPDATE SET n = excluded.n`
 	violateSQL = `DO $$ BEGIN RAISE EXCEPTION 'injected serialization failure' USING ERRCODE = '40001'; END $$`
+	checkSQL   = `DO $$ BEGIN RAISE EXCEPTION 'injected check violation' USING ERRCODE = 'check_violation'; END $$`
 
 	// tooBig is an increment that takes a counter past the table's CHECK.
 	tooBig = 1_000_000
@@ -133,6 +138,9 @@ func (l *counterLoad) Queue(events []applier.Event, b *pgx.Batch) error {
 	b.Queue(writeCounterSQL, ks, vs)
 	if violate {
 		b.Queue(violateSQL)
+	}
+	if l.c.checkOnce.CompareAndSwap(true, false) {
+		b.Queue(checkSQL)
 	}
 	return nil
 }

@@ -112,6 +112,28 @@ func TestPoisonFoundDuringApply(t *testing.T) {
 	}
 }
 
+// A record that fails alone once with an error an event may cause is tried
+// again before it is called poison: the failure may have come from elsewhere
+// (a race with another transaction). Here the failure happens once only, and
+// the record applies.
+func TestLoneFailureTriedAgain(t *testing.T) {
+	s := newStack(t)
+	c := new(counter)
+	c.checkOnce.Store(true)
+	s.produce(t, record(t, "a", "a1", 1))
+	app := s.start(t, batchCounter{c}, 0)
+	testenv.Eventually(t, 20*time.Second, func() string {
+		if st := app.Stats(); st.Applied != 1 {
+			return fmt.Sprintf("stats %+v, want the record applied on its second try", st)
+		}
+		return ""
+	})
+	if st := app.Stats(); st.Quarantined != 0 || st.Retries != 1 {
+		t.Errorf("stats %+v, want 1 retry and nothing quarantined", st)
+	}
+	s.checkState(t, state{counters: map[string]int64{"a": 1}, processed: 1, position: 1})
+}
+
 // An error no event causes (a missing table: the database is not migrated)
 // quarantines nothing however often it fails: the batch is retried until the
 // table is there.
