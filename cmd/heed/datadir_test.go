@@ -71,21 +71,9 @@ func TestDataDirOneOwner(t *testing.T) {
 // first is SIGKILLed, which leaves its lock file behind, a new heed dev
 // starts on the directory and has the first one's state.
 func TestDataDirOneOwnerProcesses(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the heed binary")
-	}
-	dbURL := testenv.PostgresURL(t)
-	bin := buildHeed(t)
-	dataDir := t.TempDir()
-	addrs := freeDevAddrs(t)
-	args := devArgs(addrs, dataDir, dbURL)
+	d := startBuiltDev(t, "open-owner", "owner")
+	dbURL, bin, dataDir, addrs, args, c, first := d.dbURL, d.bin, d.dataDir, d.addrs, d.args, d.client, d.first
 	ctx := t.Context()
-	c := ledgerClient(addrs.listen)
-
-	first := startDev(t, bin, args...)
-	if _, err := c.OpenAccount(ctx, connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: "open-owner", AccountId: "owner"})); err != nil {
-		t.Fatalf("OpenAccount: %v", err)
-	}
 	want := inUseMessage(dataDir, "heed dev", first.cmd.Process.Pid, addrs.broker)
 
 	other := freeDevAddrs(t)

@@ -20,21 +20,9 @@ import (
 // records survive, and the restarted applier applies a new deposit once
 // without applying the old events again.
 func TestDevRestartKeepsState(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the heed binary")
-	}
-	dbURL := testenv.PostgresURL(t)
-	bin := buildHeed(t)
-	dataDir := t.TempDir()
-	addrs := freeDevAddrs(t)
-	args := devArgs(addrs, dataDir, dbURL)
+	d := startBuiltDev(t, "open-acct", "acct")
+	bin, addrs, args, c, first := d.bin, d.addrs, d.args, d.client, d.first
 	ctx := t.Context()
-	c := ledgerClient(addrs.listen)
-
-	first := startDev(t, bin, args...)
-	if _, err := c.OpenAccount(ctx, connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: "open-acct", AccountId: "acct"})); err != nil {
-		t.Fatalf("OpenAccount: %v", err)
-	}
 	dep, err := c.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{RequestId: "deposit-1", AccountId: "acct", Amount: 100}))
 	if err != nil {
 		t.Fatalf("Deposit: %v", err)

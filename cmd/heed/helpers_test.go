@@ -66,6 +66,33 @@ func buildHeed(tb testing.TB) string {
 	return bin
 }
 
+// builtDev is the built heed binary running heed dev as a process, on a fresh
+// database and data dir, with an account opened through it.
+type builtDev struct {
+	bin, dbURL, dataDir string
+	addrs               devAddrs
+	args                []string
+	client              ledgerv1connect.LedgerServiceClient
+	first               *process
+}
+
+// startBuiltDev builds heed, starts heed dev and opens account through it
+// with request ID requestID. It skips under -short.
+func startBuiltDev(t *testing.T, requestID, account string) *builtDev {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the heed binary")
+	}
+	d := &builtDev{dbURL: testenv.PostgresURL(t), bin: buildHeed(t), dataDir: t.TempDir(), addrs: freeDevAddrs(t)}
+	d.args = devArgs(d.addrs, d.dataDir, d.dbURL)
+	d.client = ledgerClient(d.addrs.listen)
+	d.first = startDev(t, d.bin, d.args...)
+	if _, err := d.client.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: requestID, AccountId: account})); err != nil {
+		t.Fatalf("OpenAccount: %v", err)
+	}
+	return d
+}
+
 // syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
 type syncBuffer struct {
 	mu  sync.Mutex
