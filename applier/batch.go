@@ -179,7 +179,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 			decs[i].poison = reason
 		}
 		if decs[i].poison == "" {
-			items = append(items, dedup.Item{ID: decs[i].event.ID, Fingerprint: decs[i].fingerprint})
+			items = append(items, dedup.Item{ID: decs[i].event.ID, Key: decs[i].event.AggregateID, Fingerprint: decs[i].fingerprint})
 			events = append(events, decs[i].event)
 		}
 	}

@@ -81,29 +81,29 @@ func (*counter) Decode(env *envelopev1.Envelope) (any, error) {
 }
 
 // Apply reads the counters with one query and writes them with one statement.
-func (c *counter) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) error {
+func (c *counter) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) ([]applier.Result, error) {
 	c.applies.Add(1)
 	rows, err := tx.Query(ctx, readCountersSQL, keys(events))
 	if err != nil {
-		return fmt.Errorf("read counters: %w", err)
+		return nil, fmt.Errorf("read counters: %w", err)
 	}
 	n := make(map[string]int64)
 	if err := scanCounters(rows, n); err != nil {
-		return fmt.Errorf("read counters: %w", err)
+		return nil, fmt.Errorf("read counters: %w", err)
 	}
 	ks, vs, violate, err := c.decide(events, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, writeCounterSQL, ks, vs); err != nil {
-		return fmt.Errorf("write counters: %w", err)
+		return nil, fmt.Errorf("write counters: %w", err)
 	}
 	if violate {
 		if _, err := tx.Exec(ctx, violateSQL); err != nil {
-			return fmt.Errorf("write counters: %w", err)
+			return nil, fmt.Errorf("write counters: %w", err)
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // Load queues the read of the counters events touch.
@@ -126,14 +126,14 @@ type counterLoad struct {
 	n map[string]int64 // nil until the read arrived
 }
 
-func (l *counterLoad) Queue(events []applier.Event, b *pgx.Batch) error {
+func (l *counterLoad) Queue(events []applier.Event, b *pgx.Batch) ([]applier.Result, error) {
 	l.c.queues.Add(1)
 	if l.n == nil {
-		return errors.New("the counters were not read")
+		return nil, errors.New("the counters were not read")
 	}
 	ks, vs, violate, err := l.c.decide(events, l.n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b.Queue(writeCounterSQL, ks, vs)
 	if violate {
@@ -142,7 +142,7 @@ func (l *counterLoad) Queue(events []applier.Event, b *pgx.Batch) error {
 	if l.c.checkOnce.CompareAndSwap(true, false) {
 		b.Queue(checkSQL)
 	}
-	return nil
+	return nil, nil
 }
 
 // decide adds events to the counters in n and returns the counters to write,

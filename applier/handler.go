@@ -26,6 +26,21 @@ type Event struct {
 	Payload any
 }
 
+// Result is what applying one event did. The applier records it with the
+// event's ID in the processed-event table, in the transaction that applied
+// it: any domain gets "what happened to my command" (dedup.Results reads it)
+// without a table of its own.
+type Result struct {
+	// Rejected is set when the domain refused the command by a business rule
+	// (an overdraft, an unknown account): a decided outcome, not an error.
+	Rejected bool
+	// Reason says why it was rejected; empty otherwise.
+	Reason string
+	// Data is the domain's own result, e.g. a marshaled protobuf message; nil
+	// for none.
+	Data []byte
+}
+
 // Handler is the domain side of the applier.
 //
 // The applier calls Decode and Apply from one goroutine per partition, so
@@ -40,14 +55,15 @@ type Handler interface {
 	// Apply applies events, all new (never seen before), all of one partition, in
 	// log order, inside tx. It must be deterministic: the result may depend only on
 	// the events and on state written by earlier events of the same partition.
-	// Business rejections are results to record, not errors. Any error rolls back
-	// the whole batch; what happens next is Classify's decision: an EventError
+	// It returns one Result per event, in order, or nil when every event was
+	// applied with no result data. Business rejections are results, not
+	// errors. Any error rolls back the whole batch; what happens next is Classify's decision: an EventError
 	// (see Quarantine) quarantines that event and applies the batch again
 	// without it, a failure in Postgres that an event may cause splits the
 	// batch until the event is found, anything else is retried with backoff
 	// until it succeeds. Apply must neither commit nor roll back tx: the
 	// applier does.
-	Apply(ctx context.Context, tx pgx.Tx, events []Event) error
+	Apply(ctx context.Context, tx pgx.Tx, events []Event) ([]Result, error)
 }
 
 // BatchHandler is a Handler that does not talk to the database while it
@@ -78,9 +94,11 @@ type Loaded interface {
 	// Queue decides the effects of events from what Load read, in log order,
 	// deterministically (see Handler.Apply), and queues the writes onto b, which
 	// the applier sends with the commit. events are the new ones among those
-	// given to Load (at least one), in log order. Business rejections are
-	// results to write, not errors. An error, or a queued write failing in
+	// given to Load (at least one), in log order. It returns one Result per
+	// event, in order, or nil when every event was applied with no result
+	// data; the applier records them. Business rejections are results, not
+	// errors. An error, or a queued write failing in
 	// Postgres, rolls back the whole batch, which is then handled as for
 	// Handler.Apply's errors; Load and Queue then run again on a fresh batch.
-	Queue(events []Event, b *pgx.Batch) error
+	Queue(events []Event, b *pgx.Batch) ([]Result, error)
 }

@@ -110,13 +110,19 @@ const (
 )
 
 // QuarantineOutcome tells what the quarantine says of the event eventID of
-// topic, with the reason: what a command's status query reads when the
-// domain has no result for it. Open records come before closed ones, earlier
-// before later ones. Errors are the database's, wrapped.
-func QuarantineOutcome(ctx context.Context, q Querier, topic string, eventID uuid.UUID) (Outcome, string, error) {
+// topic with record key key (any key when key is ""), with the reason: what a
+// command's status query reads when the processed-event table has no result
+// for it. Open records come before closed ones, earlier before later ones.
+// Errors are the database's, wrapped.
+func QuarantineOutcome(ctx context.Context, q Querier, topic string, eventID uuid.UUID, key string) (Outcome, string, error) {
 	var kind, state, reason string
+	var keyArg []byte
+	if key != "" {
+		keyArg = []byte(key)
+	}
 	err := q.QueryRow(ctx, `SELECT kind, state, reason FROM quarantine WHERE event_id = $1 AND topic = $2 AND kind <> 'conflict'
-ORDER BY state = 'open' DESC, "offset" LIMIT 1`, [16]byte(eventID), topic).Scan(&kind, &state, &reason)
+AND ($3::bytea IS NULL OR key = $3)
+ORDER BY state = 'open' DESC, "offset" LIMIT 1`, [16]byte(eventID), topic, keyArg).Scan(&kind, &state, &reason)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return NotQuarantined, "", nil
 	}

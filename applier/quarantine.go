@@ -36,8 +36,10 @@ type quarantined struct {
 
 // sorted is a batch sorted by what happens to each record.
 type sorted struct {
-	// fresh are the new events to apply, in log order.
-	fresh []Event
+	// fresh are the new events to apply, in log order, and fingerprints
+	// their fingerprints.
+	fresh        []Event
+	fingerprints []int64
 	// bad are the records to quarantine or park.
 	bad []quarantined
 	// blocked are the keys that a poison record of this batch parks from now
@@ -91,6 +93,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		switch statuses[j] {
 		case dedup.New:
 			out.fresh = append(out.fresh, d.event)
+			out.fingerprints = append(out.fingerprints, d.fingerprint)
 		case dedup.Duplicate:
 			out.dups++
 		case dedup.Conflict:

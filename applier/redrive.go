@@ -168,9 +168,16 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 	if err != nil {
 		return "", fmt.Errorf("savepoint: %w", err)
 	}
-	statuses, err := dedup.Claim(ctx, sp, []dedup.Item{{ID: d.event.ID, Fingerprint: d.fingerprint}})
+	item := dedup.Item{ID: d.event.ID, Key: d.event.AggregateID, Fingerprint: d.fingerprint}
+	statuses, err := dedup.Claim(ctx, sp, []dedup.Item{item})
 	if err == nil && statuses[0] == dedup.New {
-		err = h.Apply(ctx, sp, []Event{d.event})
+		var results []Result
+		if results, err = h.Apply(ctx, sp, []Event{d.event}); err == nil && results != nil {
+			var rows []dedup.Row
+			if rows, err = processedRows([]Event{d.event}, []int64{d.fingerprint}, results); err == nil {
+				err = dedup.SetOutcome(ctx, sp, rows[0])
+			}
+		}
 	}
 	if err != nil {
 		_ = sp.Rollback(ctx) // the outer transaction ends either way
@@ -225,8 +232,14 @@ func drop(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int
 		if r.offset != offset {
 			continue
 		}
-		if d := decode(h, r.record(topic, partition)); d.hasID {
-			if _, err := dedup.Claim(ctx, tx, []dedup.Item{{ID: d.event.ID, Fingerprint: d.fingerprint}}); err != nil {
+		d := decode(h, r.record(topic, partition))
+		if key := string(r.key); d.hasID && checkText(key) == "" {
+			item := dedup.Item{ID: d.event.ID, Key: key, Fingerprint: d.fingerprint}
+			st, err := dedup.Claim(ctx, tx, []dedup.Item{item})
+			if err == nil && st[0] == dedup.New {
+				err = dedup.SetOutcome(ctx, tx, dedup.Row{Item: item, Outcome: dedup.Dropped, Reason: storable(note)})
+			}
+			if err != nil {
 				return fmt.Errorf("record the dropped event as processed: %w", err)
 			}
 		}

@@ -114,7 +114,7 @@ func TestDropPoison(t *testing.T) {
 	if q.State != "dropped" || q.EventID == nil || *q.EventID != envelope.EventID("c-poison") {
 		t.Errorf("dropped record = %+v, want state dropped with its event ID", q)
 	}
-	outcome, reason, err := applier.QuarantineOutcome(t.Context(), s.pool, s.topic, envelope.EventID("c-poison"))
+	outcome, reason, err := applier.QuarantineOutcome(t.Context(), s.pool, s.topic, envelope.EventID("c-poison"), "")
 	if err != nil || outcome != applier.OutcomeDropped {
 		t.Errorf("QuarantineOutcome of the dropped event = %v %q %v, want dropped", outcome, reason, err)
 	}

@@ -40,8 +40,8 @@ type txn struct {
 	conn *pgxpool.Conn
 	// tx is the transaction as a pgx.Tx, for a plain Handler's Apply.
 	tx pgx.Tx
-	// lookup is the batch's dedup lookup: sent in begin, its new IDs
-	// recorded in commit.
+	// lookup is the batch's dedup lookup: sent in begin; commit records the
+	// new events with their results.
 	lookup *dedup.Lookup
 	// loaded is what a BatchHandler's Load read; nil for a plain Handler or a
 	// batch with no decodable event.
@@ -110,25 +110,33 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 }
 
 // commit applies out.fresh (a BatchHandler queues its writes; a plain
-// Handler's Apply runs with the transaction), then sends the last round trip:
-// those writes, the record of the new event IDs, the quarantine and parking of
-// out.bad and COMMIT. Failures are returned wrapped; release rolls back.
+// Handler's Apply runs with the transaction), records the new events with
+// their results by COPY, then sends the last round trip: the handler's
+// writes, the quarantine and parking of out.bad and COMMIT. Failures are
+// returned wrapped; release rolls back.
 func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	a := w.a
 	b := &pgx.Batch{}
 	if fresh := out.fresh; len(fresh) > 0 {
-		var err error
+		var (
+			results []Result
+			err     error
+		)
 		if t.loaded != nil {
-			err = t.loaded.Queue(fresh, b)
-		} else if err = a.handler.Apply(ctx, t.tx, fresh); err == nil {
+			results, err = t.loaded.Queue(fresh, b)
+		} else if results, err = a.handler.Apply(ctx, t.tx, fresh); err == nil {
 			err = stillOpen(t.conn)
 		}
 		if err != nil {
 			return fmt.Errorf("apply events: %w", err)
 		}
-	}
-	if err := t.lookup.QueueRecord(b); err != nil {
-		return err
+		rows, err := processedRows(fresh, out.fingerprints, results)
+		if err != nil {
+			return err
+		}
+		if err := dedup.Record(ctx, t.conn, rows); err != nil {
+			return err
+		}
 	}
 	queueQuarantine(b, a.cfg.Topic, w.p, out.bad, out.blocked)
 	b.Queue("COMMIT").Exec(checkCommitted)
@@ -136,6 +144,26 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 		return fmt.Errorf("write and commit: %w", err)
 	}
 	return nil
+}
+
+// processedRows pairs the new events with their fingerprints and the results
+// the handler returned for them (nil: all applied, no data).
+func processedRows(events []Event, fingerprints []int64, results []Result) ([]dedup.Row, error) {
+	if results != nil && len(results) != len(events) {
+		return nil, fmt.Errorf("apply events: the handler returned %d results for %d events", len(results), len(events))
+	}
+	rows := make([]dedup.Row, len(events))
+	for i, ev := range events {
+		rows[i] = dedup.Row{Item: dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: fingerprints[i]}, Outcome: dedup.Applied}
+		if results != nil {
+			r := results[i]
+			if r.Rejected {
+				rows[i].Outcome = dedup.Rejected
+			}
+			rows[i].Reason, rows[i].Result = storable(r.Reason), r.Data
+		}
+	}
+	return rows, nil
 }
 
 // stillOpen reports an error unless conn is inside a transaction that has not

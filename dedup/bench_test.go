@@ -2,6 +2,7 @@ package dedup_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 
 	"github.com/google/uuid"
@@ -12,7 +13,7 @@ import (
 
 // BenchmarkClaim claims batches of 1,000 new event IDs, one committed
 // transaction per batch: with Claim (INSERT ... ON CONFLICT DO NOTHING) and
-// with QueueLookup and QueueRecord (a lookup, then a plain INSERT), each with
+// with QueueLookup and Record (a lookup, then COPY), each with
 // time-ordered (UUIDv7) and random (UUIDv4) IDs: the processed-event table's
 // index is where the difference shows.
 //
@@ -45,7 +46,7 @@ func BenchmarkClaim(b *testing.B) {
 				for range b.N {
 					b.StopTimer()
 					for i := range items {
-						items[i] = dedup.Item{ID: bc.id(), Fingerprint: int64(i)}
+						items[i] = dedup.Item{ID: bc.id(), Key: "acct-" + strconv.Itoa(i%100), Fingerprint: int64(i)}
 					}
 					b.StartTimer()
 					tx, err := pool.Begin(ctx)

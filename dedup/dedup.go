@@ -5,12 +5,15 @@ package dedup
 
 import (
 	"context"
+	"crypto/md5" //nolint:gosec // a spread of keys, not a security measure
 	"embed"
+	"encoding/binary"
 	"fmt"
 	"io/fs"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/heed-dev/heed/pgarray"
 )
@@ -59,10 +62,70 @@ func (s Status) String() string {
 	return fmt.Sprintf("Status(%d)", uint8(s))
 }
 
-// Item is one event to claim: its ID and a fingerprint of its content.
+// Item is one event to claim: its ID, the aggregate it belongs to (the record
+// key) and a fingerprint of its content. An event is identified by its ID
+// within its aggregate: the same ID under another key is another event.
 type Item struct {
 	ID          uuid.UUID
+	Key         string
 	Fingerprint int64
+}
+
+// KeyHash is how the processed-event table identifies an aggregate: the first
+// 8 bytes of the key's MD5, big-endian, as an int64, and never 0, which marks
+// rows recorded before keys were ("aggregate unknown"). Postgres computes the
+// same with ('x' || left(md5(key), 16))::bit(64)::bigint, mapping 0 to 1.
+func KeyHash(key string) int64 {
+	sum := md5.Sum([]byte(key))
+	h := int64(binary.BigEndian.Uint64(sum[:8]))
+	if h == 0 {
+		return 1
+	}
+	return h
+}
+
+// ref is what identifies a processed event: its ID and its key's hash.
+type ref struct {
+	id  uuid.UUID
+	key int64
+}
+
+// Outcome is what became of a processed event, stored with its ID. The values
+// are those of heed.ledger.v1.CommandStatus, so that the ledger reads them as
+// they are.
+type Outcome int16
+
+const (
+	// Applied: the domain applied the event.
+	Applied Outcome = 2
+	// Rejected: the domain refused it (a business rule); the reason says why.
+	Rejected Outcome = 3
+	// Dropped: an operator dropped it from the quarantine; it never applies.
+	Dropped Outcome = 6
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case Rejected:
+		return "rejected"
+	case Dropped:
+		return "dropped"
+	}
+	return fmt.Sprintf("Outcome(%d)", int16(o))
+}
+
+// Row is one processed event with its outcome, as Record writes it and Results
+// reads it.
+type Row struct {
+	Item
+	Outcome Outcome
+	// Reason says why the event was rejected or dropped; empty when applied.
+	Reason string
+	// Result is the domain's result, e.g. a marshaled protobuf message; nil
+	// for none.
+	Result []byte
 }
 
 // Querier is what Claim needs: a pgx.Tx (or the connection of a transaction
@@ -72,21 +135,27 @@ type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-const claimSQL = `INSERT INTO processed_events (event_id, fingerprint)
-SELECT * FROM unnest($1::uuid[], $2::int8[])
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id`
+// claimSQL inserts the events not recorded yet, under their key or under no
+// key (a row recorded before rows carried keys).
+const claimSQL = `INSERT INTO processed_events (event_id, key_hash, aggregate, fingerprint)
+SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[]) AS u(event_id, key_hash, aggregate, fingerprint)
+WHERE NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = u.event_id AND p.key_hash = 0)
+ON CONFLICT (event_id, key_hash) DO NOTHING
+RETURNING event_id, key_hash`
 
-const fingerprintsSQL = `SELECT event_id, fingerprint FROM processed_events WHERE event_id = ANY($1::uuid[])`
+// fingerprintsSQL reads what the table holds for a batch's IDs, under any key:
+// the primary key's first column finds them.
+const fingerprintsSQL = `SELECT event_id, key_hash, fingerprint FROM processed_events WHERE event_id = ANY($1::uuid[])`
 
-// Claim records items as processed in one statement and returns, for each item in
-// order, whether it is New, a Duplicate or a Conflict. When an ID occurs twice in
-// items, the first occurrence is the one that can be New. Only when some items are
-// not new does it run a second statement to compare fingerprints. A transaction
-// claiming an ID that a concurrent one claimed waits for it and then finds the
-// ID processed; no retry is needed. QueueLookup and QueueRecord do the same work
-// pipelined with other statements and cheaper for Postgres, but a concurrent
-// claim of the same ID fails them.
+// Claim records items as processed, with the outcome Applied, in one statement
+// and returns, for each item in order, whether it is New, a Duplicate or a
+// Conflict. When an event occurs twice in items, the first occurrence is the
+// one that can be New. Only when some items are not new does it run a second
+// statement to compare fingerprints. A transaction claiming an event that a
+// concurrent one claimed waits for it and then finds it processed; no retry is
+// needed. SetOutcome records another outcome later in the transaction.
+// QueueLookup and Record do the same work cheaper for Postgres (the applier's
+// hot path), but a concurrent claim of the same event fails them.
 //
 // q must be the transaction that applies the new items: if it rolls back, the
 // claim rolls back too. Errors are wrapped with what failed; the transaction
@@ -96,27 +165,36 @@ func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 		return nil, nil
 	}
 	ids := make(pgarray.UUIDs, len(items))
+	keys := make(pgarray.Int8s, len(items))
+	aggs := make(pgarray.Texts, len(items))
 	fps := make(pgarray.Int8s, len(items))
 	for i, it := range items {
-		ids[i], fps[i] = it.ID, it.Fingerprint
+		ids[i], keys[i], aggs[i], fps[i] = it.ID, KeyHash(it.Key), it.Key, it.Fingerprint
 	}
-	rows, err := q.Query(ctx, claimSQL, ids, fps)
+	rows, err := q.Query(ctx, claimSQL, ids, keys, aggs, fps)
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids: %w", err)
 	}
-	inserted, err := pgx.CollectRows(rows, pgx.RowTo[[16]byte])
+	inserted, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ref, error) {
+		var (
+			id  [16]byte
+			key int64
+		)
+		err := row.Scan(&id, &key)
+		return ref{id, key}, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids: %w", err)
 	}
-	isNew := make(map[uuid.UUID]bool, len(inserted))
-	for _, id := range inserted {
-		isNew[id] = true
+	isNew := make(map[ref]bool, len(inserted))
+	for _, r := range inserted {
+		isNew[r] = true
 	}
 	out := make([]Status, len(items))
 	var seen pgarray.UUIDs
 	for i, it := range items {
-		if isNew[it.ID] {
-			delete(isNew, it.ID) // a second occurrence of the ID is not new
+		if r := (ref{it.ID, keys[i]}); isNew[r] {
+			delete(isNew, r) // a second occurrence of the event is not new
 			out[i] = New
 			continue
 		}
@@ -133,10 +211,10 @@ func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 		if out[i] == New {
 			continue
 		}
-		fp, ok := stored[it.ID]
+		fp, ok := stored.find(it.ID, keys[i])
 		switch {
 		case !ok:
-			return nil, fmt.Errorf("claim event ids: %s neither inserted nor found", it.ID)
+			return nil, fmt.Errorf("claim event ids: %s (key %q) neither inserted nor found", it.ID, it.Key)
 		case fp == it.Fingerprint:
 			out[i] = Duplicate
 		default:
@@ -146,8 +224,63 @@ func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 	return out, nil
 }
 
+// Execer is what SetOutcome needs: the transaction that claimed the event.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// SetOutcome records the outcome of an event claimed earlier in the same
+// transaction (Claim records Applied with no reason or result). It fails
+// when no such event is recorded.
+func SetOutcome(ctx context.Context, q Execer, r Row) error {
+	tag, err := q.Exec(ctx, `UPDATE processed_events SET status = $3, reason = $4, result = $5 WHERE event_id = $1 AND key_hash = $2`,
+		[16]byte(r.ID), KeyHash(r.Key), int16(r.Outcome), r.Reason, r.Result)
+	if err != nil {
+		return fmt.Errorf("record the outcome of event %s: %w", r.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("record the outcome of event %s (key %q): the event is not recorded as processed", r.ID, r.Key)
+	}
+	return nil
+}
+
+// Results reads what the table holds for event id: one row per aggregate the
+// ID was applied to (usually one, none while it is not processed), ordered by
+// key. Rows recorded before keys were have an empty Key.
+func Results(ctx context.Context, q Querier, id uuid.UUID) ([]Row, error) {
+	rows, err := q.Query(ctx, `SELECT coalesce(aggregate, ''), fingerprint, status, reason, result FROM processed_events
+WHERE event_id = $1 ORDER BY aggregate`, [16]byte(id))
+	if err != nil {
+		return nil, fmt.Errorf("read the outcome of event %s: %w", id, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
+		r := Row{Item: Item{ID: id}}
+		var status int16
+		err := row.Scan(&r.Key, &r.Fingerprint, &status, &r.Reason, &r.Result)
+		r.Outcome = Outcome(status)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the outcome of event %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// stored is what the table holds for a batch's IDs.
+type stored map[ref]int64
+
+// find returns the fingerprint recorded for id under the key hashed to key,
+// or under no key (a row recorded before keys were).
+func (s stored) find(id uuid.UUID, key int64) (int64, bool) {
+	if fp, ok := s[ref{id, key}]; ok {
+		return fp, true
+	}
+	fp, ok := s[ref{id, 0}]
+	return fp, ok
+}
+
 // collectFingerprints reads the stored fingerprints of ids.
-func collectFingerprints(ctx context.Context, q Querier, ids pgarray.UUIDs) (map[uuid.UUID]int64, error) {
+func collectFingerprints(ctx context.Context, q Querier, ids pgarray.UUIDs) (stored, error) {
 	rows, err := q.Query(ctx, fingerprintsSQL, ids)
 	if err != nil {
 		return nil, err
@@ -157,18 +290,18 @@ func collectFingerprints(ctx context.Context, q Querier, ids pgarray.UUIDs) (map
 
 // scanFingerprints reads the rows of fingerprintsSQL, about n of them, and
 // closes them. It returns every row or an error, never part of a result.
-func scanFingerprints(rows pgx.Rows, n int) (map[uuid.UUID]int64, error) {
+func scanFingerprints(rows pgx.Rows, n int) (stored, error) {
 	defer rows.Close()
-	got := make(map[uuid.UUID]int64, n)
+	got := make(stored, n)
 	var (
-		id [16]byte
-		fp int64
+		id      [16]byte
+		key, fp int64
 	)
 	for rows.Next() {
-		if err := rows.Scan(&id, &fp); err != nil {
+		if err := rows.Scan(&id, &key, &fp); err != nil {
 			return nil, err
 		}
-		got[id] = fp
+		got[ref{id, key}] = fp
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -1,28 +1,21 @@
 package dedup
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/heed-dev/heed/pgarray"
 )
 
-// recordSQL records new event IDs. A plain INSERT: the lookup before it found
-// none of them, and a concurrent transaction that recorded one since makes it
-// fail on the primary key instead of skipping the row.
-const recordSQL = `INSERT INTO processed_events (event_id, fingerprint)
-SELECT * FROM unnest($1::uuid[], $2::int8[])`
-
 // errNotReceived is returned by Lookup's methods when the lookup's result never
 // arrived.
 var errNotReceived = errors.New("look up event ids: the batch holding the lookup was not sent, or failed before the lookup's result was read")
 
-// ErrRecordedConcurrently is in the error of a batch holding QueueRecord's
-// INSERT when another transaction recorded one of the IDs since the lookup: roll
+// ErrRecordedConcurrently is in Record's error when another transaction recorded one of the IDs since the lookup: roll
 // back and retry at once; the retry's lookup finds the ID processed.
 var ErrRecordedConcurrently = errors.New("an event id was recorded by a concurrent transaction since the lookup")
 
@@ -30,19 +23,22 @@ var ErrRecordedConcurrently = errors.New("an event id was recorded by a concurre
 // INSERT ... ON CONFLICT DO NOTHING (a speculative insertion per row): the
 // batch's IDs are looked up with their stored fingerprints (QueueLookup), which
 // tells every status without another round trip, and the new ones are then
-// recorded with a plain INSERT (QueueRecord), typically in the round trip that
-// commits. Between the two, another transaction may record one of the IDs: the
-// INSERT then fails on the primary key, the transaction must roll back, and a
-// retry's lookup finds the ID. The primary key stays the arbiter, so an ID is
-// never recorded twice and never reported New to two committed transactions.
+// recorded with their outcomes by COPY (Record), before the transaction
+// commits. Between the two, another transaction may record one of the events:
+// the COPY then fails on the primary key, the transaction must roll back, and
+// a retry's lookup finds the event. The primary key stays the arbiter, so an
+// event is never recorded twice and never reported New to two committed
+// transactions.
 //
 // A Lookup belongs to the goroutine that sends its batches: it is not safe for
 // concurrent use.
 type Lookup struct {
 	items []Item
+	// keys holds the items' key hashes, in order.
+	keys []int64
 	// stored holds the fingerprints found for the items' IDs; nil until the
 	// lookup's result arrived.
-	stored map[uuid.UUID]int64
+	stored stored
 	// statuses is what Statuses worked out, kept for QueueRecord.
 	statuses []Status
 	// excluded marks the items taken out with Exclude.
@@ -50,8 +46,8 @@ type Lookup struct {
 }
 
 // Exclude takes item i (in the order given to QueueLookup) out of the claim:
-// Statuses reports it Excluded, later occurrences of its ID do not compare
-// with it, and QueueRecord does not record it. Call it before Statuses; a
+// Statuses reports it Excluded, later occurrences of its event do not compare
+// with it, and the caller does not record it. Call it before Statuses; a
 // record held back (parked) is excluded so that it can be claimed when it is
 // applied later.
 func (l *Lookup) Exclude(i int) {
@@ -68,13 +64,14 @@ func (l *Lookup) Exclude(i int) {
 // wrapped with "look up event ids".
 //
 // b must be sent inside the transaction that applies the new items and
-// records them with QueueRecord.
+// records them with Record.
 func QueueLookup(b *pgx.Batch, items []Item) *Lookup {
 	l := &Lookup{items: items}
 	if len(items) > 0 {
 		ids := make(pgarray.UUIDs, len(items))
+		l.keys = make([]int64, len(items))
 		for i, it := range items {
-			ids[i] = it.ID
+			ids[i], l.keys[i] = it.ID, KeyHash(it.Key)
 		}
 		b.Queue(fingerprintsSQL, ids).Query(l.collect)
 	}
@@ -82,9 +79,9 @@ func QueueLookup(b *pgx.Batch, items []Item) *Lookup {
 }
 
 // Statuses returns, for each item in the order given to QueueLookup, whether it
-// is New, a Duplicate or a Conflict, without touching the database. When an ID
-// occurs twice in the items, the first occurrence is the one that can be New,
-// and later ones compare with its fingerprint. It returns an error when the
+// is New, a Duplicate or a Conflict, without touching the database. When an
+// event (an ID under one key) occurs twice in the items, the first occurrence
+// is the one that can be New, and later ones compare with its fingerprint. It returns an error when the
 // batch was not sent or failed before the lookup's result was read; the
 // transaction must then be rolled back.
 func (l *Lookup) Statuses() ([]Status, error) {
@@ -103,11 +100,11 @@ func (l *Lookup) Statuses() ([]Status, error) {
 			out[i] = Excluded
 			continue
 		}
-		fp, ok := l.stored[it.ID]
+		fp, ok := l.stored.find(it.ID, l.keys[i])
 		switch {
 		case !ok:
 			out[i] = New
-			l.stored[it.ID] = it.Fingerprint // a later occurrence compares with this one
+			l.stored[ref{it.ID, l.keys[i]}] = it.Fingerprint // a later occurrence compares with this one
 		case fp == it.Fingerprint:
 			out[i] = Duplicate
 		default:
@@ -118,44 +115,62 @@ func (l *Lookup) Statuses() ([]Status, error) {
 	return out, nil
 }
 
-// QueueRecord queues onto b the INSERT that records the New items as processed.
-// b must be sent in the transaction the lookup was, before it commits; the
-// INSERT's errors come out of b's results, wrapped with "record event ids"
-// (and ErrRecordedConcurrently when a concurrent transaction got there first). It
-// queues nothing when no item is New, and fails when Statuses has not
-// succeeded.
-func (l *Lookup) QueueRecord(b *pgx.Batch) error {
-	if len(l.items) == 0 {
+// Copier is what Record needs: the batch transaction, or its connection.
+type Copier interface {
+	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+}
+
+// Record writes rows, the New events of a lookup with their outcomes, by COPY,
+// in the transaction that looked them up, before it commits. COPY is the
+// cheapest way into the table (see docs/BENCHMARKS.md); a concurrent
+// transaction that recorded one of the events since the lookup makes it fail
+// on the primary key, with ErrRecordedConcurrently in the error. Other errors
+// are wrapped with "record event ids". It writes nothing for no rows.
+func Record(ctx context.Context, c Copier, rows []Row) error {
+	if len(rows) == 0 {
 		return nil
 	}
-	st, err := l.Statuses()
+	n, err := c.CopyFrom(ctx, pgx.Identifier{"processed_events"}, copyColumns, copyRows(rows))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.TableName == "processed_events" { // unique_violation
+		return fmt.Errorf("record event ids: %w (%w)", ErrRecordedConcurrently, err)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("record event ids: %w", err)
 	}
-	ids := make(pgarray.UUIDs, 0, len(l.items))
-	fps := make(pgarray.Int8s, 0, len(l.items))
-	for i, it := range l.items {
-		if st[i] == New {
-			ids = append(ids, it.ID)
-			fps = append(fps, it.Fingerprint)
-		}
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	b.Queue(recordSQL, ids, fps).Fn = func(br pgx.BatchResults) error {
-		_, err := br.Exec()
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.TableName == "processed_events" { // unique_violation
-			return fmt.Errorf("record event ids: %w (%w)", ErrRecordedConcurrently, err)
-		}
-		if err != nil {
-			return fmt.Errorf("record event ids: %w", err)
-		}
-		return nil
+	if n != int64(len(rows)) {
+		return fmt.Errorf("record event ids: copied %d rows of %d", n, len(rows))
 	}
 	return nil
 }
+
+var copyColumns = []string{"event_id", "key_hash", "aggregate", "fingerprint", "status", "reason", "result"}
+
+// copyRows is a pgx.CopyFromSource over rows, without a slice of values per
+// row.
+func copyRows(rows []Row) pgx.CopyFromSource {
+	return &rowSource{rows: rows, i: -1, vals: make([]any, len(copyColumns))}
+}
+
+type rowSource struct {
+	rows []Row
+	i    int
+	vals []any
+}
+
+func (s *rowSource) Next() bool {
+	s.i++
+	return s.i < len(s.rows)
+}
+
+func (s *rowSource) Values() ([]any, error) {
+	r := &s.rows[s.i]
+	s.vals[0], s.vals[1], s.vals[2], s.vals[3] = [16]byte(r.ID), KeyHash(r.Key), r.Key, r.Fingerprint
+	s.vals[4], s.vals[5], s.vals[6] = int16(r.Outcome), r.Reason, r.Result
+	return s.vals, nil
+}
+
+func (s *rowSource) Err() error { return nil }
 
 // collect reads the stored fingerprints. It records them only when every row
 // was read, so that Statuses never works from part of a result.

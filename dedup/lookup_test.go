@@ -43,15 +43,22 @@ func lookupAndRecord(ctx context.Context, tx pgx.Tx, items []dedup.Item) ([]dedu
 	if err != nil {
 		return nil, err
 	}
-	b = &pgx.Batch{}
-	if err := l.QueueRecord(b); err != nil {
-		return nil, err
-	}
-	return st, tx.SendBatch(ctx, b).Close()
+	return st, dedup.Record(ctx, tx, newRows(items, st))
 }
 
-// lookup sends a lookup of items in tx and returns it with its statuses.
-func lookup(t *testing.T, tx pgx.Tx, items ...dedup.Item) (*dedup.Lookup, []dedup.Status) {
+// newRows are the rows recording the New items, applied.
+func newRows(items []dedup.Item, st []dedup.Status) []dedup.Row {
+	var rows []dedup.Row
+	for i, it := range items {
+		if st[i] == dedup.New {
+			rows = append(rows, dedup.Row{Item: it, Outcome: dedup.Applied})
+		}
+	}
+	return rows
+}
+
+// lookup sends a lookup of items in tx and returns their statuses.
+func lookup(t *testing.T, tx pgx.Tx, items ...dedup.Item) []dedup.Status {
 	t.Helper()
 	b := &pgx.Batch{}
 	l := dedup.QueueLookup(b, items)
@@ -62,7 +69,7 @@ func lookup(t *testing.T, tx pgx.Tx, items ...dedup.Item) (*dedup.Lookup, []dedu
 	if err != nil {
 		t.Fatalf("statuses: %v", err)
 	}
-	return l, st
+	return st
 }
 
 // Two transactions that look up the same new ID both see it as New; the one
@@ -82,28 +89,26 @@ func TestLookupRace(t *testing.T) {
 		return tx
 	}
 	tx1, tx2 := begin(), begin()
-	l1, st1 := lookup(t, tx1, dedup.Item{ID: x, Fingerprint: 1})
-	l2, st2 := lookup(t, tx2, dedup.Item{ID: y, Fingerprint: 2}, dedup.Item{ID: x, Fingerprint: 1})
+	items1 := []dedup.Item{{ID: x, Key: "k", Fingerprint: 1}}
+	items2 := []dedup.Item{{ID: y, Key: "k", Fingerprint: 2}, {ID: x, Key: "k", Fingerprint: 1}}
+	st1 := lookup(t, tx1, items1...)
+	st2 := lookup(t, tx2, items2...)
 	if want := []dedup.Status{dedup.New}; !slices.Equal(st1, want) {
 		t.Fatalf("first lookup: %v, want %v", st1, want)
 	}
 	if want := []dedup.Status{dedup.New, dedup.New}; !slices.Equal(st2, want) {
 		t.Fatalf("second lookup, before the first records: %v, want %v", st2, want)
 	}
-	record := func(tx pgx.Tx, l *dedup.Lookup) error {
-		b := &pgx.Batch{}
-		if err := l.QueueRecord(b); err != nil {
-			t.Fatal(err)
-		}
-		return tx.SendBatch(ctx, b).Close()
+	record := func(tx pgx.Tx, items []dedup.Item, st []dedup.Status) error {
+		return dedup.Record(ctx, tx, newRows(items, st))
 	}
-	if err := record(tx1, l1); err != nil {
+	if err := record(tx1, items1, st1); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx1.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	err := record(tx2, l2)
+	err := record(tx2, items2, st2)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "23505" || !errors.Is(err, dedup.ErrRecordedConcurrently) || !strings.Contains(err.Error(), "record event ids") {
 		t.Fatalf("recording an ID another transaction recorded since: %v, want a unique violation wrapped with \"record event ids\" and ErrRecordedConcurrently", err)
@@ -113,11 +118,11 @@ func TestLookupRace(t *testing.T) {
 	}
 
 	retry := begin()
-	l3, st3 := lookup(t, retry, dedup.Item{ID: y, Fingerprint: 2}, dedup.Item{ID: x, Fingerprint: 1})
+	st3 := lookup(t, retry, items2...)
 	if want := []dedup.Status{dedup.New, dedup.Duplicate}; !slices.Equal(st3, want) {
 		t.Fatalf("retried lookup: %v, want %v", st3, want)
 	}
-	if err := record(retry, l3); err != nil {
+	if err := record(retry, items2, st3); err != nil {
 		t.Fatal(err)
 	}
 	if err := retry.Commit(ctx); err != nil {
@@ -130,17 +135,14 @@ func TestLookupRace(t *testing.T) {
 }
 
 // A lookup whose batch was never sent, or failed before its result was read,
-// reports an error from Statuses and from QueueRecord instead of statuses.
+// reports an error from Statuses instead of statuses.
 func TestLookupBatchFailed(t *testing.T) {
 	pool := newPool(t)
-	items := []dedup.Item{{ID: uuid.New(), Fingerprint: 1}}
+	items := []dedup.Item{{ID: uuid.New(), Key: "k", Fingerprint: 1}}
 
 	notSent := dedup.QueueLookup(&pgx.Batch{}, items)
 	if st, err := notSent.Statuses(); err == nil {
 		t.Errorf("Statuses of a lookup whose batch was never sent = %v, want an error", st)
-	}
-	if err := notSent.QueueRecord(&pgx.Batch{}); err == nil {
-		t.Error("QueueRecord of a lookup whose batch was never sent queued the INSERT")
 	}
 
 	ctx := t.Context()

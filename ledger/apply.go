@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/applier"
@@ -16,7 +17,8 @@ import (
 	"github.com/heed-dev/heed/pgarray"
 )
 
-// Applier applies ledger events to the accounts and command_results tables. It
+// Applier applies ledger events to the accounts table and returns each
+// command's result for the applier to record. It
 // is an applier.BatchHandler: one batch of events costs the applier two round
 // trips to Postgres. It is stateless and safe for concurrent use.
 type Applier struct{}
@@ -90,26 +92,27 @@ type account struct {
 
 // Apply applies a batch in bulk inside tx, in two round trips: it reads every
 // account the batch touches with one query (Load), decides each event in log
-// order in memory, then writes the changed accounts and all results with one
-// statement each (Loaded.Queue). Errors are wrapped with what failed; tx must
-// then be rolled back.
-func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) error {
+// order in memory, then writes the changed accounts (Loaded.Queue). It returns
+// each event's result, which the applier records. Errors are wrapped with what
+// failed; tx must then be rolled back.
+func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) ([]applier.Result, error) {
 	if len(events) == 0 {
-		return nil
+		return nil, nil
 	}
 	b := &pgx.Batch{}
 	l := h.Load(b, events)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("read accounts: %w", err)
+		return nil, fmt.Errorf("read accounts: %w", err)
 	}
 	b = &pgx.Batch{}
-	if err := l.Queue(events, b); err != nil {
-		return err
+	results, err := l.Queue(events, b)
+	if err != nil {
+		return nil, err
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write accounts and command results: %w", err)
+		return nil, fmt.Errorf("write accounts: %w", err)
 	}
-	return nil
+	return results, nil
 }
 
 // Load queues onto b the read of every account events touch, in one query, and
@@ -160,37 +163,41 @@ func (l *loaded) read(rows pgx.Rows) error {
 }
 
 // Queue decides events in log order in memory, from the accounts Load read and
-// the effects of the events before them, then queues onto b the upsert of the
-// changed accounts and the insert of every event's result. It returns an error,
-// and queues nothing, when the read has not arrived or an event's account was
-// not loaded.
-func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) error {
+// the effects of the events before them, queues onto b the writes of the
+// changed accounts and returns every event's result: rejected with the reason,
+// or applied, with the balance after it as a CommandResult. It returns an
+// error, and queues nothing, when the read has not arrived or an event's
+// account was not loaded.
+func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) ([]applier.Result, error) {
 	if !l.done {
-		return errors.New("decide events: the accounts were not read (the batch holding the read was not sent, or failed)")
+		return nil, errors.New("decide events: the accounts were not read (the batch holding the read was not sent, or failed)")
 	}
-	res := results{
-		ids:      make(pgarray.UUIDs, 0, len(events)),
-		requests: make(pgarray.Texts, 0, len(events)),
-		accounts: make(pgarray.Texts, 0, len(events)),
-		statuses: make(pgarray.Int2s, 0, len(events)),
-		reasons:  make(pgarray.Texts, 0, len(events)),
-		balances: make(pgarray.Int8s, 0, len(events)),
-	}
-	for _, ev := range events {
+	results := make([]applier.Result, len(events))
+	for i, ev := range events {
 		a, ok := l.accounts[ev.AggregateID]
 		if !ok {
-			return fmt.Errorf("decide event %s: account %q was not loaded", ev.ID, ev.AggregateID)
+			return nil, fmt.Errorf("decide event %s: account %q was not loaded", ev.ID, ev.AggregateID)
 		}
-		reason := decide(a, ev.Payload)
-		status := int16(ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED)
-		if reason != "" {
-			status = int16(ledgerv1.CommandStatus_COMMAND_STATUS_REJECTED)
+		if reason := decide(a, ev.Payload); reason != "" {
+			results[i] = applier.Result{Rejected: true, Reason: reason}
+			continue
 		}
-		res.add(ev, status, reason, a.balance)
+		results[i].Data = commandResult(a.balance)
 	}
 	queueAccounts(b, l.accounts)
-	res.queue(b)
-	return nil
+	return results, nil
+}
+
+// commandResult is the CommandResult for an applied command that left the
+// balance at balance, marshaled as proto.Marshal would: field 1, a varint,
+// left out when zero. Written by hand because it runs for every event.
+func commandResult(balance int64) []byte {
+	if balance == 0 {
+		return nil
+	}
+	b := make([]byte, 0, 11)
+	b = protowire.AppendTag(b, 1, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(balance))
 }
 
 // decide applies one event to a in memory and returns "" or why it is rejected.
@@ -268,30 +275,4 @@ SELECT * FROM unnest($1::text[], $2::int8[])
 ON CONFLICT (account_id) DO NOTHING RETURNING 1)
 SELECT accounts_written(count(*), $3) FROM w`, inserts, balances, len(inserts))
 	}
-}
-
-// results collects command outcomes column by column for one bulk insert.
-type results struct {
-	ids      pgarray.UUIDs
-	requests pgarray.Texts
-	accounts pgarray.Texts
-	statuses pgarray.Int2s
-	reasons  pgarray.Texts
-	balances pgarray.Int8s
-}
-
-func (r *results) add(ev applier.Event, status int16, reason string, balance int64) {
-	r.ids = append(r.ids, ev.ID)
-	r.requests = append(r.requests, ev.RequestID)
-	r.accounts = append(r.accounts, ev.AggregateID)
-	r.statuses = append(r.statuses, status)
-	r.reasons = append(r.reasons, reason)
-	r.balances = append(r.balances, balance)
-}
-
-// queue queues onto b the insert of the collected results.
-func (r *results) queue(b *pgx.Batch) {
-	b.Queue(`INSERT INTO command_results (event_id, request_id, account_id, status, reason, balance_after)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::int8[])`,
-		r.ids, r.requests, r.accounts, r.statuses, r.reasons, r.balances)
 }

@@ -31,7 +31,7 @@ func BenchmarkApply(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := (ledger.Applier{}).Apply(ctx, tx, events); err != nil {
+		if _, err := (ledger.Applier{}).Apply(ctx, tx, events); err != nil {
 			b.Fatal(err)
 		}
 		if err := tx.Commit(ctx); err != nil {

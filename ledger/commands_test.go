@@ -1,6 +1,8 @@
 package ledger_test
 
 import (
+	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,8 +75,8 @@ func TestIdempotentCommands(t *testing.T) {
 	if got := p.balance(t, "carol", second.GetConsistencyToken()); got != 100 {
 		t.Errorf("balance after a deposit sent twice = %d, want 100", got)
 	}
-	if n := p.count(t, `SELECT count(*) FROM command_results WHERE request_id = 'dep-retried'`); n != 1 {
-		t.Errorf("command_results rows for the retried command = %d, want 1", n)
+	if n := p.count(t, `SELECT count(*) FROM processed_events WHERE event_id = $1`, envelope.EventID("dep-retried")); n != 1 {
+		t.Errorf("processed_events rows for the retried command = %d, want 1", n)
 	}
 	if s := app.Stats(); s.Duplicates != 1 || s.Applied != 2 {
 		t.Errorf("stats = %+v, want 2 applied, 1 duplicate", s)
@@ -108,6 +110,59 @@ func TestIdempotentCommands(t *testing.T) {
 	}
 }
 
+// A request_id identifies a command within its account: reused for another
+// account it names another command, applied in that account's partition (so
+// the same on every replay, whichever partition commits first), not a
+// conflict. GetCommandResult by that request_id then needs the account, and
+// says so.
+func TestRequestIDPerAccount(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{partitions: 4})
+	app := p.startApplier(t)
+	accounts := []string{"ann", "bob", "cyd", "dan"} // spread over the partitions
+	for _, acct := range accounts {
+		p.open(t, "open-"+acct, acct)
+	}
+	var last string
+	for i, acct := range accounts {
+		last = p.deposit(t, "shared", acct, int64(10*(i+1))).GetConsistencyToken()
+	}
+	p.waitApplied(t, last)
+	testenv.Eventually(t, 20*time.Second, func() string {
+		if st := app.Stats(); st.Applied != 8 {
+			return fmt.Sprintf("stats %+v, want 8 applied", st)
+		}
+		return ""
+	})
+	if st := app.Stats(); st.Conflicts != 0 || st.Quarantined != 0 || st.Duplicates != 0 {
+		t.Errorf("stats = %+v, want no conflict, quarantine or duplicate", st)
+	}
+	want := map[string]int64{"ann": 10, "bob": 20, "cyd": 30, "dan": 40}
+	if got := p.balances(t); !maps.Equal(got, want) {
+		t.Errorf("balances = %v, want %v", got, want)
+	}
+	_, err := p.client.GetCommandResult(t.Context(), connect.NewRequest(&ledgerv1.GetCommandResultRequest{
+		Ref: &ledgerv1.GetCommandResultRequest_RequestId{RequestId: "shared"},
+	}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "ann, bob, cyd, dan") || !strings.Contains(err.Error(), "account_id") {
+		t.Errorf("GetCommandResult(shared) without account_id: %v, want invalid_argument listing the accounts and asking for account_id", err)
+	}
+	for acct, balance := range want {
+		res, err := p.client.GetCommandResult(t.Context(), connect.NewRequest(&ledgerv1.GetCommandResultRequest{
+			Ref:       &ledgerv1.GetCommandResultRequest_RequestId{RequestId: "shared"},
+			AccountId: acct,
+		}))
+		if err != nil {
+			t.Fatalf("GetCommandResult(shared, %s): %v", acct, err)
+		}
+		if r := res.Msg; r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED || r.GetBalanceAfter() != balance || r.GetAccountId() != acct {
+			t.Errorf("GetCommandResult(shared, %s) = %v, want APPLIED with balance_after %d", acct, r, balance)
+		}
+	}
+	if r := p.result(t, "open-ann", ""); r.GetAccountId() != "ann" || r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED {
+		t.Errorf("GetCommandResult(open-ann) without account_id = %v, want APPLIED for ann", r)
+	}
+}
+
 // With the broker unreachable a command fails with unavailable within the
 // produce timeout and leaves nothing behind.
 func TestCommandBrokerUnavailable(t *testing.T) {
@@ -132,7 +187,7 @@ func TestCommandBrokerUnavailable(t *testing.T) {
 
 	// An applier on the real broker finds nothing to apply.
 	p.startApplier(t).stop(t)
-	for _, table := range []string{"command_results", "accounts", "processed_events", "quarantine"} {
+	for _, table := range []string{"accounts", "processed_events", "quarantine"} {
 		if n := p.count(t, "SELECT count(*) FROM "+table); n != 0 {
 			t.Errorf("%s has %d rows after failed commands, want 0", table, n)
 		}

@@ -71,7 +71,7 @@ func TestRecordConsumedTwice(t *testing.T) {
 	if _, err := p.pool.Exec(t.Context(), `UPDATE applied_positions SET next_offset = 0`); err != nil {
 		t.Fatalf("rewind applied positions: %v", err)
 	}
-	results := p.count(t, `SELECT count(*) FROM command_results`)
+	results := p.count(t, `SELECT count(*) FROM processed_events`)
 
 	replay := p.startApplier(t)
 	testenv.Eventually(t, 20*time.Second, func() string {
@@ -94,8 +94,8 @@ func TestRecordConsumedTwice(t *testing.T) {
 	if got := p.balances(t); !maps.Equal(got, want) {
 		t.Errorf("balances after replay = %v, want %v", got, want)
 	}
-	if n := p.count(t, `SELECT count(*) FROM command_results`); n != results {
-		t.Errorf("command_results has %d rows after replay, want %d", n, results)
+	if n := p.count(t, `SELECT count(*) FROM processed_events`); n != results {
+		t.Errorf("processed_events has %d rows after replay, want %d", n, results)
 	}
 	testenv.Eventually(t, 10*time.Second, func() string {
 		for part, end := range ends {
@@ -139,7 +139,7 @@ func TestFailedTransactionRetried(t *testing.T) {
 	if c := p.committed(t, tok.Partition); c > tok.Offset {
 		t.Fatalf("committed offset %d is past the failed record at %d", c, tok.Offset)
 	}
-	if n := p.count(t, `SELECT count(*) FROM command_results WHERE request_id = 'dep-h'`); n != 0 {
+	if n := p.count(t, `SELECT count(*) FROM processed_events WHERE event_id = $1`, envelope.EventID("dep-h")); n != 0 {
 		t.Fatalf("the failed batch left %d command results", n)
 	}
 	if n := p.count(t, `SELECT count(*) FROM processed_events`); n != 1 {
@@ -152,8 +152,8 @@ func TestFailedTransactionRetried(t *testing.T) {
 	if got := p.balance(t, "heidi", dep.GetConsistencyToken()); got != 42 {
 		t.Errorf("balance after recovery = %d, want 42", got)
 	}
-	if n := p.count(t, `SELECT count(*) FROM command_results WHERE request_id = 'dep-h'`); n != 1 {
-		t.Errorf("command_results rows for the deposit = %d, want 1", n)
+	if n := p.count(t, `SELECT count(*) FROM processed_events WHERE event_id = $1`, envelope.EventID("dep-h")); n != 1 {
+		t.Errorf("processed_events rows for the deposit = %d, want 1", n)
 	}
 	if s := app.Stats(); s.Applied != 2 || s.Duplicates != 0 {
 		t.Errorf("stats = %+v, want 2 applied, no duplicates", s)
@@ -319,7 +319,7 @@ func TestMemberStopsMidRun(t *testing.T) {
 		t.Errorf("balances = %v, want %v", got, want)
 	}
 	total := int64(accounts * (deposits + 1))
-	if n := p.count(t, `SELECT count(*) FROM command_results WHERE status = 2`); n != total {
+	if n := p.count(t, `SELECT count(*) FROM processed_events WHERE status = 2`); n != total {
 		t.Errorf("%d applied command results, want %d", n, total)
 	}
 	sa, sb := a.Stats(), b.Stats()

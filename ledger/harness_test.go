@@ -12,9 +12,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/envelope"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
@@ -261,6 +264,21 @@ func (p *pipeline) wantRejected(t *testing.T, requestID, token, want string) {
 }
 
 // count runs a SELECT count(*) query.
+// balanceAfter reads the balance_after recorded for the command sent with
+// requestID, as GetCommandResult does.
+func (p *pipeline) balanceAfter(t *testing.T, requestID string) int64 {
+	t.Helper()
+	rows, err := dedup.Results(t.Context(), p.pool, envelope.EventID(requestID))
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("results of %s: %v, %v; want one row", requestID, rows, err)
+	}
+	var res ledgerv1.CommandResult
+	if err := proto.Unmarshal(rows[0].Result, &res); err != nil {
+		t.Fatalf("result of %s: %v", requestID, err)
+	}
+	return res.GetBalanceAfter()
+}
+
 func (p *pipeline) count(t *testing.T, sql string, args ...any) int64 {
 	t.Helper()
 	var n int64

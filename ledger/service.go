@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/envelope"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
@@ -112,11 +114,13 @@ func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.
 	}), nil
 }
 
-// GetCommandResult reads a command's outcome by request ID or event ID: its
-// result once the applier decided it; quarantined, parked or dropped with the
-// reason when the quarantine holds it; otherwise pending or, when the request
-// carries a consistency token that is applied, unknown (never written at or
-// before the token).
+// GetCommandResult reads a command's outcome by request ID or event ID (within
+// an account when account_id is given): its result once the applier decided
+// it; quarantined, parked or dropped with the reason when the quarantine holds
+// it; otherwise pending or, when the request carries a consistency token that
+// is applied, unknown (never written at or before the token). A request ID
+// used for several accounts names several commands: without account_id that
+// is invalid_argument, listing them.
 func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[ledgerv1.GetCommandResultRequest]) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
 	var id uuid.UUID
 	switch ref := req.Msg.GetRef().(type) {
@@ -129,18 +133,40 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	if err := s.await(ctx, tok); err != nil {
 		return nil, err
 	}
-	out := &ledgerv1.GetCommandResultResponse{EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_PENDING}
-	var status int16
-	err := s.pool.QueryRow(ctx, `SELECT status, reason, balance_after FROM command_results WHERE event_id = $1`, [16]byte(id)).
-		Scan(&status, &out.Reason, &out.BalanceAfter)
-	switch {
-	case err == nil:
-		out.Status = ledgerv1.CommandStatus(status)
-		return connect.NewResponse(out), nil
-	case !errors.Is(err, pgx.ErrNoRows):
+	account := req.Msg.GetAccountId()
+	out := &ledgerv1.GetCommandResultResponse{EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_PENDING, AccountId: account}
+	rows, err := dedup.Results(ctx, s.pool, id)
+	if err != nil {
 		return nil, readError(err)
 	}
-	outcome, reason, err := applier.QuarantineOutcome(ctx, s.pool, s.topic, id)
+	var found []dedup.Row
+	for _, r := range rows {
+		if account == "" || r.Key == account || r.Key == "" { // "": recorded before rows named their account
+			found = append(found, r)
+		}
+	}
+	switch {
+	case len(found) > 1:
+		accounts := make([]string, len(found))
+		for i, r := range found {
+			accounts[i] = r.Key
+		}
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(
+			"this request_id names %d commands, one for each of the accounts %s: give account_id to say which", len(found), strings.Join(accounts, ", ")))
+	case len(found) == 1:
+		r := found[0]
+		out.Status, out.Reason = ledgerv1.CommandStatus(r.Outcome), r.Reason
+		if r.Key != "" {
+			out.AccountId = r.Key
+		}
+		var res ledgerv1.CommandResult
+		if err := proto.Unmarshal(r.Result, &res); err != nil {
+			return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("the recorded result of event %s is not a CommandResult: %s", id, applier.ProtoError(err)))
+		}
+		out.BalanceAfter = res.GetBalanceAfter()
+		return connect.NewResponse(out), nil
+	}
+	outcome, reason, err := applier.QuarantineOutcome(ctx, s.pool, s.topic, id, account)
 	if err != nil {
 		return nil, readError(err)
 	}

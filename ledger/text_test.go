@@ -145,7 +145,7 @@ func TestRecordWithUnstorableTextQuarantined(t *testing.T) {
 			}
 		})
 	}
-	if n := p.count(t, `SELECT count(*) FROM command_results WHERE account_id = $1`, key); n != 1 {
+	if n := p.count(t, `SELECT count(*) FROM processed_events WHERE aggregate = $1`, key); n != 1 {
 		t.Errorf("%d command results for %s, want 1 (the open; the poison deposits are not applied)", n, key)
 	}
 	if s := app.Stats(); s.Quarantined != 2 || s.Applied != 3 {

@@ -18,7 +18,7 @@ import (
 
 var benchVerb = verb{
 	name:    "bench",
-	summary: "measure the pipeline on this machine: Postgres ceiling, applier drain, ingest, end to end, memory",
+	summary: "measure the pipeline on this machine: hand-written references, applier drain, ingest, end to end, memory",
 	example: "heed bench --duration 5s --rss-events 200000",
 	new:     func() command { return new(benchCmd) },
 }
@@ -48,7 +48,7 @@ type benchCmd struct {
 func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.dbURL, "database-url", "", "Postgres URL bench may create and drop schemas in; empty: the local server at 127.0.0.1:5432 (database heed), else a private cluster under --data-dir")
 	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where a private Postgres is kept if one is needed")
-	fs.IntVar(&c.events, "events", 200_000, "deposits written in the ceiling and drain phases")
+	fs.IntVar(&c.events, "events", 200_000, "deposits written in the references and drain phases")
 	fs.IntVar(&c.naiveEvents, "naive-events", 0, "deposits applied one per transaction (default: events/40, at least 1,000)")
 	fs.IntVar(&c.accounts, "accounts", 10_000, "accounts the deposits spread over")
 	fs.IntVar(&c.partitions, "partitions", defaultPartitions, "partitions of every benchmark topic")

@@ -43,7 +43,8 @@ func TestBenchBinaryJSON(t *testing.T) {
 		t.Fatalf("stdout is not one JSON object: %v\n%s", err, stdout.String())
 	}
 	for _, key := range []string{
-		"ceiling_batched_events_per_s", "ceiling_copy_events_per_s", "applier_events_per_s", "naive_events_per_s",
+		"peer_batched_events_per_s", "floor_events_per_s", "applier_events_per_s", "naive_events_per_s",
+		"applier_to_peer_batched_ratio", "applier_to_floor_ratio", "ordered_ids_applier_events_per_s", "ordered_ids_floor_events_per_s",
 		"ingest_rps", "noop_rps", "ingest_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "rss_peak_mib", "rss_events_per_s",
 		"ingest_cpu_us_per_command", "noop_cpu_us_per_command", "ingest_records_per_produce_request",
 		"applier_cpu_us_per_event",
@@ -56,8 +57,10 @@ func TestBenchBinaryJSON(t *testing.T) {
 	if n, _ := got["rss_events"].(float64); n != 20100 {
 		t.Errorf("rss_events = %v, want 20100 (100 opens, 20,000 deposits)", got["rss_events"])
 	}
-	if runs, _ := got["ceiling_batched_runs_events_per_s"].([]any); len(runs) != 2 {
-		t.Errorf("ceiling_batched_runs_events_per_s = %v, want 2 runs (before and after the drain)", got["ceiling_batched_runs_events_per_s"])
+	for _, key := range []string{"peer_batched_runs_events_per_s", "floor_runs_events_per_s"} {
+		if runs, _ := got[key].([]any); len(runs) != 2 {
+			t.Errorf("%s = %v, want 2 runs (before and after the drain)", key, got[key])
+		}
 	}
 	if q, _ := got["rss_mib_at_25_50_75_100_pct"].([]any); len(q) != 4 {
 		t.Errorf("rss_mib_at_25_50_75_100_pct = %v, want 4 samples", got["rss_mib_at_25_50_75_100_pct"])

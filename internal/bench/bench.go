@@ -2,11 +2,13 @@
 // the embedded broker and a configured Postgres. Every phase measures in the
 // same run and checks its result against the database before it reports:
 //
-//   - ceiling: the rows the applier writes for each event (processed_events,
-//     command_results, the account balance), written by plain batched SQL and
-//     by COPY, with no heed code: what this Postgres can take;
+//   - references: two consumers written by hand, with no heed code, on the
+//     same events: peer_batched (a careful hand-written pipeline's batch
+//     statement) and floor (the least any correct consumer writes: COPY of
+//     the IDs and a summed upsert); see reference;
 //   - drain: the applier draining events produced straight to the topic (1%
-//     duplicates), and the same with one event per transaction (naive);
+//     duplicates), with random request IDs and again with time-ordered ones;
+//   - naive: the same with one event per transaction;
 //   - ingest: commands/s and latency over Connect with concurrent clients,
 //     next to a handler that does not produce, on the same server stack;
 //   - e2e: at a fixed offered load, the time from a command's ack to its
@@ -43,14 +45,14 @@ import (
 )
 
 // Phases are the phases Run knows, in the order it runs them.
-var Phases = []string{"ceiling", "drain", "naive", "ingest", "e2e", "rss"}
+var Phases = []string{"references", "drain", "naive", "ingest", "e2e", "rss"}
 
 // Config sizes a run. DatabaseURL is required; zero values take the defaults
 // documented on each field.
 type Config struct {
 	// DatabaseURL is a database the benchmark may create and drop schemas in.
 	DatabaseURL string
-	// Events is the number of deposits the ceiling and drain phases write
+	// Events is the number of deposits the references and drain phases write
 	// (default 200,000).
 	Events int
 	// NaiveEvents is the number of deposits applied one per transaction
@@ -157,18 +159,25 @@ type Result struct {
 	Accounts   int    `json:"accounts"`
 	Partitions int32  `json:"partitions"`
 
-	// CeilingBatched is the batched-SQL ceiling: with the drain phase, the
-	// mean of CeilingBatchedRuns, one run before the drain and one after it,
-	// so that the machine's drift during the phases weighs on both sides of
-	// the drain's ratio to it.
-	CeilingBatched     float64   `json:"ceiling_batched_events_per_s"`
-	CeilingBatchedRuns []float64 `json:"ceiling_batched_runs_events_per_s"`
-	CeilingCopy        float64   `json:"ceiling_copy_events_per_s"`
+	// PeerBatched and Floor are the references (see reference), with random
+	// request IDs: with the drain phase, each is the mean of its runs, one
+	// before the drain and one after it, so that the machine's drift during
+	// the phases weighs on both sides of the drain's ratios to them.
+	PeerBatched     float64   `json:"peer_batched_events_per_s"`
+	PeerBatchedRuns []float64 `json:"peer_batched_runs_events_per_s"`
+	Floor           float64   `json:"floor_events_per_s"`
+	FloorRuns       []float64 `json:"floor_runs_events_per_s"`
 
-	Applier          float64 `json:"applier_events_per_s"`
-	ApplierRecords   int     `json:"applier_records"`
-	ApplierDups      int64   `json:"applier_duplicates_skipped"`
-	ApplierToCeiling float64 `json:"applier_to_ceiling_ratio"`
+	// Applier is the drain with random request IDs.
+	Applier              float64 `json:"applier_events_per_s"`
+	ApplierRecords       int     `json:"applier_records"`
+	ApplierDups          int64   `json:"applier_duplicates_skipped"`
+	ApplierToPeerBatched float64 `json:"applier_to_peer_batched_ratio"`
+	ApplierToFloor       float64 `json:"applier_to_floor_ratio"`
+	// OrderedApplier and OrderedFloor are the drain and the floor again with
+	// time-ordered (UUIDv7) request IDs: what such IDs buy.
+	OrderedApplier float64 `json:"ordered_ids_applier_events_per_s"`
+	OrderedFloor   float64 `json:"ordered_ids_floor_events_per_s"`
 	// ApplierCPUPerEvent and ApplierFaultsPerEvent are this process's CPU time
 	// and minor page faults per record while the applier drained (the broker
 	// serving its fetches included).
@@ -252,9 +261,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("query the Postgres version at %s: %w", cfg.DatabaseURL, err)
 	}
 	var data *dataset
-	if cfg.runs("ceiling") || cfg.runs("drain") {
+	if cfg.runs("references") || cfg.runs("drain") {
 		e.progress("generating %d opens and %d deposits", cfg.Accounts, cfg.Events)
-		if data, err = newDataset(cfg.Accounts, cfg.Events); err != nil {
+		if data, err = newDataset(cfg.Accounts, cfg.Events, randomIDs); err != nil {
 			return nil, err
 		}
 	}
@@ -262,13 +271,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		name string
 		run  func(context.Context) error
 	}{
-		{"ceiling", func(ctx context.Context) error { return e.ceiling(ctx, data, r) }},
+		{"references", func(ctx context.Context) error { return e.references(ctx, data, r) }},
 		{"drain", func(ctx context.Context) error {
-			if err := e.drain(ctx, data, r); err != nil || !cfg.runs("ceiling") {
+			if err := e.drain(ctx, data, r); err != nil {
 				return err
 			}
-			e.settle(ctx) // the drain dropped the dataset; ceilingAgain makes its own
-			return e.ceilingAgain(ctx, r)
+			if cfg.runs("references") {
+				e.settle(ctx) // the drain dropped the dataset; referencesAgain makes its own
+				if err := e.referencesAgain(ctx, r); err != nil {
+					return err
+				}
+			}
+			e.settle(ctx)
+			return e.drainOrdered(ctx, r)
 		}},
 		{"naive", func(ctx context.Context) error { return e.naive(ctx, r) }},
 		{"ingest", func(ctx context.Context) error { return e.ingest(ctx, r) }},
@@ -290,14 +305,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		e.progress("%s phase done in %s", p.name, time.Since(start).Round(time.Millisecond))
 		if p.name == "drain" || !cfg.runs("drain") {
-			// Only ceiling and drain read the dataset: hundreds of MB of
+			// Only references and drain read the dataset: hundreds of MB of
 			// records that the GC would otherwise mark again and again
 			// through the later phases.
 			data = nil
 		}
 	}
-	if r.CeilingBatched > 0 && r.Applier > 0 {
-		r.ApplierToCeiling = r.Applier / r.CeilingBatched
+	if r.PeerBatched > 0 && r.Applier > 0 {
+		r.ApplierToPeerBatched = r.Applier / r.PeerBatched
+	}
+	if r.Floor > 0 && r.Applier > 0 {
+		r.ApplierToFloor = r.Applier / r.Floor
 	}
 	if r.Naive > 0 && r.Applier > 0 {
 		r.ApplierToNaive = r.Applier / r.Naive
@@ -309,7 +327,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 // settle starts a phase clean of the ones before it: Postgres writes out
-// what they left dirty (CHECKPOINT), so that a checkpoint of the ceiling's
+// what they left dirty (CHECKPOINT), so that a checkpoint of the references'
 // and drain's writes does not land in a later phase's measurement, and this
 // process collects their garbage. CHECKPOINT needs a superuser or
 // pg_checkpoint; without either the phases run anyway, and say so.
@@ -406,21 +424,29 @@ func (e *env) applierConfig(c applier.Config, topic, group string) applier.Confi
 	return c
 }
 
-// checkLedger verifies the ledger tables after applying: the balances sum to
-// deposits, every account exists and processed_events holds exactly events rows.
-// q is a pool or a transaction whose search_path is the phase's schema.
-func checkLedger(ctx context.Context, q interface {
+// checkLedger verifies the ledger tables after the applier applied: the
+// balances sum to deposits, every account exists and processed_events holds
+// exactly events rows. q is a pool or a transaction whose search_path is the
+// phase's schema.
+func checkLedger(ctx context.Context, q querier, accounts int, deposits, events int64) error {
+	return checkLedgerIn(ctx, q, "processed_events", accounts, deposits, events)
+}
+
+type querier interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, accounts int, deposits, events int64) error {
-	var sum, rows, processed, results int64
+}
+
+// checkLedgerIn is checkLedger with the processed IDs in table.
+func checkLedgerIn(ctx context.Context, q querier, table string, accounts int, deposits, events int64) error {
+	var sum, rows, processed int64
 	err := q.QueryRow(ctx, `SELECT (SELECT coalesce(sum(balance), 0) FROM accounts), (SELECT count(*) FROM accounts),
-(SELECT count(*) FROM processed_events), (SELECT count(*) FROM command_results)`).Scan(&sum, &rows, &processed, &results)
+(SELECT count(*) FROM `+pgx.Identifier{table}.Sanitize()+`)`).Scan(&sum, &rows, &processed)
 	if err != nil {
 		return fmt.Errorf("read the ledger back: %w", err)
 	}
-	if sum != deposits || rows != int64(accounts) || processed != events || results != events {
-		return fmt.Errorf("WRONG RESULT: balances sum to %d (want %d), %d accounts (want %d), %d processed events and %d command results (want %d each)",
-			sum, deposits, rows, accounts, processed, results, events)
+	if sum != deposits || rows != int64(accounts) || processed != events {
+		return fmt.Errorf("WRONG RESULT: balances sum to %d (want %d), %d accounts (want %d), %d processed events (want %d)",
+			sum, deposits, rows, accounts, processed, events)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
@@ -27,7 +28,7 @@ func TestRunSmall(t *testing.T) {
 		Clients:     8,
 		Duration:    300 * time.Millisecond,
 		Rate:        400,
-		Only:        []string{"ceiling", "drain", "naive", "ingest", "e2e"},
+		Only:        []string{"references", "drain", "naive", "ingest", "e2e"},
 		Progress:    &progress,
 		Logger:      testenv.Logger(t),
 	})
@@ -35,27 +36,38 @@ func TestRunSmall(t *testing.T) {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
 	}
 	for name, v := range map[string]float64{
-		"ceiling_batched_events_per_s": r.CeilingBatched,
-		"ceiling_copy_events_per_s":    r.CeilingCopy,
-		"applier_events_per_s":         r.Applier,
-		"naive_events_per_s":           r.Naive,
-		"ingest_rps":                   r.IngestRPS,
-		"noop_rps":                     r.NoopRPS,
-		"ingest_p99_ms":                r.IngestP99,
-		"e2e_p99_ms":                   r.E2EP99,
-		"applier_to_ceiling_ratio":     r.ApplierToCeiling,
-		"ingest_to_noop_ratio":         r.IngestToNoop,
-		"ingest_cpu_us_per_command":    r.IngestCPUPerCommand,
-		"noop_cpu_us_per_command":      r.NoopCPUPerCommand,
-		"applier_cpu_us_per_event":     r.ApplierCPUPerEvent,
+		"peer_batched_events_per_s":        r.PeerBatched,
+		"floor_events_per_s":               r.Floor,
+		"applier_events_per_s":             r.Applier,
+		"ordered_ids_applier_events_per_s": r.OrderedApplier,
+		"ordered_ids_floor_events_per_s":   r.OrderedFloor,
+		"applier_to_peer_batched_ratio":    r.ApplierToPeerBatched,
+		"applier_to_floor_ratio":           r.ApplierToFloor,
+		"naive_events_per_s":               r.Naive,
+		"ingest_rps":                       r.IngestRPS,
+		"noop_rps":                         r.NoopRPS,
+		"ingest_p99_ms":                    r.IngestP99,
+		"e2e_p99_ms":                       r.E2EP99,
+		"ingest_to_noop_ratio":             r.IngestToNoop,
+		"ingest_cpu_us_per_command":        r.IngestCPUPerCommand,
+		"noop_cpu_us_per_command":          r.NoopCPUPerCommand,
+		"applier_cpu_us_per_event":         r.ApplierCPUPerEvent,
 	} {
 		if v <= 0 {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
 	}
-	// The ceiling is measured before and after the drain; the ratio is to the mean.
-	if runs := r.CeilingBatchedRuns; len(runs) != 2 || runs[0] <= 0 || runs[1] <= 0 || r.CeilingBatched != (runs[0]+runs[1])/2 {
-		t.Errorf("batched ceiling %v from runs %v, want two positive runs and their mean", r.CeilingBatched, runs)
+	// The references are measured before and after the drain; the ratios are to the means.
+	for name, ref := range map[string]struct {
+		mean float64
+		runs []float64
+	}{"peer_batched": {r.PeerBatched, r.PeerBatchedRuns}, "floor": {r.Floor, r.FloorRuns}} {
+		if runs := ref.runs; len(runs) != 2 || runs[0] <= 0 || runs[1] <= 0 || ref.mean != (runs[0]+runs[1])/2 {
+			t.Errorf("%s %v from runs %v, want two positive runs and their mean", name, ref.mean, runs)
+		}
+	}
+	if r.ApplierToFloor != r.Applier/r.Floor || r.ApplierToPeerBatched != r.Applier/r.PeerBatched {
+		t.Errorf("ratios %v and %v are not the drain's %v to the references' %v and %v", r.ApplierToFloor, r.ApplierToPeerBatched, r.Applier, r.Floor, r.PeerBatched)
 	}
 	// Each caller has one command in flight at a time.
 	if n := r.IngestRecordsPerProduce; n < 1 || n > 8 {
@@ -75,7 +87,7 @@ func TestRunSmall(t *testing.T) {
 	if err := WriteTable(&table, r, Config{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Postgres ceiling, batched SQL", "before the drain", "applier drain", "one event per transaction", "ingest: no-op handler", "end to end"} {
+	for _, want := range []string{"reference: hand-written batch", "reference: floor", "before the drain", "applier drain", "UUIDv7 request IDs", "one event per transaction", "ingest: no-op handler", "end to end"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -139,7 +151,7 @@ func TestCheckLedgerCatchesWrongResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer drop()
-	data, err := newDataset(2, 4)
+	data, err := newDataset(2, 4, randomIDs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +159,14 @@ func TestCheckLedgerCatchesWrongResults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeBatchedSQL(ctx, tx, data.events); err != nil {
+	rows := make([]dedup.Row, len(data.events))
+	for i, ev := range data.events {
+		rows[i] = dedup.Row{Item: dedup.Item{ID: ev.id, Key: ev.account, Fingerprint: ev.fingerprint}, Outcome: dedup.Applied}
+	}
+	if err := dedup.Record(ctx, tx, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := upsertAccounts(ctx, tx, data.events); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(ctx); err != nil {

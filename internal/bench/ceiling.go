@@ -10,62 +10,94 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// ceiling writes the rows the applier would write for data, with plain SQL and
-// no heed code, in batches of the applier's size on as many connections as it
-// runs transactions at once: once with an unnest INSERT per table, once with
-// COPY for the per-event tables. The account upsert is one statement per batch
-// in both.
-func (e *env) ceiling(ctx context.Context, data *dataset, r *Result) error {
-	for _, c := range []struct {
-		phase string
-		write func(ctx context.Context, tx pgx.Tx, b []event) error
-		out   *float64
-	}{
-		{"ceiling_sql", writeBatchedSQL, &r.CeilingBatched},
-		{"ceiling_copy", writeCopy, &r.CeilingCopy},
-	} {
-		rate, err := e.ceilingRun(ctx, c.phase, data, c.write)
+// refBatch is the batch size of the reference writers: the size the
+// hand-written consumers heed is compared with use.
+const refBatch = 5000
+
+// A reference is a consumer written by hand for the benchmark's events, with
+// no heed code, on as many connections as the applier runs transactions at
+// once, each partition's events in log order, in batches of refBatch:
+//
+//   - peer_batched: the statement a careful hand-written pipeline sends for a
+//     batch (e.g. Bento with a batched SQL output): the event IDs inserted
+//     into a processed table ON CONFLICT DO NOTHING, then each account's
+//     summed amount upserted;
+//   - floor: the least any correct consumer can write for dedup plus state:
+//     COPY of the batch's IDs into a processed table, then the summed upsert.
+//     No outcomes, no fingerprints, no positions.
+type reference struct {
+	phase string
+	write func(ctx context.Context, tx pgx.Tx, b []event) error
+}
+
+var (
+	peerBatched = reference{"peer_batched", writePeerBatched}
+	floor       = reference{"floor", writeFloor}
+)
+
+// references measures both references on data, before the drain.
+func (e *env) references(ctx context.Context, data *dataset, r *Result) error {
+	for _, ref := range []struct {
+		reference
+		out *[]float64
+	}{{peerBatched, &r.PeerBatchedRuns}, {floor, &r.FloorRuns}} {
+		rate, err := e.referenceRun(ctx, ref.phase, data, ref.write)
 		if err != nil {
 			return err
 		}
-		*c.out = rate
-		e.progress("%s: %.0f events/s", c.phase, rate)
+		*ref.out = []float64{rate}
+		e.progress("%s: %.0f events/s", ref.phase, rate)
 	}
-	r.CeilingBatchedRuns = []float64{r.CeilingBatched}
+	r.PeerBatched, r.Floor = r.PeerBatchedRuns[0], r.FloorRuns[0]
 	return nil
 }
 
-// ceilingAgain runs the batched-SQL ceiling once more, on a dataset like the
-// first (generated anew: the drain dropped it), and makes the ceiling the mean
-// of both runs. Run calls it right after the drain, so that the ceiling is
+// referencesAgain measures both references once more, on a dataset like the
+// first (generated anew: the drain dropped it), and makes each the mean of its
+// two runs. Run calls it right after the drain, so that the references are
 // measured on both sides of it: this machine's speed drifts by a quarter
 // within minutes.
-func (e *env) ceilingAgain(ctx context.Context, r *Result) error {
-	data, err := newDataset(e.cfg.Accounts, e.cfg.Events)
+func (e *env) referencesAgain(ctx context.Context, r *Result) error {
+	data, err := newDataset(e.cfg.Accounts, e.cfg.Events, randomIDs)
 	if err != nil {
 		return err
 	}
-	rate, err := e.ceilingRun(ctx, "ceiling_sql_after", data, writeBatchedSQL)
-	if err != nil {
-		return err
+	for _, ref := range []struct {
+		reference
+		runs *[]float64
+		mean *float64
+	}{{peerBatched, &r.PeerBatchedRuns, &r.PeerBatched}, {floor, &r.FloorRuns, &r.Floor}} {
+		rate, err := e.referenceRun(ctx, ref.phase+"_after", data, ref.write)
+		if err != nil {
+			return err
+		}
+		*ref.runs = append(*ref.runs, rate)
+		*ref.mean = mean(*ref.runs)
+		e.progress("%s after the drain: %.0f events/s; the figure is the mean of %v: %.0f events/s", ref.phase, rate, *ref.runs, *ref.mean)
 	}
-	before := r.CeilingBatched
-	r.CeilingBatchedRuns = []float64{before, rate}
-	r.CeilingBatched = (before + rate) / 2
-	e.progress("ceiling_sql after the drain: %.0f events/s; the ceiling is the mean of %.0f and %.0f: %.0f events/s",
-		rate, before, rate, r.CeilingBatched)
 	return nil
 }
 
-func (e *env) ceilingRun(ctx context.Context, phase string, data *dataset, write func(context.Context, pgx.Tx, []event) error) (float64, error) {
-	batchSize, conc := e.cfg.Applier.MaxBatchRecords, e.cfg.Applier.Concurrency
+func mean(xs []float64) float64 {
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func (e *env) referenceRun(ctx context.Context, phase string, data *dataset, write func(context.Context, pgx.Tx, []event) error) (float64, error) {
+	conc := e.cfg.Applier.Concurrency
 	pool, _, drop, err := e.freshSchema(ctx, phase, int32(conc))
 	if err != nil {
 		return 0, err
 	}
 	defer drop()
+	if _, err := pool.Exec(ctx, `CREATE TABLE ref_processed (event_id uuid PRIMARY KEY)`); err != nil {
+		return 0, fmt.Errorf("%s: %w", phase, err)
+	}
 
-	// One stream per partition, in log order, as the applier sees them.
+	// One stream per partition, in log order, as a consumer sees them.
 	streams := make([][]event, e.cfg.Partitions)
 	for _, ev := range data.events {
 		p := accountPartition(ev.account, e.cfg.Partitions)
@@ -76,9 +108,9 @@ func (e *env) ceilingRun(ctx context.Context, phase string, data *dataset, write
 	g, gctx := errgroup.WithContext(ctx)
 	for _, s := range streams {
 		g.Go(func() error {
-			for i := 0; i < len(s); i += batchSize {
+			for i := 0; i < len(s); i += refBatch {
 				slots <- struct{}{}
-				err := pgx.BeginFunc(gctx, pool, func(tx pgx.Tx) error { return write(gctx, tx, s[i:min(i+batchSize, len(s))]) })
+				err := pgx.BeginFunc(gctx, pool, func(tx pgx.Tx) error { return write(gctx, tx, s[i:min(i+refBatch, len(s))]) })
 				<-slots
 				if err != nil {
 					return fmt.Errorf("%s: %w", phase, err)
@@ -91,14 +123,14 @@ func (e *env) ceilingRun(ctx context.Context, phase string, data *dataset, write
 		return 0, err
 	}
 	elapsed := time.Since(start)
-	if err := checkLedger(ctx, pool, data.accounts, data.deposits(), int64(len(data.events))); err != nil {
+	if err := checkLedgerIn(ctx, pool, "ref_processed", data.accounts, data.deposits(), int64(len(data.events))); err != nil {
 		return 0, fmt.Errorf("%s: %w", phase, err)
 	}
 	return float64(len(data.events)) / elapsed.Seconds(), nil
 }
 
-// accountPartition spreads accounts over partitions for the ceiling; any stable
-// spread does, since the ceiling has no broker.
+// accountPartition spreads accounts over partitions for the references; any
+// stable spread does, since they read no broker.
 func accountPartition(account string, partitions int32) int32 {
 	var h uint32 = 2166136261
 	for i := 0; i < len(account); i++ {
@@ -136,43 +168,21 @@ ON CONFLICT (account_id) DO UPDATE SET balance = accounts.balance + excluded.bal
 	return nil
 }
 
-func writeBatchedSQL(ctx context.Context, tx pgx.Tx, b []event) error {
+func writePeerBatched(ctx context.Context, tx pgx.Tx, b []event) error {
 	ids := make([][16]byte, len(b))
-	fps := make([]int64, len(b))
-	reqs := make([]string, len(b))
-	accts := make([]string, len(b))
-	statuses := make([]int16, len(b))
-	reasons := make([]string, len(b))
-	after := make([]int64, len(b))
 	for i, ev := range b {
-		ids[i], fps[i], reqs[i], accts[i], statuses[i], after[i] = ev.id, ev.fingerprint, ev.requestID, ev.account, 2, ev.balanceAfter
+		ids[i] = ev.id
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO processed_events (event_id, fingerprint) SELECT * FROM unnest($1::uuid[], $2::int8[])`, ids, fps); err != nil {
-		return fmt.Errorf("insert processed_events: %w", err)
+	if _, err := tx.Exec(ctx, `INSERT INTO ref_processed (event_id) SELECT * FROM unnest($1::uuid[]) ON CONFLICT DO NOTHING`, ids); err != nil {
+		return fmt.Errorf("insert processed ids: %w", err)
 	}
-	if err := upsertAccounts(ctx, tx, b); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO command_results (event_id, request_id, account_id, status, reason, balance_after)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::int8[])`, ids, reqs, accts, statuses, reasons, after); err != nil {
-		return fmt.Errorf("insert command_results: %w", err)
-	}
-	return nil
+	return upsertAccounts(ctx, tx, b)
 }
 
-func writeCopy(ctx context.Context, tx pgx.Tx, b []event) error {
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"processed_events"}, []string{"event_id", "fingerprint"},
-		pgx.CopyFromSlice(len(b), func(i int) ([]any, error) { return []any{[16]byte(b[i].id), b[i].fingerprint}, nil })); err != nil {
-		return fmt.Errorf("copy processed_events: %w", err)
+func writeFloor(ctx context.Context, tx pgx.Tx, b []event) error {
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"ref_processed"}, []string{"event_id"},
+		pgx.CopyFromSlice(len(b), func(i int) ([]any, error) { return []any{[16]byte(b[i].id)}, nil })); err != nil {
+		return fmt.Errorf("copy processed ids: %w", err)
 	}
-	if err := upsertAccounts(ctx, tx, b); err != nil {
-		return err
-	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"command_results"}, []string{"event_id", "request_id", "account_id", "status", "reason", "balance_after"},
-		pgx.CopyFromSlice(len(b), func(i int) ([]any, error) {
-			return []any{[16]byte(b[i].id), b[i].requestID, b[i].account, int16(2), "", b[i].balanceAfter}, nil
-		})); err != nil {
-		return fmt.Errorf("copy command_results: %w", err)
-	}
-	return nil
+	return upsertAccounts(ctx, tx, b)
 }

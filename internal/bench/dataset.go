@@ -12,9 +12,9 @@ import (
 	"github.com/heed-dev/heed/ingest"
 )
 
-// event is one ledger event of a benchmark's log, with the rows applying it
-// writes: its processed_events row (id, fingerprint), its command_results row
-// (balanceAfter) and its share of the account's balance (amount).
+// event is one ledger event of a benchmark's log, with what applying it
+// writes: its processed_events row (id, fingerprint, balanceAfter) and its
+// share of the account's balance (amount).
 type event struct {
 	account      string
 	requestID    string
@@ -35,10 +35,18 @@ type dataset struct {
 // accountName is the ID of account i.
 func accountName(i int) string { return fmt.Sprintf("acct-%d", i) }
 
+// Request IDs: random (UUIDv4, or any name, which heed hashes into a UUIDv5),
+// as most clients send them, or time-ordered (UUIDv7), which keep the
+// processed-event table's inserts near the end of its index.
+const (
+	randomIDs  = false
+	orderedIDs = true
+)
+
 // newDataset holds the log generate builds, in memory.
-func newDataset(accounts, deposits int) (*dataset, error) {
+func newDataset(accounts, deposits int, ordered bool) (*dataset, error) {
 	d := &dataset{accounts: accounts, events: make([]event, 0, accounts+deposits)}
-	err := generate(accounts, deposits, func(ev event) error {
+	err := generate(accounts, deposits, ordered, func(ev event) error {
 		d.events = append(d.events, ev)
 		return nil
 	})
@@ -49,11 +57,11 @@ func newDataset(accounts, deposits int) (*dataset, error) {
 }
 
 // generate calls emit with accounts opens, then deposits deposits of 1
-// round-robin over the accounts, in log order. Request IDs are UUIDv7s, as a
-// client that follows the README sends them, so event IDs are time-ordered.
-func generate(accounts, deposits int, emit func(event) error) error {
+// round-robin over the accounts, in log order, with random request IDs or, if
+// ordered, UUIDv7s (see randomIDs).
+func generate(accounts, deposits int, ordered bool, emit func(event) error) error {
 	for i := range accounts {
-		ev, err := newEvent(accountName(i), &ledgerv1.AccountOpened{AccountId: accountName(i)}, 0, 0)
+		ev, err := newEvent(accountName(i), &ledgerv1.AccountOpened{AccountId: accountName(i)}, 0, 0, ordered)
 		if err != nil {
 			return err
 		}
@@ -65,7 +73,7 @@ func generate(accounts, deposits int, emit func(event) error) error {
 	for i := range deposits {
 		a := i % accounts
 		balances[a]++
-		ev, err := newEvent(accountName(a), &ledgerv1.FundsDeposited{AccountId: accountName(a), Amount: 1}, 1, balances[a])
+		ev, err := newEvent(accountName(a), &ledgerv1.FundsDeposited{AccountId: accountName(a), Amount: 1}, 1, balances[a], ordered)
 		if err != nil {
 			return err
 		}
@@ -77,8 +85,11 @@ func generate(accounts, deposits int, emit func(event) error) error {
 }
 
 // newEvent is msg for account as ingest would produce it.
-func newEvent(account string, msg proto.Message, amount, balanceAfter int64) (event, error) {
-	requestID := uuid.Must(uuid.NewV7()).String()
+func newEvent(account string, msg proto.Message, amount, balanceAfter int64, ordered bool) (event, error) {
+	requestID := uuid.NewString()
+	if ordered {
+		requestID = uuid.Must(uuid.NewV7()).String()
+	}
 	env, err := ingest.NewEnvelope(account, requestID, msg)
 	if err != nil {
 		return event{}, err

@@ -27,11 +27,35 @@ func (e *env) drain(ctx context.Context, data *dataset, r *Result) error {
 	return nil
 }
 
+// drainOrdered measures the drain and the floor again on a dataset with
+// time-ordered (UUIDv7) request IDs: the second figure, what such IDs buy.
+func (e *env) drainOrdered(ctx context.Context, r *Result) error {
+	e.progress("generating %d opens and %d deposits with time-ordered request IDs", e.cfg.Accounts, e.cfg.Events)
+	data, err := newDataset(e.cfg.Accounts, e.cfg.Events, orderedIDs)
+	if err != nil {
+		return err
+	}
+	if e.cfg.runs("references") {
+		if r.OrderedFloor, err = e.referenceRun(ctx, "floor_ordered", data, writeFloor); err != nil {
+			return err
+		}
+		e.progress("floor, time-ordered request IDs: %.0f events/s", r.OrderedFloor)
+	}
+	e.settle(ctx)
+	res, err := e.drainRun(ctx, "drain_ordered", data, e.cfg.Applier)
+	if err != nil {
+		return err
+	}
+	r.OrderedApplier = res.rate
+	e.progress("drain, time-ordered request IDs: %d records at %.0f events/s", res.records, res.rate)
+	return nil
+}
+
 // naive is drain with one event per transaction, on a smaller log.
 func (e *env) naive(ctx context.Context, r *Result) error {
 	accounts := max(1, min(e.cfg.Accounts, e.cfg.NaiveEvents/10))
 	e.progress("naive: generating %d opens and %d deposits", accounts, e.cfg.NaiveEvents)
-	data, err := newDataset(accounts, e.cfg.NaiveEvents)
+	data, err := newDataset(accounts, e.cfg.NaiveEvents, randomIDs)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,7 @@ func (e *env) e2e(ctx context.Context, r *Result) error {
 	defer del()
 
 	// Open the accounts and apply the opens before the clock starts.
-	opens, err := newDataset(e.cfg.Accounts, 0)
+	opens, err := newDataset(e.cfg.Accounts, 0, randomIDs)
 	if err != nil {
 		return err
 	}

@@ -155,7 +155,7 @@ func (e *env) produceStream(ctx context.Context, cl *kgo.Client, accounts, depos
 		}
 		return nil
 	}
-	err := generate(accounts, deposits, func(ev event) error {
+	err := generate(accounts, deposits, randomIDs, func(ev event) error {
 		r := ev.rec
 		recs = append(recs, &r)
 		if len(recs) == chunk {

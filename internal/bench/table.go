@@ -14,20 +14,31 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "what\tfigure\tdetail")
 	batch, conc := cfg.Applier.MaxBatchRecords, cfg.Applier.Concurrency
-	if r.CeilingBatched > 0 {
-		runs := ""
-		if len(r.CeilingBatchedRuns) == 2 {
-			runs = fmt.Sprintf("; mean of %s before the drain and %s after", count(int(r.CeilingBatchedRuns[0])), count(int(r.CeilingBatchedRuns[1])))
+	if r.PeerBatched > 0 || r.Floor > 0 {
+		runs := func(xs []float64) string {
+			if len(xs) != 2 {
+				return ""
+			}
+			return fmt.Sprintf("; mean of %s before the drain and %s after", count(int(xs[0])), count(int(xs[1])))
 		}
-		fmt.Fprintf(tw, "Postgres ceiling, batched SQL\t%s events/s\tno heed code: one unnest statement per table, %s events per transaction, %d at once%s\n", count(int(r.CeilingBatched)), count(batch), conc, runs)
-		fmt.Fprintf(tw, "Postgres ceiling, COPY\t%s events/s\tCOPY for processed_events and command_results, one upsert for accounts\n", count(int(r.CeilingCopy)))
+		fmt.Fprintf(tw, "reference: hand-written batch\t%s events/s\tno heed code: IDs inserted ON CONFLICT DO NOTHING + summed account upsert, %s events per transaction, %d at once%s\n",
+			count(int(r.PeerBatched)), count(refBatch), conc, runs(r.PeerBatchedRuns))
+		fmt.Fprintf(tw, "reference: floor\t%s events/s\tCOPY of the IDs + summed account upsert, no outcomes%s\n", count(int(r.Floor)), runs(r.FloorRuns))
 	}
 	if r.Applier > 0 {
 		ratio := ""
-		if r.ApplierToCeiling > 0 {
-			ratio = fmt.Sprintf("%.2f × the batched ceiling; ", r.ApplierToCeiling)
+		if r.ApplierToPeerBatched > 0 {
+			ratio = fmt.Sprintf("%.2f × the hand-written batch, %.2f × the floor; ", r.ApplierToPeerBatched, r.ApplierToFloor)
 		}
-		fmt.Fprintf(tw, "applier drain\t%s events/s\t%s%s records from the topic, %s duplicates skipped; %.1f µs CPU per record (applier and broker)\n", count(int(r.Applier)), ratio, count(r.ApplierRecords), count(int(r.ApplierDups)), r.ApplierCPUPerEvent)
+		fmt.Fprintf(tw, "applier drain\t%s events/s\t%srandom request IDs, %s events per transaction; %s records from the topic, %s duplicates skipped; %.1f µs CPU per record (applier and broker)\n",
+			count(int(r.Applier)), ratio, count(batch), count(r.ApplierRecords), count(int(r.ApplierDups)), r.ApplierCPUPerEvent)
+	}
+	if r.OrderedApplier > 0 {
+		floor := ""
+		if r.OrderedFloor > 0 {
+			floor = fmt.Sprintf("; the floor with them: %s events/s", count(int(r.OrderedFloor)))
+		}
+		fmt.Fprintf(tw, "applier drain, UUIDv7 request IDs\t%s events/s\ttime-ordered IDs insert near the end of the processed-event index%s\n", count(int(r.OrderedApplier)), floor)
 	}
 	if r.Naive > 0 {
 		ratio := ""

@@ -174,6 +174,53 @@ func (x *FundsWithdrawn) GetAmount() int64 {
 	return 0
 }
 
+// CommandResult is what the applier records with a ledger command's outcome, as the
+// processed-event row's result bytes: GetCommandResult reads it back.
+type CommandResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account's balance right after the command (applied commands only).
+	BalanceAfter  int64 `protobuf:"varint,1,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandResult) Reset() {
+	*x = CommandResult{}
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandResult) ProtoMessage() {}
+
+func (x *CommandResult) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
+func (*CommandResult) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CommandResult) GetBalanceAfter() int64 {
+	if x != nil {
+		return x.BalanceAfter
+	}
+	return 0
+}
+
 var File_heed_ledger_v1_events_proto protoreflect.FileDescriptor
 
 const file_heed_ledger_v1_events_proto_rawDesc = "" +
@@ -189,7 +236,9 @@ const file_heed_ledger_v1_events_proto_rawDesc = "" +
 	"\x0eFundsWithdrawn\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x16\n" +
-	"\x06amount\x18\x02 \x01(\x03R\x06amountB\xb1\x01\n" +
+	"\x06amount\x18\x02 \x01(\x03R\x06amount\"4\n" +
+	"\rCommandResult\x12#\n" +
+	"\rbalance_after\x18\x01 \x01(\x03R\fbalanceAfterB\xb1\x01\n" +
 	"\x12com.heed.ledger.v1B\vEventsProtoP\x01Z4github.com/heed-dev/heed/gen/heed/ledger/v1;ledgerv1\xa2\x02\x03HLX\xaa\x02\x0eHeed.Ledger.V1\xca\x02\x0eHeed\\Ledger\\V1\xe2\x02\x1aHeed\\Ledger\\V1\\GPBMetadata\xea\x02\x10Heed::Ledger::V1b\x06proto3"
 
 var (
@@ -204,11 +253,12 @@ func file_heed_ledger_v1_events_proto_rawDescGZIP() []byte {
 	return file_heed_ledger_v1_events_proto_rawDescData
 }
 
-var file_heed_ledger_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_heed_ledger_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_heed_ledger_v1_events_proto_goTypes = []any{
 	(*AccountOpened)(nil),  // 0: heed.ledger.v1.AccountOpened
 	(*FundsDeposited)(nil), // 1: heed.ledger.v1.FundsDeposited
 	(*FundsWithdrawn)(nil), // 2: heed.ledger.v1.FundsWithdrawn
+	(*CommandResult)(nil),  // 3: heed.ledger.v1.CommandResult
 }
 var file_heed_ledger_v1_events_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -229,7 +279,7 @@ func file_heed_ledger_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heed_ledger_v1_events_proto_rawDesc), len(file_heed_ledger_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -600,8 +600,11 @@ type GetCommandResultRequest struct {
 	Ref isGetCommandResultRequest_Ref `protobuf_oneof:"ref"`
 	// Optional: a token from the command response; the read waits until that command is applied.
 	ConsistencyToken string `protobuf:"bytes,3,opt,name=consistency_token,json=consistencyToken,proto3" json:"consistency_token,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Optional: the account the command was for. A request_id identifies a command within its
+	// account; give account_id when the same request_id was used for several accounts.
+	AccountId     string `protobuf:"bytes,4,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetCommandResultRequest) Reset() {
@@ -666,6 +669,13 @@ func (x *GetCommandResultRequest) GetConsistencyToken() string {
 	return ""
 }
 
+func (x *GetCommandResultRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
 type isGetCommandResultRequest_Ref interface {
 	isGetCommandResultRequest_Ref()
 }
@@ -689,7 +699,9 @@ type GetCommandResultResponse struct {
 	// Why the command was rejected, quarantined, parked or dropped; empty otherwise.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The account's balance right after this command was applied (applied commands only).
-	BalanceAfter  int64 `protobuf:"varint,4,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
+	BalanceAfter int64 `protobuf:"varint,4,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
+	// The account the command was for, once the applier decided it.
+	AccountId     string `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -752,6 +764,13 @@ func (x *GetCommandResultResponse) GetBalanceAfter() int64 {
 	return 0
 }
 
+func (x *GetCommandResultResponse) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
 var File_heed_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
@@ -795,19 +814,23 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\aAccount\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x18\n" +
-	"\abalance\x18\x02 \x01(\x03R\abalance\"\xd1\x02\n" +
+	"\abalance\x18\x02 \x01(\x03R\abalance\"\x92\x03\n" +
 	"\x17GetCommandResultRequest\x12\xc9\x01\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
 	"\x11request_id.no_nul\x12imust not contain a NUL character (U+0000): request IDs are stored as Postgres text, which cannot hold one\x1a\x18!this.contains('\\u0000')r\x05\x10\x01\x18\x80\x01H\x00R\trequestId\x12%\n" +
 	"\bevent_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01H\x00R\aeventId\x125\n" +
-	"\x11consistency_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x10consistencyTokenB\f\n" +
-	"\x03ref\x12\x05\xbaH\x02\b\x01\"\xa9\x01\n" +
+	"\x11consistency_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x10consistencyToken\x12?\n" +
+	"\n" +
+	"account_id\x18\x04 \x01(\tB \xbaH\x1d\xd8\x01\x01r\x182\x16^[A-Za-z0-9_.-]{1,64}$R\taccountIdB\f\n" +
+	"\x03ref\x12\x05\xbaH\x02\b\x01\"\xc8\x01\n" +
 	"\x18GetCommandResultResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x125\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1d.heed.ledger.v1.CommandStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
-	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter*\xf7\x01\n" +
+	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId*\xf7\x01\n" +
 	"\rCommandStatus\x12\x1e\n" +
 	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1a\n" +
