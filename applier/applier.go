@@ -140,6 +140,10 @@ type Applier struct {
 	hard       context.Context
 	cancelHard context.CancelFunc
 
+	// optimistic is set when batches may skip the dedup lookup (see
+	// skipLookup): the processed-event table holds no row without a key.
+	optimistic atomic.Bool
+
 	mu    sync.Mutex
 	parts map[int32]*partition
 
@@ -213,6 +217,7 @@ func (a *Applier) Run(ctx context.Context) error {
 		a.cl.Close()
 		return err
 	}
+
 	outer := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

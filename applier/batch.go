@@ -63,6 +63,15 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		if w.ctx.Err() != nil {
 			return false
 		}
+		if errors.Is(err, dedup.ErrRecordedConcurrently) && w.lookups == 0 {
+			// The batch skipped the lookup (see skipLookup) and holds an
+			// event recorded before, most likely a duplicate in the topic:
+			// nothing failed; the retry looks up, and so do the next
+			// batches for a while.
+			w.lookups = lookupsAfterDuplicate
+			a.stats.lookupRetries.Add(1)
+			continue
+		}
 		a.stats.retries.Add(1)
 		class := Classify(err)
 		switch {
@@ -110,6 +119,21 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 			return false
 		}
 	}
+}
+
+// lookupsAfterDuplicate is how many batches of a partition look their event
+// IDs up after one found a duplicate: duplicates come in runs (a producer's
+// retried batch, a replayed range).
+const lookupsAfterDuplicate = 16
+
+// skipLookup says whether the next batch may skip the dedup lookup: the
+// table holds no row without a key, and no recent batch of the partition met
+// a duplicate. A batch that skips it and holds an event recorded before fails
+// on the processed-event primary key, rolls back and is retried at once with
+// the lookup: the key is the arbiter either way, and a stream without
+// duplicates (the usual case) saves one index probe per event.
+func (w *partition) skipLookup() bool {
+	return w.lookups == 0 && w.a.optimistic.Load()
 }
 
 // markPoison records that the record of batch at offset is poison, so that
@@ -179,7 +203,8 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 			decs[i].poison = reason
 		}
 		if decs[i].poison == "" {
-			items = append(items, dedup.Item{ID: decs[i].event.ID, Key: decs[i].event.AggregateID, Fingerprint: decs[i].fingerprint})
+			ev := &decs[i].event
+			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID)})
 			events = append(events, decs[i].event)
 		}
 	}
@@ -190,11 +215,11 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	}
 	defer release(conn) // rolls back unless COMMIT went through
 	pgarray.Register(conn.Conn().TypeMap())
-	t, err := w.begin(ctx, conn, next, items, events)
+	t, err := w.begin(ctx, conn, next, items, events, w.skipLookup())
 	if err != nil {
 		return err
 	}
-	out, err := sortBatch(decs, t.lookup, t.parked)
+	out, err := sortBatch(decs, items, t.lookup, t.parked)
 	if err != nil {
 		return err
 	}
@@ -209,6 +234,12 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 		}
 	}
 	w.suspect = -1
+	switch {
+	case out.dups > 0 || out.conflicts > 0:
+		w.lookups = lookupsAfterDuplicate
+	case w.lookups > 0:
+		w.lookups--
+	}
 	s := &a.stats
 	s.batches.Add(1)
 	s.applied.Add(int64(len(out.fresh)))

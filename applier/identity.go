@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/topic"
 )
 
@@ -14,7 +15,8 @@ const recheckInterval = 2 * time.Second
 
 // bindTopic checks that the broker's topic is the incarnation the projection
 // is built from (topic.Bind) and keeps the recorded partition count: the
-// partitions it does not cover are held. Failures to reach the broker or the
+// partitions it does not cover are held. It also finds whether batches may
+// skip the dedup lookup (see skipLookup). Failures to reach the broker or the
 // database are retried with backoff until ctx ends (then it returns nil). It
 // returns nil when the topic does not exist yet (it is checked again when
 // partitions are assigned), and an error that must stop the applier when the
@@ -41,6 +43,15 @@ func (a *Applier) bindTopic(ctx context.Context) error {
 }
 
 func (a *Applier) bindTopicOnce(ctx context.Context) error {
+	// While at it, find whether batches may skip the dedup lookup.
+	keyless, err := dedup.HasKeylessRows(ctx, a.pool)
+	if err != nil {
+		return err
+	}
+	a.optimistic.Store(!keyless)
+	if keyless {
+		a.log.Info("the processed-event table holds rows recorded before rows carried keys; every batch looks its event IDs up")
+	}
 	rec, err := topic.Verify(ctx, a.pool, a.cl, a.cfg.Topic)
 	switch {
 	case errors.Is(err, topic.ErrMissing):

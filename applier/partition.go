@@ -54,6 +54,9 @@ type partition struct {
 	// suspect is the offset of a lone record whose batch failed with an
 	// error an event can cause; failing again alone makes it poison.
 	suspect int64
+	// lookups is how many more batches look their event IDs up before the
+	// worker skips the lookup again (see skipLookup).
+	lookups int
 }
 
 func startPartition(a *Applier, p int32, pos int64) *partition {

@@ -174,7 +174,7 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 		var results []Result
 		if results, err = h.Apply(ctx, sp, []Event{d.event}); err == nil && results != nil {
 			var rows []dedup.Row
-			if rows, err = processedRows([]Event{d.event}, []int64{d.fingerprint}, results); err == nil {
+			if rows, err = processedRows([]dedup.Item{item}, results); err == nil {
 				err = dedup.SetOutcome(ctx, sp, rows[0])
 			}
 		}

@@ -20,21 +20,26 @@ type Stats struct {
 	Retries int64
 	// Stale is the number of batches rolled back because another member moved the position.
 	Stale int64
+	// LookupRetries is the number of batches that skipped the dedup lookup,
+	// met an event recorded before and were applied again with the lookup
+	// (not counted in Retries).
+	LookupRetries int64
 }
 
 type counters struct {
-	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale atomic.Int64
+	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale, lookupRetries atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
-		Batches:     c.batches.Load(),
-		Applied:     c.applied.Load(),
-		Duplicates:  c.duplicates.Load(),
-		Conflicts:   c.conflicts.Load(),
-		Quarantined: c.quarantined.Load(),
-		Parked:      c.parked.Load(),
-		Retries:     c.retries.Load(),
-		Stale:       c.stale.Load(),
+		Batches:       c.batches.Load(),
+		Applied:       c.applied.Load(),
+		Duplicates:    c.duplicates.Load(),
+		Conflicts:     c.conflicts.Load(),
+		Quarantined:   c.quarantined.Load(),
+		Parked:        c.parked.Load(),
+		Retries:       c.retries.Load(),
+		Stale:         c.stale.Load(),
+		LookupRetries: c.lookupRetries.Load(),
 	}
 }

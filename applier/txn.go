@@ -56,12 +56,12 @@ const parkedKeysSQL = `SELECT key FROM parked_keys WHERE topic = $1 AND partitio
 
 // begin sends the batch's first round trip on conn: BEGIN, the compare-and-set
 // of the applied position from w.next to next, the partition's parked keys,
-// the lookup of items' IDs and, for a BatchHandler, the reads Load queues for
-// events. The parked keys are read after the compare-and-set has locked the
+// the lookup of items' IDs (unless skipLookup) and, for a BatchHandler, the
+// reads Load queues for events. The parked keys are read after the compare-and-set has locked the
 // position row, which an operator's re-drive locks too, so they are current.
 // It returns errStale when the position moved, and any other failure
 // wrapped; release rolls back.
-func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event) (*txn, error) {
+func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event, skipLookup bool) (*txn, error) {
 	a := w.a
 	t := &txn{conn: conn}
 	b := &pgx.Batch{}
@@ -84,7 +84,11 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 		}
 		return rows.Err()
 	})
-	t.lookup = dedup.QueueLookup(b, items)
+	if skipLookup {
+		t.lookup = dedup.SkipLookup(items)
+	} else {
+		t.lookup = dedup.QueueLookup(b, items)
+	}
 	if bh, ok := a.handler.(BatchHandler); ok && len(events) > 0 {
 		t.loaded = bh.Load(b, events)
 	}
@@ -130,7 +134,7 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 		if err != nil {
 			return fmt.Errorf("apply events: %w", err)
 		}
-		rows, err := processedRows(fresh, out.fingerprints, results)
+		rows, err := processedRows(out.items, results)
 		if err != nil {
 			return err
 		}
@@ -146,15 +150,15 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	return nil
 }
 
-// processedRows pairs the new events with their fingerprints and the results
-// the handler returned for them (nil: all applied, no data).
-func processedRows(events []Event, fingerprints []int64, results []Result) ([]dedup.Row, error) {
-	if results != nil && len(results) != len(events) {
-		return nil, fmt.Errorf("apply events: the handler returned %d results for %d events", len(results), len(events))
+// processedRows pairs the new events' items with the results the handler
+// returned for the events (nil: all applied, no data).
+func processedRows(items []dedup.Item, results []Result) ([]dedup.Row, error) {
+	if results != nil && len(results) != len(items) {
+		return nil, fmt.Errorf("apply events: the handler returned %d results for %d events", len(results), len(items))
 	}
-	rows := make([]dedup.Row, len(events))
-	for i, ev := range events {
-		rows[i] = dedup.Row{Item: dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: fingerprints[i]}, Outcome: dedup.Applied}
+	rows := make([]dedup.Row, len(items))
+	for i, it := range items {
+		rows[i] = dedup.Row{Item: it, Outcome: dedup.Applied}
 		if results != nil {
 			r := results[i]
 			if r.Rejected {

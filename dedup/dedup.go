@@ -69,6 +69,17 @@ type Item struct {
 	ID          uuid.UUID
 	Key         string
 	Fingerprint int64
+	// KeyHash is KeyHash(Key) when the caller has it already, or 0: then
+	// it is computed where needed.
+	KeyHash int64
+}
+
+// hash is the item's key hash.
+func (it *Item) hash() int64 {
+	if it.KeyHash != 0 {
+		return it.KeyHash
+	}
+	return KeyHash(it.Key)
 }
 
 // KeyHash is how the processed-event table identifies an aggregate: the first
@@ -169,7 +180,7 @@ func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 	aggs := make(pgarray.Texts, len(items))
 	fps := make(pgarray.Int8s, len(items))
 	for i, it := range items {
-		ids[i], keys[i], aggs[i], fps[i] = it.ID, KeyHash(it.Key), it.Key, it.Fingerprint
+		ids[i], keys[i], aggs[i], fps[i] = it.ID, it.hash(), it.Key, it.Fingerprint
 	}
 	rows, err := q.Query(ctx, claimSQL, ids, keys, aggs, fps)
 	if err != nil {
@@ -234,7 +245,7 @@ type Execer interface {
 // when no such event is recorded.
 func SetOutcome(ctx context.Context, q Execer, r Row) error {
 	tag, err := q.Exec(ctx, `UPDATE processed_events SET status = $3, reason = $4, result = $5 WHERE event_id = $1 AND key_hash = $2`,
-		[16]byte(r.ID), KeyHash(r.Key), int16(r.Outcome), r.Reason, r.Result)
+		[16]byte(r.ID), r.hash(), int16(r.Outcome), r.Reason, r.Result)
 	if err != nil {
 		return fmt.Errorf("record the outcome of event %s: %w", r.ID, err)
 	}

@@ -71,11 +71,42 @@ func QueueLookup(b *pgx.Batch, items []Item) *Lookup {
 		ids := make(pgarray.UUIDs, len(items))
 		l.keys = make([]int64, len(items))
 		for i, it := range items {
-			ids[i], l.keys[i] = it.ID, KeyHash(it.Key)
+			ids[i], l.keys[i] = it.ID, it.hash()
 		}
 		b.Queue(fingerprintsSQL, ids).Query(l.collect)
 	}
 	return l
+}
+
+// SkipLookup is a Lookup that does not ask the database: every item is New
+// unless an earlier item of the same batch holds its event (then Duplicate or
+// Conflict, as Statuses says). It is for a batch that most likely holds no
+// event recorded before: Record then writes every New item, and an event
+// recorded before makes the COPY fail on the primary key
+// (ErrRecordedConcurrently), so that nothing is applied twice; the batch must
+// then be rolled back and retried with QueueLookup. It is only sound while
+// the table holds no row recorded before rows carried keys (see
+// HasKeylessRows), which a lookup matches and the primary key does not.
+func SkipLookup(items []Item) *Lookup {
+	l := &Lookup{items: items, keys: make([]int64, len(items)), stored: make(stored, len(items))}
+	for i, it := range items {
+		l.keys[i] = it.hash()
+	}
+	return l
+}
+
+// HasKeylessRows reports whether the table holds rows recorded before rows
+// carried keys (key_hash 0), which only a lookup recognises (see SkipLookup).
+func HasKeylessRows(ctx context.Context, q Querier) (bool, error) {
+	rows, err := q.Query(ctx, `SELECT EXISTS (SELECT 1 FROM processed_events WHERE key_hash = 0)`)
+	if err != nil {
+		return false, fmt.Errorf("look for processed events without a key: %w", err)
+	}
+	found, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[bool])
+	if err != nil {
+		return false, fmt.Errorf("look for processed events without a key: %w", err)
+	}
+	return found, nil
 }
 
 // Statuses returns, for each item in the order given to QueueLookup, whether it
@@ -165,7 +196,7 @@ func (s *rowSource) Next() bool {
 
 func (s *rowSource) Values() ([]any, error) {
 	r := &s.rows[s.i]
-	s.vals[0], s.vals[1], s.vals[2], s.vals[3] = [16]byte(r.ID), KeyHash(r.Key), r.Key, r.Fingerprint
+	s.vals[0], s.vals[1], s.vals[2], s.vals[3] = [16]byte(r.ID), r.hash(), r.Key, r.Fingerprint
 	s.vals[4], s.vals[5], s.vals[6] = int16(r.Outcome), r.Reason, r.Result
 	return s.vals, nil
 }

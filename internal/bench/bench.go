@@ -169,11 +169,25 @@ type Result struct {
 	FloorRuns       []float64 `json:"floor_runs_events_per_s"`
 
 	// Applier is the drain with random request IDs.
-	Applier              float64 `json:"applier_events_per_s"`
-	ApplierRecords       int     `json:"applier_records"`
-	ApplierDups          int64   `json:"applier_duplicates_skipped"`
+	Applier        float64 `json:"applier_events_per_s"`
+	ApplierRecords int     `json:"applier_records"`
+	ApplierDups    int64   `json:"applier_duplicates_skipped"`
+	// ApplyRate counts from the drain's first committed batch, leaving out
+	// the applier's start (joining the group, the first fetch), which takes
+	// ApplierStartup milliseconds: the rate the references are comparable
+	// with, which have no start.
+	ApplyRate            float64 `json:"apply_rate_events_per_s"`
+	ApplierStartup       float64 `json:"applier_startup_ms"`
 	ApplierToPeerBatched float64 `json:"applier_to_peer_batched_ratio"`
-	ApplierToFloor       float64 `json:"applier_to_floor_ratio"`
+	ApplyRateToFloor     float64 `json:"apply_rate_to_floor_ratio"`
+	ApplyRateToPeer      float64 `json:"apply_rate_to_peer_batched_ratio"`
+	// What Postgres spent per event (per record for the drain) in the first
+	// run of each reference and in the drain: CPU time of the postgres
+	// processes on this machine (0 for a remote server) and WAL bytes.
+	ApplierPostgres     perEvent `json:"applier_postgres_per_event"`
+	PeerBatchedPostgres perEvent `json:"peer_batched_postgres_per_event"`
+	FloorPostgres       perEvent `json:"floor_postgres_per_event"`
+	ApplierToFloor      float64  `json:"applier_to_floor_ratio"`
 	// OrderedApplier and OrderedFloor are the drain and the floor again with
 	// time-ordered (UUIDv7) request IDs: what such IDs buy.
 	OrderedApplier float64 `json:"ordered_ids_applier_events_per_s"`
@@ -316,6 +330,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if r.Floor > 0 && r.Applier > 0 {
 		r.ApplierToFloor = r.Applier / r.Floor
+		r.ApplyRateToFloor = r.ApplyRate / r.Floor
+	}
+	if r.PeerBatched > 0 && r.ApplyRate > 0 {
+		r.ApplyRateToPeer = r.ApplyRate / r.PeerBatched
 	}
 	if r.Naive > 0 && r.Applier > 0 {
 		r.ApplierToNaive = r.Applier / r.Naive

@@ -40,12 +40,13 @@ func (e *env) references(ctx context.Context, data *dataset, r *Result) error {
 	for _, ref := range []struct {
 		reference
 		out *[]float64
-	}{{peerBatched, &r.PeerBatchedRuns}, {floor, &r.FloorRuns}} {
-		rate, err := e.referenceRun(ctx, ref.phase, data, ref.write)
+		pg  *perEvent
+	}{{peerBatched, &r.PeerBatchedRuns, &r.PeerBatchedPostgres}, {floor, &r.FloorRuns, &r.FloorPostgres}} {
+		rate, pg, err := e.referenceRun(ctx, ref.phase, data, ref.write)
 		if err != nil {
 			return err
 		}
-		*ref.out = []float64{rate}
+		*ref.out, *ref.pg = []float64{rate}, pg
 		e.progress("%s: %.0f events/s", ref.phase, rate)
 	}
 	r.PeerBatched, r.Floor = r.PeerBatchedRuns[0], r.FloorRuns[0]
@@ -67,7 +68,7 @@ func (e *env) referencesAgain(ctx context.Context, r *Result) error {
 		runs *[]float64
 		mean *float64
 	}{{peerBatched, &r.PeerBatchedRuns, &r.PeerBatched}, {floor, &r.FloorRuns, &r.Floor}} {
-		rate, err := e.referenceRun(ctx, ref.phase+"_after", data, ref.write)
+		rate, _, err := e.referenceRun(ctx, ref.phase+"_after", data, ref.write)
 		if err != nil {
 			return err
 		}
@@ -86,15 +87,15 @@ func mean(xs []float64) float64 {
 	return s / float64(len(xs))
 }
 
-func (e *env) referenceRun(ctx context.Context, phase string, data *dataset, write func(context.Context, pgx.Tx, []event) error) (float64, error) {
+func (e *env) referenceRun(ctx context.Context, phase string, data *dataset, write func(context.Context, pgx.Tx, []event) error) (float64, perEvent, error) {
 	conc := e.cfg.Applier.Concurrency
 	pool, _, drop, err := e.freshSchema(ctx, phase, int32(conc))
 	if err != nil {
-		return 0, err
+		return 0, perEvent{}, err
 	}
 	defer drop()
 	if _, err := pool.Exec(ctx, `CREATE TABLE ref_processed (event_id uuid PRIMARY KEY)`); err != nil {
-		return 0, fmt.Errorf("%s: %w", phase, err)
+		return 0, perEvent{}, fmt.Errorf("%s: %w", phase, err)
 	}
 
 	// One stream per partition, in log order, as a consumer sees them.
@@ -104,6 +105,7 @@ func (e *env) referenceRun(ctx context.Context, phase string, data *dataset, wri
 		streams[p] = append(streams[p], ev)
 	}
 	slots := make(chan struct{}, conc)
+	pg0 := e.pgUsage(ctx)
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for _, s := range streams {
@@ -120,13 +122,15 @@ func (e *env) referenceRun(ctx context.Context, phase string, data *dataset, wri
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return 0, err
+		return 0, perEvent{}, err
 	}
 	elapsed := time.Since(start)
+	pg := e.pgUsage(ctx).since(pg0, len(data.events))
 	if err := checkLedgerIn(ctx, pool, "ref_processed", data.accounts, data.deposits(), int64(len(data.events))); err != nil {
-		return 0, fmt.Errorf("%s: %w", phase, err)
+		return 0, perEvent{}, fmt.Errorf("%s: %w", phase, err)
 	}
-	return float64(len(data.events)) / elapsed.Seconds(), nil
+	e.progress("%s: Postgres used %.1f µs of CPU and wrote %.0f bytes of WAL per event", phase, pg.CPU, pg.WAL)
+	return float64(len(data.events)) / elapsed.Seconds(), pg, nil
 }
 
 // accountPartition spreads accounts over partitions for the references; any

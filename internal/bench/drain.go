@@ -20,8 +20,11 @@ func (e *env) drain(ctx context.Context, data *dataset, r *Result) error {
 		return err
 	}
 	r.Applier, r.ApplierRecords, r.ApplierDups = res.rate, res.records, res.dups
+	r.ApplyRate, r.ApplierStartup, r.ApplierPostgres = res.applyRate, res.startup.Seconds()*1000, res.postgres
 	r.ApplierCPUPerEvent = float64(res.cpu.Nanoseconds()) / 1e3 / float64(res.records)
 	r.ApplierFaultsPerEvent = float64(res.faults) / float64(res.records)
+	e.progress("drain: the first batch committed %s after the applier started; from there on %.0f events/s; Postgres used %.1f µs of CPU and wrote %.0f bytes of WAL per record",
+		res.startup.Round(time.Millisecond), res.applyRate, res.postgres.CPU, res.postgres.WAL)
 	e.progress("drain: %d records (%d duplicates skipped) at %.0f events/s; this process (applier and broker) used %.1f µs of CPU and took %.2f page faults per record",
 		res.records, res.dups, res.rate, r.ApplierCPUPerEvent, r.ApplierFaultsPerEvent)
 	return nil
@@ -36,7 +39,7 @@ func (e *env) drainOrdered(ctx context.Context, r *Result) error {
 		return err
 	}
 	if e.cfg.runs("references") {
-		if r.OrderedFloor, err = e.referenceRun(ctx, "floor_ordered", data, writeFloor); err != nil {
+		if r.OrderedFloor, _, err = e.referenceRun(ctx, "floor_ordered", data, writeFloor); err != nil {
 			return err
 		}
 		e.progress("floor, time-ordered request IDs: %.0f events/s", r.OrderedFloor)
@@ -71,9 +74,14 @@ func (e *env) naive(ctx context.Context, r *Result) error {
 }
 
 type drainResult struct {
-	rate    float64
-	records int
-	dups    int64
+	// rate counts from the applier's start (joining the group, the first
+	// fetch) to its last record; applyRate from its first committed batch.
+	rate, applyRate float64
+	startup         time.Duration
+	// postgres is what Postgres spent per record.
+	postgres perEvent
+	records  int
+	dups     int64
 	// cpu and faults are what this process used while the applier drained.
 	cpu    time.Duration
 	faults int64
@@ -113,13 +121,20 @@ func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg app
 	defer cancel()
 	done := make(chan error, 1)
 	cpu0, faults0 := processUsage()
+	pg0 := e.pgUsage(ctx)
 	start := time.Now()
 	go func() { done <- a.Run(runCtx) }()
 	want := int64(nRecs)
 	lastReport := start
+	var first time.Time // when the first batch committed
+	var firstN int64    // records it held
 	for {
 		s := a.Stats()
-		if s.Applied+s.Duplicates+s.Conflicts+s.Quarantined >= want {
+		n := s.Applied + s.Duplicates + s.Conflicts + s.Quarantined
+		if first.IsZero() && n > 0 {
+			first, firstN = time.Now(), n
+		}
+		if n >= want {
 			break
 		}
 		select {
@@ -139,6 +154,7 @@ func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg app
 	}
 	elapsed := time.Since(start)
 	cpu1, faults1 := processUsage()
+	pg := e.pgUsage(ctx).since(pg0, nRecs)
 	cancel()
 	if err := <-done; err != nil {
 		return drainResult{}, fmt.Errorf("applier: %w", err)
@@ -151,5 +167,10 @@ func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg app
 	if err := checkLedger(ctx, pool, accounts, deposits, nEvents); err != nil {
 		return drainResult{}, err
 	}
-	return drainResult{rate: float64(nRecs) / elapsed.Seconds(), records: nRecs, dups: s.Duplicates, cpu: cpu1 - cpu0, faults: faults1 - faults0}, nil
+	res := drainResult{rate: float64(nRecs) / elapsed.Seconds(), records: nRecs, dups: s.Duplicates, cpu: cpu1 - cpu0, faults: faults1 - faults0,
+		startup: first.Sub(start), postgres: pg}
+	if d := start.Add(elapsed).Sub(first); d > 0 && int64(nRecs) > firstN {
+		res.applyRate = float64(int64(nRecs)-firstN) / d.Seconds()
+	}
+	return res, nil
 }

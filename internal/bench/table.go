@@ -32,6 +32,15 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 		}
 		fmt.Fprintf(tw, "applier drain\t%s events/s\t%srandom request IDs, %s events per transaction; %s records from the topic, %s duplicates skipped; %.1f µs CPU per record (applier and broker)\n",
 			count(int(r.Applier)), ratio, count(batch), count(r.ApplierRecords), count(int(r.ApplierDups)), r.ApplierCPUPerEvent)
+		ratio = ""
+		if r.ApplyRateToPeer > 0 {
+			ratio = fmt.Sprintf("%.2f × the hand-written batch, %.2f × the floor; ", r.ApplyRateToPeer, r.ApplyRateToFloor)
+		}
+		fmt.Fprintf(tw, "applier drain, from its first batch\t%s events/s\t%sleaves out the %.0f ms to join the group and fetch\n", count(int(r.ApplyRate)), ratio, r.ApplierStartup)
+	}
+	if r.ApplierPostgres.WAL > 0 {
+		fmt.Fprintf(tw, "Postgres per event\t%.1f µs CPU, %.0f B WAL\tdrain; the hand-written batch %.1f µs, %.0f B; the floor %.1f µs, %.0f B (CPU: postgres processes on this machine)\n",
+			r.ApplierPostgres.CPU, r.ApplierPostgres.WAL, r.PeerBatchedPostgres.CPU, r.PeerBatchedPostgres.WAL, r.FloorPostgres.CPU, r.FloorPostgres.WAL)
 	}
 	if r.OrderedApplier > 0 {
 		floor := ""
