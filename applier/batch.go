@@ -46,7 +46,8 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		}
 		cur := rest[:min(size, len(rest))]
 		ctx, cancel := context.WithTimeout(w.ctx, a.cfg.BatchTimeout)
-		err := w.applyOnce(ctx, cur)
+		skipped := w.skipLookup()
+		err := w.applyOnce(ctx, cur, skipped)
 		cancel()
 		<-a.slots
 		if err == nil {
@@ -63,13 +64,19 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		if w.ctx.Err() != nil {
 			return false
 		}
-		if errors.Is(err, dedup.ErrRecordedConcurrently) && w.lookups == 0 {
-			// The batch skipped the lookup (see skipLookup) and holds an
-			// event recorded before, most likely a duplicate in the topic:
-			// nothing failed; the retry looks up, and so do the next
-			// batches for a while.
+		if skipped {
+			// The attempt skipped the lookup (see skipLookup): it may have
+			// failed on an event recorded before (a duplicate in the topic
+			// fails the processed-event key, or the handler, which should
+			// never have seen it). Its failure decides nothing: the retry
+			// looks up, at once, and so do the next batches for a while.
 			w.lookups = lookupsAfterDuplicate
+			a.stats.retries.Add(1)
 			a.stats.lookupRetries.Add(1)
+			if !errors.Is(err, dedup.ErrRecordedConcurrently) {
+				a.log.Debug("a batch that skipped the dedup lookup failed; applying it again with the lookup", "partition", w.p,
+					"first_offset", cur[0].Offset, "records", len(cur), "err", err)
+			}
 			continue
 		}
 		a.stats.retries.Add(1)
@@ -128,10 +135,14 @@ const lookupsAfterDuplicate = 16
 
 // skipLookup says whether the next batch may skip the dedup lookup: the
 // table holds no row without a key, and no recent batch of the partition met
-// a duplicate. A batch that skips it and holds an event recorded before fails
-// on the processed-event primary key, rolls back and is retried at once with
-// the lookup: the key is the arbiter either way, and a stream without
-// duplicates (the usual case) saves one index probe per event.
+// a duplicate or failed. A batch that skips it and holds an event recorded
+// before fails on the processed-event primary key (if nothing failed before),
+// rolls back and is retried at once with the lookup: the key is the arbiter
+// either way, and a stream without duplicates (the usual case) saves one
+// index probe per event. A batch that skipped it and failed in any other way
+// is retried at once with the lookup too, so that whether an event is
+// quarantined is never decided from an attempt that treated a duplicate as
+// new.
 func (w *partition) skipLookup() bool {
 	return w.lookups == 0 && w.a.optimistic.Load()
 }
@@ -190,7 +201,7 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 // transaction recorded in between fails the second on its key: that rolls
 // everything back, and the retry finds it. batch is not empty and starts at
 // the applied position (applyBatch trims what lies below it).
-func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
+func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLookup bool) error {
 	a := w.a
 	next := batch[len(batch)-1].Offset + 1
 
@@ -215,7 +226,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record) error {
 	}
 	defer release(conn) // rolls back unless COMMIT went through
 	pgarray.Register(conn.Conn().TypeMap())
-	t, err := w.begin(ctx, conn, next, items, events, w.skipLookup())
+	t, err := w.begin(ctx, conn, next, items, events, skipLookup)
 	if err != nil {
 		return err
 	}

@@ -50,13 +50,13 @@ func checkPath(t *testing.T, form string, c *counter) {
 	}
 }
 
-// A batch of new events costs two pipelined batches and a COPY (of the
-// processed-event rows) for a BatchHandler, and the same plus Apply's own
-// statements for a plain Handler: no dedup lookup while no duplicate came.
-// A batch holding a duplicate fails its COPY on the key and is applied again
-// at once with the lookup, which brings the stored fingerprints: one batch and
-// one COPY and a ROLLBACK more, then the two batches of a transaction with
-// nothing new.
+// A batch of new events costs two pipelined batches for a BatchHandler, and
+// the same plus Apply's own statements for a plain Handler: no dedup lookup
+// while no duplicate came, and the processed-event rows go with the commit.
+// A batch holding a duplicate fails on the processed-event key and is applied
+// again at once with the lookup, which brings the stored fingerprints: two
+// batches and a ROLLBACK more. A batch of hundreds of new events records them
+// by COPY instead, in round trips of its own.
 func TestRoundTrips(t *testing.T) {
 	for _, hc := range handlers() {
 		t.Run(hc.name, func(t *testing.T) {
@@ -81,8 +81,8 @@ func TestRoundTrips(t *testing.T) {
 			if hc.name == "plain" {
 				wantQueries = 2 * txs // the counter's Apply: one read, one write
 			}
-			if b, q, cp := s.trips.batches.Load(), s.trips.queries.Load(), s.trips.copies.Load(); b != 2*txs || q != wantQueries || cp != txs {
-				t.Errorf("%d transactions sent %d batches, %d COPYs and %d single statements, want %d, %d and %d", txs, b, cp, q, 2*txs, txs, wantQueries)
+			if b, q, cp := s.trips.batches.Load(), s.trips.queries.Load(), s.trips.copies.Load(); b != 2*txs || q != wantQueries || cp != 0 {
+				t.Errorf("%d transactions sent %d batches, %d COPYs and %d single statements, want %d, 0 and %d", txs, b, cp, q, 2*txs, wantQueries)
 			}
 
 			s.produce(t, recs[0])
@@ -96,11 +96,28 @@ func TestRoundTrips(t *testing.T) {
 			if hc.name == "plain" {
 				wantQueries2 += 2 // Apply ran in that attempt
 			}
-			if b, q, cp := s.trips.batches.Load(), s.trips.queries.Load(), s.trips.copies.Load(); b != 2*txs+3 || q != wantQueries2 || cp != txs+1 {
-				t.Errorf("a batch of one duplicate sent %d batches, %d COPYs and %d single statements, want 3, 1 and %d", b-2*txs, cp-txs, q-wantQueries, wantQueries2-wantQueries)
+			if b, q, cp := s.trips.batches.Load(), s.trips.queries.Load(), s.trips.copies.Load(); b != 2*txs+4 || q != wantQueries2 || cp != 0 {
+				t.Errorf("a batch of one duplicate sent %d batches, %d COPYs and %d single statements, want 4, 0 and %d", b-2*txs, cp, q-wantQueries, wantQueries2-wantQueries)
 			}
 			if st := app.Stats(); st.LookupRetries != 1 {
 				t.Errorf("stats %+v, want 1 lookup retry", st)
+			}
+
+			// Hundreds of new events at once: their rows go by COPY.
+			copies := s.trips.copies.Load()
+			var many []*kgo.Record
+			for i := range 1500 {
+				many = append(many, record(t, fmt.Sprint("k", i%3), fmt.Sprint("m", i), 1))
+			}
+			s.produce(t, many...)
+			testenv.Eventually(t, 20*time.Second, func() string {
+				if st := app.Stats(); st.Applied != 1520 {
+					return fmt.Sprintf("stats %+v, want 1520 applied", st)
+				}
+				return ""
+			})
+			if cp := s.trips.copies.Load() - copies; cp < 1 {
+				t.Errorf("1,500 new events in a few batches were recorded with %d COPYs, want at least 1", cp)
 			}
 		})
 	}

@@ -20,9 +20,9 @@ type Stats struct {
 	Retries int64
 	// Stale is the number of batches rolled back because another member moved the position.
 	Stale int64
-	// LookupRetries is the number of batches that skipped the dedup lookup,
-	// met an event recorded before and were applied again with the lookup
-	// (not counted in Retries).
+	// LookupRetries is the number of Retries of batch attempts that skipped
+	// the dedup lookup and failed (most often on an event recorded before, a
+	// duplicate), retried at once with the lookup.
 	LookupRetries int64
 }
 

@@ -115,8 +115,9 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 
 // commit applies out.fresh (a BatchHandler queues its writes; a plain
 // Handler's Apply runs with the transaction), records the new events with
-// their results by COPY, then sends the last round trip: the handler's
-// writes, the quarantine and parking of out.bad and COMMIT. Failures are
+// their results (by COPY when there are copyMinRows or more), then sends the
+// last round trip: the handler's writes, the INSERT of fewer new events, the
+// quarantine and parking of out.bad and COMMIT. Failures are
 // returned wrapped; release rolls back.
 func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	a := w.a
@@ -138,7 +139,9 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 		if err != nil {
 			return err
 		}
-		if err := dedup.Record(ctx, t.conn, rows); err != nil {
+		if len(rows) < copyMinRows {
+			dedup.QueueRecord(b, rows)
+		} else if err := dedup.Record(ctx, t.conn, rows); err != nil {
 			return err
 		}
 	}
@@ -149,6 +152,13 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	}
 	return nil
 }
+
+// copyMinRows is the fewest new events a batch records by COPY; fewer go as
+// one INSERT in the round trip that commits. COPY writes rows for less, but
+// costs round trips of its own (the table's column types, then the copy):
+// one event per transaction went from ~1,500 to ~600 events/s with COPY for
+// every batch (docs/BENCHMARKS.md, issue 18).
+const copyMinRows = 500
 
 // processedRows pairs the new events' items with the results the handler
 // returned for the events (nil: all applied, no data).

@@ -162,15 +162,56 @@ func Record(ctx context.Context, c Copier, rows []Row) error {
 		return nil
 	}
 	n, err := c.CopyFrom(ctx, pgx.Identifier{"processed_events"}, copyColumns, copyRows(rows))
+	if err != nil {
+		return recordError(err)
+	}
+	if n != int64(len(rows)) {
+		return fmt.Errorf("record event ids: copied %d rows of %d", n, len(rows))
+	}
+	return nil
+}
+
+// recordSQL is QueueRecord's INSERT: a plain one, so that an event recorded
+// since the lookup fails it on the primary key instead of being skipped.
+const recordSQL = `INSERT INTO processed_events (event_id, key_hash, aggregate, fingerprint, status, reason, result)
+SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int2[], $6::text[], $7::bytea[])`
+
+// QueueRecord queues onto b the INSERT of rows, as Record writes them: for a
+// few rows, one statement in a pipelined batch costs less than COPY's own
+// round trips. Its errors come out of b's results, wrapped as Record's are.
+// It queues nothing for no rows.
+func QueueRecord(b *pgx.Batch, rows []Row) {
+	if len(rows) == 0 {
+		return
+	}
+	var (
+		ids     = make(pgarray.UUIDs, len(rows))
+		keys    = make(pgarray.Int8s, len(rows))
+		aggs    = make(pgarray.Texts, len(rows))
+		fps     = make(pgarray.Int8s, len(rows))
+		status  = make(pgarray.Int2s, len(rows))
+		reasons = make(pgarray.Texts, len(rows))
+		results = make([][]byte, len(rows))
+	)
+	for i := range rows {
+		r := &rows[i]
+		ids[i], keys[i], aggs[i], fps[i] = r.ID, r.hash(), r.Key, r.Fingerprint
+		status[i], reasons[i], results[i] = int16(r.Outcome), r.Reason, r.Result
+	}
+	b.Queue(recordSQL, ids, keys, aggs, fps, status, reasons, results).Fn = func(br pgx.BatchResults) error {
+		_, err := br.Exec()
+		return recordError(err)
+	}
+}
+
+// recordError wraps an error of Record or QueueRecord.
+func recordError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.TableName == "processed_events" { // unique_violation
 		return fmt.Errorf("record event ids: %w (%w)", ErrRecordedConcurrently, err)
 	}
 	if err != nil {
 		return fmt.Errorf("record event ids: %w", err)
-	}
-	if n != int64(len(rows)) {
-		return fmt.Errorf("record event ids: copied %d rows of %d", n, len(rows))
 	}
 	return nil
 }
