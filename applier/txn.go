@@ -155,9 +155,9 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 
 // copyMinRows is the fewest new events a batch records by COPY; fewer go as
 // one INSERT in the round trip that commits. COPY writes rows for less, but
-// costs round trips of its own (the table's column types, then the copy):
-// one event per transaction went from ~1,500 to ~600 events/s with COPY for
-// every batch (docs/BENCHMARKS.md, issue 18).
+// costs round trips of its own (the table's column types, then the copy),
+// which small batches, the usual ones at moderate load, pay for every few
+// events (docs/BENCHMARKS.md, issue 18).
 const copyMinRows = 500
 
 // processedRows pairs the new events' items with the results the handler

@@ -165,7 +165,8 @@ func (l *loaded) read(rows pgx.Rows) error {
 // Queue decides events in log order in memory, from the accounts Load read and
 // the effects of the events before them, queues onto b the writes of the
 // changed accounts and returns every event's result: rejected with the reason,
-// or applied, with the balance after it as a CommandResult. It returns an
+// or applied, with the balance after it (as it stays, when rejected) as a
+// CommandResult. It returns an
 // error, and queues nothing, when the read has not arrived or an event's
 // account was not loaded.
 func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) ([]applier.Result, error) {
@@ -179,10 +180,9 @@ func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) ([]applier.Result, 
 			return nil, fmt.Errorf("decide event %s: account %q was not loaded", ev.ID, ev.AggregateID)
 		}
 		if reason := decide(a, ev.Payload); reason != "" {
-			results[i] = applier.Result{Rejected: true, Reason: reason}
-			continue
+			results[i].Rejected, results[i].Reason = true, reason
 		}
-		results[i].Data = commandResult(a.balance)
+		results[i].Data = commandResult(a.balance) // after the event, or as it stays when rejected
 	}
 	queueAccounts(b, l.accounts)
 	return results, nil

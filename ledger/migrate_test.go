@@ -91,7 +91,7 @@ VALUES ('t', 0, 9, 'poison', 'bad; dropped by ops', $1, 'acct-3', '\x00', 'dropp
 		balance int64
 	}{
 		{applied, "acct-1", dedup.Applied, "", 250},
-		{rejected, "acct-1", dedup.Rejected, "insufficient funds", 0},
+		{rejected, "acct-1", dedup.Rejected, "insufficient funds", 250},
 		{big, "acct-2", dedup.Applied, "", 9223372036854775807},
 		{dropped, "", dedup.Dropped, "bad; dropped by ops", 0},
 	} {
@@ -122,7 +122,7 @@ VALUES ('t', 0, 9, 'poison', 'bad; dropped by ops', $1, 'acct-3', '\x00', 'dropp
 		t.Errorf("the table command_results still exists (%d, %v)", n, err)
 	}
 	// The view left in its place reads the balances back, for SQL readers.
-	for id, want := range map[uuid.UUID]int64{applied: 250, big: 9223372036854775807, rejected: 0} {
+	for id, want := range map[uuid.UUID]int64{applied: 250, big: 9223372036854775807, rejected: 250} {
 		var got int64
 		if err := pool.QueryRow(ctx, `SELECT balance_after FROM command_results WHERE event_id = $1`, id).Scan(&got); err != nil || got != want {
 			t.Errorf("command_results view: balance_after %d (%v), want %d", got, err, want)

@@ -2,7 +2,8 @@
 -- Command outcomes move into the processed-event table (one row per event):
 -- each command_results row fills in its event's processed row, keyed by its
 -- account from now on, with the balance after it as a heed.ledger.v1.
--- CommandResult message (field 1, a varint). Events an operator dropped from
+-- CommandResult message (field 1, a varint; for a rejected command, the
+-- balance it left unchanged). Events an operator dropped from
 -- the quarantine get the status dropped.
 -- +goose StatementBegin
 CREATE FUNCTION heed_command_result(balance bigint) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -23,7 +24,7 @@ $$;
 -- +goose StatementEnd
 UPDATE processed_events p
 SET key_hash = CASE c.h WHEN 0 THEN 1 ELSE c.h END, aggregate = c.account_id, status = c.status, reason = c.reason,
-    result = CASE WHEN c.status = 2 THEN heed_command_result(c.balance_after) END
+    result = heed_command_result(c.balance_after)
 FROM (SELECT *, ('x' || left(md5(account_id), 16))::bit(64)::bigint AS h FROM command_results) c
 WHERE p.event_id = c.event_id;
 UPDATE processed_events p SET status = 6, reason = q.reason

@@ -178,7 +178,8 @@ func (x *FundsWithdrawn) GetAmount() int64 {
 // processed-event row's result bytes: GetCommandResult reads it back.
 type CommandResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The account's balance right after the command (applied commands only).
+	// The account's balance right after the command: after it when applied, as it stayed when
+	// rejected.
 	BalanceAfter  int64 `protobuf:"varint,1,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

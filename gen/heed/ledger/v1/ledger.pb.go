@@ -698,7 +698,8 @@ type GetCommandResultResponse struct {
 	Status  CommandStatus          `protobuf:"varint,2,opt,name=status,proto3,enum=heed.ledger.v1.CommandStatus" json:"status,omitempty"`
 	// Why the command was rejected, quarantined, parked or dropped; empty otherwise.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	// The account's balance right after this command was applied (applied commands only).
+	// The account's balance right after this command was decided: after it when applied, as it
+	// stayed when rejected.
 	BalanceAfter int64 `protobuf:"varint,4,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
 	// The account the command was for, once the applier decided it.
 	AccountId     string `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
