@@ -154,3 +154,62 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeRules checks each rule the applier applies to an envelope before a
+// Handler sees it, one record breaking one rule each: every such record is
+// poison, with a reason that names the rule, and a record breaking none is an
+// event. Dropping any one rule fails its case.
+func TestDecodeRules(t *testing.T) {
+	payload, err := anypb.New(wrapperspb.Int64(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(edit func(*envelopev1.Envelope)) []byte {
+		e := &envelopev1.Envelope{
+			EventId: envelope.EventID("r-1").String(), Type: "google.protobuf.Int64Value",
+			RequestId: "r-1", AggregateId: "k", Payload: payload,
+		}
+		if edit != nil {
+			edit(e)
+		}
+		b, err := proto.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cases := []struct {
+		name   string
+		key    string
+		value  []byte
+		poison string // "" for an event
+	}{
+		{"valid", "k", env(nil), ""},
+		{"not an envelope", "k", []byte("not an event"), "undecodable envelope"},
+		{"event_id not a UUID", "k", env(func(e *envelopev1.Envelope) { e.EventId = "42" }), `invalid event_id "42"`},
+		{"event_id missing", "k", env(func(e *envelopev1.Envelope) { e.EventId = "" }), `invalid event_id ""`},
+		{"no payload", "k", env(func(e *envelopev1.Envelope) { e.Payload = nil }), "envelope has no payload"},
+		{"type is not the payload's", "k", env(func(e *envelopev1.Envelope) { e.Type = "google.protobuf.StringValue" }),
+			`envelope type "google.protobuf.StringValue" does not match payload type "google.protobuf.Int64Value"`},
+		{"key is not the aggregate_id", "other", env(nil), `record key "other" does not match envelope aggregate_id "k"`},
+		{"no key", "", env(nil), `record key "" does not match envelope aggregate_id "k"`},
+		{"rejected by the handler", "k", env(func(e *envelopev1.Envelope) {
+			p, _ := anypb.New(wrapperspb.Int64(0))
+			e.Payload = p
+		}), "increment 0 is below 1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ev, poison := applier.DecodeRecord(new(counter), &kgo.Record{Key: []byte(c.key), Value: c.value})
+			if c.poison == "" {
+				if poison != "" || ev.AggregateID != "k" || ev.ID != envelope.EventID("r-1") || ev.RequestID != "r-1" || ev.Payload == nil {
+					t.Errorf("event %+v, poison %q; want the envelope's event", ev, poison)
+				}
+				return
+			}
+			if !strings.Contains(poison, c.poison) {
+				t.Errorf("poison %q, want it to contain %q", poison, c.poison)
+			}
+		})
+	}
+}

@@ -443,3 +443,99 @@ func TestDatabaseAheadOfTopic(t *testing.T) {
 		t.Fatalf("Run with a position beyond the topic's end: %v, want topic.ErrAheadOfTopic naming partition %d", err, tok.Partition)
 	}
 }
+
+// A partition resumes from the applied position in Postgres, not from the
+// group's committed offset: with the positions rewound and the committed
+// offsets left at the end of the topic, a new applier reads the whole topic
+// again and finds every record a duplicate. An applier that trusted the
+// committed offsets would read nothing.
+func TestResumeFromAppliedPositionNotCommittedOffset(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{partitions: 2})
+	app := p.startApplier(t)
+	p.open(t, "open-h", "hana")
+	p.open(t, "open-i", "ines")
+	p.deposit(t, "dep-h", "hana", 40)
+	last := p.deposit(t, "dep-i", "ines", 2)
+	p.waitApplied(t, last.GetConsistencyToken())
+	app.stop(t)
+	ends := p.endOffsets(t)
+	var records int64
+	for part, end := range ends {
+		records += end
+		testenv.Eventually(t, 10*time.Second, func() string {
+			if c := p.committed(t, part); c != end {
+				return fmt.Sprintf("partition %d committed offset %d, want %d (the end)", part, c, end)
+			}
+			return ""
+		})
+	}
+	if _, err := p.pool.Exec(t.Context(), `UPDATE applied_positions SET next_offset = 0`); err != nil {
+		t.Fatalf("rewind applied positions: %v", err)
+	}
+
+	replay := p.startApplier(t)
+	testenv.Eventually(t, 20*time.Second, func() string {
+		if s := replay.Stats(); s.Duplicates != records {
+			return fmt.Sprintf("replay stats %+v, want %d duplicates (every record, re-read from the applied position 0)", s, records)
+		}
+		return ""
+	})
+	if s := replay.Stats(); s.Applied != 0 {
+		t.Errorf("replay stats = %+v, want nothing applied", s)
+	}
+	if got, want := p.balances(t), map[string]int64{"hana": 40, "ines": 2}; !maps.Equal(got, want) {
+		t.Errorf("balances = %v, want %v", got, want)
+	}
+}
+
+// Events of one batch apply in log order around a poison record of another
+// account: open, junk, deposit 10, withdraw 4 leaves 6 (the withdrawal after
+// the deposit, both after the open). Applying the events after the poison
+// record before the ones before it would reject the deposit and the
+// withdrawal.
+func TestBatchOrderAroundPoison(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{})
+	const acct = "pia"
+	recs := []*kgo.Record{
+		rawRecord(t, "open-p", acct, &ledgerv1.AccountOpened{AccountId: acct}),
+		{Key: []byte("zed"), Value: []byte("junk, not an envelope")},
+		rawDeposit(t, "dep-p", acct, 10),
+		rawRecord(t, "wd-p", acct, &ledgerv1.FundsWithdrawn{AccountId: acct, Amount: 4}),
+	}
+	p.produceRaw(t, recs...) // one partition, produced before the applier starts: one batch
+	app := p.startApplier(t)
+	testenv.Eventually(t, 20*time.Second, func() string {
+		if s := app.Stats(); s.Applied != 3 || s.Quarantined != 1 {
+			return fmt.Sprintf("stats %+v, want 3 applied, 1 quarantined", s)
+		}
+		return ""
+	})
+	if s := app.Stats(); s.Batches != 1 {
+		t.Errorf("the records took %d batches, want one: the order within a batch is what this test checks", s.Batches)
+	}
+	if got, want := p.balances(t), map[string]int64{acct: 6}; !maps.Equal(got, want) {
+		t.Errorf("balances = %v, want %v", got, want)
+	}
+	for _, id := range []string{"open-p", "dep-p", "wd-p"} {
+		if r := p.result(t, id, ""); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED {
+			t.Errorf("%s: %v %q, want applied", id, r.GetStatus(), r.GetReason())
+		}
+	}
+}
+
+// rawRecord is msg for account as a record written around ingest.
+func rawRecord(t *testing.T, requestID, account string, msg proto.Message) *kgo.Record {
+	t.Helper()
+	payload, err := anypb.New(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := proto.Marshal(&envelopev1.Envelope{
+		EventId: envelope.EventID(requestID).String(), Type: string(msg.ProtoReflect().Descriptor().FullName()),
+		RequestId: requestID, AggregateId: account, Payload: payload,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Key: []byte(account), Value: v}
+}
