@@ -72,6 +72,16 @@ type Config struct {
 	// connection that stopped answering (a black-holed network, a server
 	// that hangs) frees its slot; the batch is then retried (default 30s).
 	BatchTimeout time.Duration
+	// SessionTimeout is how long the group waits for a member that stopped
+	// heartbeating (a SIGKILL, a lost host) before it hands its partitions to
+	// the others (default 10s; Kafka's client default is 45s, which left
+	// partitions idle that long after a crash). A member that stops cleanly
+	// leaves the group at once.
+	SessionTimeout time.Duration
+	// RebalanceTimeout is how long a rebalance waits for every member to
+	// rejoin, which includes finishing in-flight batches of revoked
+	// partitions: it must exceed ShutdownGrace (default ShutdownGrace + 20s).
+	RebalanceTimeout time.Duration
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
@@ -101,6 +111,12 @@ func (c *Config) setDefaults() {
 	if c.BatchTimeout <= 0 {
 		c.BatchTimeout = 30 * time.Second
 	}
+	if c.SessionTimeout <= 0 {
+		c.SessionTimeout = 10 * time.Second
+	}
+	if c.RebalanceTimeout <= 0 {
+		c.RebalanceTimeout = c.ShutdownGrace + 20*time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -117,6 +133,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Group == "" {
 		errs = append(errs, errors.New("no consumer group: set --group or HEED_GROUP"))
+	}
+	if c.RebalanceTimeout > 0 && c.ShutdownGrace > 0 && c.RebalanceTimeout <= c.ShutdownGrace {
+		errs = append(errs, fmt.Errorf("group rebalance timeout %v is not above the shutdown grace %v: a rebalance would give up on a member still finishing its batches; raise --group-rebalance-timeout or lower --shutdown-timeout", c.RebalanceTimeout, c.ShutdownGrace))
 	}
 	return errors.Join(errs...)
 }
@@ -186,6 +205,9 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		kgo.FetchMaxWait(500 * time.Millisecond),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(time.Second),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
+		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/4)),
 		kgo.AdjustFetchOffsetsFn(a.assigned),
 		kgo.OnPartitionsRevoked(a.revoked),
 		kgo.OnPartitionsLost(a.lost),

@@ -22,6 +22,9 @@ const (
 	// DefaultIdleTimeout closes a keep-alive connection with no request for this
 	// long.
 	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultShutdownTimeout is how long Serve lets in-flight requests finish
+	// once its context ends.
+	DefaultShutdownTimeout = 10 * time.Second
 )
 
 // ServerOption changes a limit of a Server from its default.
@@ -50,6 +53,17 @@ func WithTimeouts(read, idle time.Duration) ServerOption {
 		}
 		if idle > 0 {
 			s.idleTimeout = idle
+		}
+	}
+}
+
+// WithShutdownTimeout sets how long Serve lets in-flight requests finish once
+// its context ends, before it closes their connections (default
+// DefaultShutdownTimeout; d < 1 keeps it).
+func WithShutdownTimeout(d time.Duration) ServerOption {
+	return func(s *Server) {
+		if d > 0 {
+			s.shutdownTimeout = d
 		}
 	}
 }

@@ -65,6 +65,7 @@ type Server struct {
 
 	maxRequestBytes          int
 	readTimeout, idleTimeout time.Duration
+	shutdownTimeout          time.Duration
 }
 
 // NewServer returns an empty Server with the default limits, changed by opts.
@@ -78,6 +79,7 @@ func NewServer(logger *slog.Logger, opts ...ServerOption) *Server {
 		maxRequestBytes: DefaultMaxRequestBytes,
 		readTimeout:     DefaultReadTimeout,
 		idleTimeout:     DefaultIdleTimeout,
+		shutdownTimeout: DefaultShutdownTimeout,
 	}
 	for _, o := range opts {
 		o(s)
@@ -119,7 +121,8 @@ func Listen(addr string) (net.Listener, error) {
 }
 
 // Serve serves on ln until ctx ends, then stops accepting, lets in-flight
-// requests finish for up to 10s and returns nil.
+// requests finish for up to the shutdown timeout (WithShutdownTimeout),
+// closes what is still open and returns nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -140,9 +143,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	s.logger.Info("stopping: no new connections; in-flight requests get the shutdown timeout to finish", "timeout", s.shutdownTimeout)
+	shutdown, cancel := context.WithTimeout(context.Background(), s.shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdown); err != nil {
+		s.logger.Warn("in-flight requests did not finish within the shutdown timeout; closing their connections", "timeout", s.shutdownTimeout)
 		srv.Close()
 	}
 	return nil

@@ -25,6 +25,7 @@ func (c *applyCmd) flags(fs *flag.FlagSet) {
 	c.kafka.register(fs, true)
 	c.db.register(fs, "", "Postgres URL to apply to, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	c.apply.register(fs)
+	registerShutdown(fs, &c.apply.shutdownTimeout)
 	c.log.register(fs)
 }
 
@@ -46,7 +47,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 
 // validate checks every flag before apply starts anything.
 func (c *applyCmd) validate(logger *slog.Logger) error {
-	if err := firstError(c.db.validate(), c.apply.validateBatch()); err != nil {
+	if err := firstError(c.db.validate(), c.apply.validateBatch(), positive("shutdown-timeout", c.apply.shutdownTimeout)); err != nil {
 		return err
 	}
 	cfg := applierConfig(logger, c.kafka, c.apply)

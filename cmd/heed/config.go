@@ -112,6 +112,14 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: use text or json", l.format)
 }
 
+// shutdownUsage is --shutdown-timeout's help, for serve, apply and dev.
+const shutdownUsage = "after SIGTERM or Ctrl-C, how long in-flight work gets to finish (requests answered; batches committed, then offsets committed and the group left) before it is cut off; a second signal exits at once, and the next start resumes from what the database holds"
+
+// registerShutdown registers --shutdown-timeout into d.
+func registerShutdown(fs *flag.FlagSet, d *time.Duration) {
+	fs.DurationVar(d, "shutdown-timeout", 10*time.Second, shutdownUsage)
+}
+
 // applyFlags tune the applier.
 type applyFlags struct {
 	group        string
@@ -119,10 +127,16 @@ type applyFlags struct {
 	batchBytes   int
 	batchLinger  time.Duration
 	concurrency  int
+	// shutdownTimeout is --shutdown-timeout (registered by the verb).
+	shutdownTimeout time.Duration
+	// sessionTimeout and rebalanceTimeout are the consumer group's.
+	sessionTimeout, rebalanceTimeout time.Duration
 }
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.group, "group", defaultGroup, "the applier's Kafka consumer group")
+	fs.DurationVar(&a.sessionTimeout, "group-session-timeout", 10*time.Second, "how long the group waits for an applier that stopped heartbeating (killed, host lost) before its partitions move to the others")
+	fs.DurationVar(&a.rebalanceTimeout, "group-rebalance-timeout", 0, "how long a rebalance waits for every applier to rejoin, finishing in-flight batches; above --shutdown-timeout (default: --shutdown-timeout + 20s)")
 	a.registerBatch(fs)
 }
 
@@ -155,6 +169,8 @@ type serveFlags struct {
 	readWaitMax    time.Duration
 
 	maxRequestBytes int
+	// shutdownTimeout is --shutdown-timeout (registered by the verb).
+	shutdownTimeout time.Duration
 }
 
 func (s *serveFlags) register(fs *flag.FlagSet) {

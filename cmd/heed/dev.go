@@ -37,12 +37,14 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL; empty: the local server at 127.0.0.1:5432 (database heed), else a private cluster under --data-dir")
 	c.serve.register(fs)
 	c.apply.register(fs)
+	registerShutdown(fs, &c.serve.shutdownTimeout)
 	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data, one heed dev or broker at a time")
 	fs.StringVar(&c.brokerListen, "broker-listen", devstack.DefaultBrokerListen, "address the embedded broker serves the Kafka protocol on")
 	c.log.register(fs)
 }
 
 func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+	c.apply.shutdownTimeout = c.serve.shutdownTimeout // one --shutdown-timeout for both
 	logger, err := c.log.logger(stderr)
 	if err != nil {
 		return err

@@ -136,7 +136,7 @@ func (w *bannerWriter) Write(p []byte) (int, error) {
 type process struct {
 	cmd    *exec.Cmd
 	stdout *bannerWriter
-	stderr *syncBuffer
+	stderr *bannerWriter
 	done   chan struct{}
 	err    error // set before done closes
 }
@@ -152,7 +152,25 @@ func startDev(tb testing.TB, bin string, args ...string) *process {
 // The process is killed in tb.Cleanup if still running.
 func startHeed(tb testing.TB, bin, marker string, args ...string) *process {
 	tb.Helper()
-	p := &process{cmd: exec.Command(bin, args...), stdout: newBannerWriter(marker), stderr: new(syncBuffer), done: make(chan struct{})}
+	return startProcess(tb, bin, newBannerWriter(marker), newBannerWriter(""), args...)
+}
+
+// startHeedLog starts `bin args...` and waits until its log (stderr) shows
+// marker: serve and apply print nothing on stdout.
+func startHeedLog(tb testing.TB, bin, marker string, args ...string) *process {
+	tb.Helper()
+	return startProcess(tb, bin, newBannerWriter(""), newBannerWriter(marker), args...)
+}
+
+// startProcess starts `bin args...` and waits until out or errw, whichever
+// has a marker, has seen it.
+func startProcess(tb testing.TB, bin string, out, errw *bannerWriter, args ...string) *process {
+	tb.Helper()
+	marker, ready := out.marker, out.ready
+	if marker == "" {
+		marker, ready = errw.marker, errw.ready
+	}
+	p := &process{cmd: exec.Command(bin, args...), stdout: out, stderr: errw, done: make(chan struct{})}
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -168,7 +186,7 @@ func startHeed(tb testing.TB, bin, marker string, args ...string) *process {
 		}
 	})
 	select {
-	case <-p.stdout.ready:
+	case <-ready:
 	case <-p.done:
 		tb.Fatalf("heed exited before printing %q: %v\nstdout:\n%s\nstderr:\n%s", marker, p.err, p.stdout.String(), p.stderr.String())
 	case <-time.After(60 * time.Second):

@@ -21,6 +21,7 @@ func main() {
 	go func() {
 		<-ctx.Done()
 		stop() // from now on a second signal kills the process at once
+		fmt.Fprintln(os.Stderr, "heed: stopping (in-flight work gets --shutdown-timeout where the verb has it); a second signal exits at once")
 	}()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }

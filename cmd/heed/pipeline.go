@@ -57,14 +57,17 @@ func ingestConfig(logger *slog.Logger, kafka kafkaFlags, sf serveFlags) ingest.C
 // applierConfig is the applier's configuration from the flags.
 func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier.Config {
 	return applier.Config{
-		Brokers:         kafka.brokerList(),
-		Topic:           kafka.topic,
-		Group:           af.group,
-		MaxBatchRecords: af.batchRecords,
-		MaxBatchBytes:   af.batchBytes,
-		Linger:          af.batchLinger,
-		Concurrency:     af.concurrency,
-		Logger:          logger,
+		Brokers:          kafka.brokerList(),
+		Topic:            kafka.topic,
+		Group:            af.group,
+		MaxBatchRecords:  af.batchRecords,
+		MaxBatchBytes:    af.batchBytes,
+		Linger:           af.batchLinger,
+		Concurrency:      af.concurrency,
+		ShutdownGrace:    af.shutdownTimeout,
+		SessionTimeout:   af.sessionTimeout,
+		RebalanceTimeout: af.rebalanceTimeout,
+		Logger:           logger,
 	}
 }
 
@@ -101,7 +104,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	if ready != nil {
 		ready()
 	}
-	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes))
+	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes), ingest.WithShutdownTimeout(sf.shutdownTimeout))
 	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
 	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)

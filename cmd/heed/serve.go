@@ -27,6 +27,7 @@ func (c *serveCmd) flags(fs *flag.FlagSet) {
 	c.kafka.register(fs, true)
 	c.db.register(fs, "", "Postgres URL for the read side, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	c.serve.register(fs)
+	registerShutdown(fs, &c.serve.shutdownTimeout)
 	c.log.register(fs)
 }
 

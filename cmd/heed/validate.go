@@ -86,6 +86,8 @@ func (a *applyFlags) validateBatch() error {
 		atLeast("batch-bytes", a.batchBytes, 1),
 		notNegative("batch-linger", a.batchLinger),
 		atLeast("apply-concurrency", a.concurrency, 1),
+		notNegative("group-session-timeout", a.sessionTimeout),
+		notNegative("group-rebalance-timeout", a.rebalanceTimeout),
 	)
 }
 
@@ -96,6 +98,7 @@ func (s *serveFlags) validate() error {
 		positive("produce-timeout", s.produceTimeout),
 		positive("read-wait-max", s.readWaitMax),
 		atLeast("max-request-bytes", s.maxRequestBytes, 1024),
+		positive("shutdown-timeout", s.shutdownTimeout),
 	); err != nil {
 		return err
 	}
