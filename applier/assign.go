@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/heed-dev/heed/internal/failpoint"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -65,6 +66,7 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 // revoked stops the workers of revoked partitions, letting in-flight batches
 // commit or roll back, then commits what they marked.
 func (a *Applier) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	failpoint.Hit("apply/revoke")
 	a.release(revoked[a.cfg.Topic], "revoked")
 	if err := cl.CommitMarkedOffsets(ctx); err != nil {
 		a.log.Warn("commit offsets on revoke failed; the next owner resumes from the database position", "err", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/internal/failpoint"
 	"github.com/heed-dev/heed/pgarray"
 )
 
@@ -51,6 +52,7 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		cancel()
 		<-a.slots
 		if err == nil {
+			failpoint.Hit("apply/after-commit")
 			a.cl.MarkCommitRecords(cur[len(cur)-1])
 			rest = rest[len(cur):]
 			size = len(rest) // the rest may well apply whole
@@ -230,6 +232,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 	if err != nil {
 		return err
 	}
+	failpoint.Hit("apply/after-lookup")
 	out, err := sortBatch(decs, items, t.lookup, t.parked)
 	if err != nil {
 		return err

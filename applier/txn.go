@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/internal/failpoint"
 )
 
 // A batch transaction runs on one connection taken from the pool, as pipelined
@@ -147,6 +148,7 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	}
 	queueQuarantine(b, a.cfg.Topic, w.p, out.bad, out.blocked)
 	b.Queue("COMMIT").Exec(checkCommitted)
+	failpoint.Hit("apply/before-commit")
 	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write and commit: %w", err)
 	}

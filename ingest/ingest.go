@@ -25,6 +25,7 @@ import (
 	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/envelope"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+	"github.com/heed-dev/heed/internal/failpoint"
 )
 
 // Record headers set on every event, for tools that do not decode protobuf.
@@ -242,6 +243,7 @@ func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, 
 	if err := <-done; err != nil {
 		return "", "", produceError(ctx, err)
 	}
+	failpoint.Hit("ingest/after-produce")
 	return env.GetEventId(), consistency.Token{Partition: rec.Partition, Offset: rec.Offset}.String(), nil
 }
 

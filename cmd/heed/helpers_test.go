@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -52,14 +53,19 @@ func devArgs(a devAddrs, dataDir, dbURL string) []string {
 	}
 }
 
-// buildHeed builds the heed binary into a fresh tb.TempDir and returns its path.
-func buildHeed(tb testing.TB) string {
+// buildHeed builds the heed binary into a fresh tb.TempDir and returns its
+// path; tags, if any, are build tags (failpoints).
+func buildHeed(tb testing.TB, tags ...string) string {
 	tb.Helper()
 	testenv.LookPath(tb, "go")
 	bin := filepath.Join(tb.TempDir(), "heed")
 	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput()
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	out, err := exec.CommandContext(ctx, "go", append(args, ".")...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("go build heed: %v\n%s", err, out)
 	}
@@ -162,15 +168,29 @@ func startHeedLog(tb testing.TB, bin, marker string, args ...string) *process {
 	return startProcess(tb, bin, newBannerWriter(""), newBannerWriter(marker), args...)
 }
 
+// startHeedEnv is startHeedLog with env added to the process's environment.
+func startHeedEnv(tb testing.TB, env []string, bin, marker string, args ...string) *process {
+	tb.Helper()
+	return startProcessEnv(tb, env, bin, newBannerWriter(""), newBannerWriter(marker), args...)
+}
+
 // startProcess starts `bin args...` and waits until out or errw, whichever
 // has a marker, has seen it.
 func startProcess(tb testing.TB, bin string, out, errw *bannerWriter, args ...string) *process {
+	tb.Helper()
+	return startProcessEnv(tb, nil, bin, out, errw, args...)
+}
+
+func startProcessEnv(tb testing.TB, env []string, bin string, out, errw *bannerWriter, args ...string) *process {
 	tb.Helper()
 	marker, ready := out.marker, out.ready
 	if marker == "" {
 		marker, ready = errw.marker, errw.ready
 	}
 	p := &process{cmd: exec.Command(bin, args...), stdout: out, stderr: errw, done: make(chan struct{})}
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/internal/testenv"
+)
+
+// TestFailpointCrashes builds heed with failpoints and, under a steady load
+// of deposits that callers retry with their request IDs until acknowledged,
+// crashes a process (SIGKILL, no cleanup) at each point in turn, starting a
+// healthy one after each crash:
+//   - apply after its batch's first round trip, with its rows written but not
+//     committed, and with the batch committed but its offset not;
+//   - apply while its partitions are revoked (a second member joins);
+//   - serve after the broker acknowledged a command, before the answer.
+//
+// At the end every acknowledged deposit is applied exactly once and every
+// partition's applied position is the topic's end.
+func TestFailpointCrashes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the heed binary")
+	}
+	bin := buildHeed(t, "failpoints")
+	dbURL := testenv.PostgresURL(t)
+	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	startHeed(t, bin, "broker listening on", "broker", "--data-dir", t.TempDir(), "--listen", brokerAddr)
+	runTool(t, time.Minute, false, bin, "migrate", "--database-url", dbURL)
+	common := []string{"--brokers", brokerAddr, "--database-url", dbURL}
+	serveArgs := append([]string{"serve", "--listen", listen}, common...)
+	applyArgs := append([]string{"apply"}, common...)
+	startServe := func(env ...string) *process { return startHeedEnv(t, env, bin, "serving Connect", serveArgs...) }
+	startApply := func(env ...string) *process { return startHeedEnv(t, env, bin, "partitions assigned", applyArgs...) }
+
+	serve := startServe()
+	apply := startApply()
+	client := ledgerClient(listen)
+	const accounts = 8
+	for i := range accounts {
+		if _, err := client.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: fmt.Sprint("open-", i), AccountId: fmt.Sprint("acct-", i)})); err != nil {
+			t.Fatalf("OpenAccount: %v", err)
+		}
+	}
+	load := startLoad(client, accounts, 4)
+	defer load.stop()
+
+	// crashed waits until p, armed at point, killed itself there.
+	crashed := func(p *process, point string) {
+		t.Helper()
+		select {
+		case <-p.done:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("heed %s armed at %s did not crash within 60s\nstderr:\n%s", p.cmd.Args[1], point, p.stderr.String())
+		}
+		if !strings.Contains(p.stderr.String(), "failpoint "+point+": crashing") || p.err == nil || !strings.Contains(p.err.Error(), "killed") {
+			t.Fatalf("heed %s exited with %v, want a crash at %s\nstderr:\n%s", p.cmd.Args[1], p.err, point, p.stderr.String())
+		}
+	}
+
+	apply.interrupt(t)
+	for _, point := range []string{"apply/after-lookup", "apply/before-commit", "apply/after-commit"} {
+		armed := startApply("HEED_FAILPOINTS=" + point + "=crash@3")
+		crashed(armed, point)
+	}
+	// A member armed at revocation, then a second member: the rebalance
+	// revokes partitions from the first, which crashes there.
+	armed := startApply("HEED_FAILPOINTS=apply/revoke=crash")
+	apply = startApply()
+	crashed(armed, "apply/revoke")
+
+	// The server crashes after a produce was acknowledged, before it answers:
+	// the caller retries the same request ID on the next server.
+	serve.interrupt(t)
+	armedServe := startServe("HEED_FAILPOINTS=ingest/after-produce=crash@20")
+	crashed(armedServe, "ingest/after-produce")
+	serve = startServe()
+	time.Sleep(time.Second)
+
+	acked := load.stop()
+	pool, err := pgxpool.New(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	admin, err := kgo.NewClient(kgo.SeedBrokers(brokerAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var processed, sum int64
+	testenv.Eventually(t, 60*time.Second, func() string {
+		if err := pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM heed.processed_events), (SELECT coalesce(sum(balance), 0) FROM heed.accounts)`).Scan(&processed, &sum); err != nil {
+			return err.Error()
+		}
+		if processed != int64(accounts)+acked || sum != acked {
+			return fmt.Sprintf("%d events processed and balances summing to %d, want %d and %d (each acknowledged deposit once)", processed, sum, int64(accounts)+acked, acked)
+		}
+		return ""
+	})
+	ends, err := kadm.NewClient(admin).ListEndOffsets(t.Context(), defaultTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() string {
+		var behind []string
+		ends.Each(func(o kadm.ListedOffset) {
+			var next int64
+			if err := pool.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM heed.applied_positions WHERE topic = $1 AND partition = $2`, defaultTopic, o.Partition).Scan(&next); err != nil {
+				behind = append(behind, err.Error())
+			} else if next != o.Offset {
+				behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, next, o.Offset))
+			}
+		})
+		return strings.Join(behind, "; ")
+	})
+	var quarantined int64
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM heed.quarantine`).Scan(&quarantined); err != nil || quarantined != 0 {
+		t.Errorf("the quarantine holds %d records (%v), want none: nothing was poisoned", quarantined, err)
+	}
+	t.Logf("%d deposits acknowledged through five crashes at failpoints; each applied once", acked)
+	_, _ = serve, apply
+}

@@ -1,0 +1,30 @@
+// Package failpoint lets the chaos tests crash or stall a heed process at a
+// named point in its code. The points exist only in binaries built with the
+// build tag failpoints (go build -tags failpoints); in every other build Hit
+// does nothing and costs nothing.
+//
+// In a failpoints build, HEED_FAILPOINTS names the points to arm, separated by
+// commas, each as NAME=ACTION where ACTION is
+//
+//	crash       kill the process with SIGKILL at the first hit (no cleanup, no flush)
+//	crash@N     the same at the N-th hit
+//	stall       block the goroutine that hits it, for good
+//	stall@N     the same from the N-th hit on
+//	stall:DUR   block for DUR (a Go duration), at every hit; stall:DUR@N from the N-th
+//
+// The points (see Points): apply/after-lookup (the batch's first round trip
+// done, nothing written), apply/before-commit (the batch's rows written, the
+// COMMIT not sent), apply/after-commit (the batch committed, its offset not
+// marked for commit), apply/revoke (partitions being revoked, before their
+// workers stop) and ingest/after-produce (the broker acknowledged a command,
+// the client not answered).
+package failpoint
+
+// Points are the names Hit is called with.
+var Points = []string{
+	"apply/after-lookup",
+	"apply/before-commit",
+	"apply/after-commit",
+	"apply/revoke",
+	"ingest/after-produce",
+}
