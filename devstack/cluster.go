@@ -188,14 +188,25 @@ func (c *Cluster) Start(ctx context.Context) error {
 func (c *Cluster) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.stopLocked(ctx)
+	return c.stopLocked(ctx, "fast")
 }
 
-func (c *Cluster) stopLocked(ctx context.Context) error {
+// Crash stops the server as a crash would (pg_ctl stop -m immediate: clients
+// cut off, no checkpoint; the next Start recovers from the WAL). Crashing a
+// stopped cluster does nothing.
+//
+// Errors: pg_ctl failing, with its output.
+func (c *Cluster) Crash(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopLocked(ctx, "immediate")
+}
+
+func (c *Cluster) stopLocked(ctx context.Context, mode string) error {
 	if !c.running {
 		return nil
 	}
-	out, err := c.run.command(ctx, c.bins.pgCtl, "stop", "-w", "-t", "60", "-m", "fast", "-D", c.dataDir).CombinedOutput()
+	out, err := c.run.command(ctx, c.bins.pgCtl, "stop", "-w", "-t", "60", "-m", mode, "-D", c.dataDir).CombinedOutput()
 	if err != nil {
 		if running, _ := c.status(ctx); !running {
 			c.running = false
@@ -219,7 +230,7 @@ func (c *Cluster) Close() {
 	c.closed = true
 	ctx, cancel := context.WithTimeout(context.Background(), clusterCloseWait)
 	defer cancel()
-	if err := c.stopLocked(ctx); err != nil {
+	if err := c.stopLocked(ctx, "fast"); err != nil {
 		c.logger.Warn("postgres: stopping private cluster failed", "err", err)
 	}
 }

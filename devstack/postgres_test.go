@@ -193,6 +193,22 @@ func TestClusterStopStart(t *testing.T) {
 		t.Errorf("after restart got %q", got)
 	}
 
+	// A crash (immediate stop) keeps what was committed: the next start
+	// recovers it from the WAL.
+	exec(ctx, t, url, "INSERT INTO t VALUES ('committed before the crash')")
+	if err := c.Crash(ctx); err != nil {
+		t.Fatalf("Crash: %v", err)
+	}
+	if err := devstack.PingPostgres(ctx, url, time.Second); err == nil {
+		t.Fatal("cluster answers after Crash")
+	}
+	if err := c.Start(ctx); err != nil {
+		t.Fatalf("Start after Crash: %v", err)
+	}
+	if got := queryString(ctx, t, url, "SELECT string_agg(v, ', ' ORDER BY v) FROM t"); got != "committed before the crash, hello" {
+		t.Errorf("after the crash and a start got %q", got)
+	}
+
 	// A second StartCluster on the same directory adopts the running server.
 	c2, err := devstack.StartCluster(ctx, c.Dir(), 0, testenv.Logger(t))
 	if err != nil {

@@ -1,0 +1,194 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/heed-dev/heed/devstack"
+	"github.com/heed-dev/heed/internal/testenv"
+)
+
+// stack is what a chaos run drives: a private Postgres cluster it can crash,
+// the embedded broker in this process (so that faults reach it through
+// kfake's control hooks), and heed serve and heed apply processes built with
+// failpoints, kept alive by the run: a process that died is started again.
+type stack struct {
+	t       *testing.T
+	bin     string
+	pg      *devstack.Cluster
+	dbURL   string
+	broker  *devstack.Broker
+	serves  []*slot // each on its own address
+	applies []*slot
+	log     *schedule
+}
+
+// slot is one process the stack keeps running: args, and the process now
+// running them (nil while down).
+type slot struct {
+	name string
+	args []string
+	addr string // serve's listen address
+
+	mu   sync.Mutex
+	proc *proc
+	env  []string // the next start's extra environment (a failpoint), then cleared
+}
+
+// proc is a started heed process.
+type proc struct {
+	cmd  *exec.Cmd
+	out  bytes.Buffer // stdout and stderr, for a failure's report
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// newStack builds heed with failpoints and starts Postgres, the broker,
+// serves servers and applies appliers.
+func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
+	t.Helper()
+	s := &stack{t: t, bin: buildHeed(t), pg: testenv.Cluster(t), log: log}
+	s.dbURL = s.pg.URL("postgres")
+	b, err := devstack.StartBroker(t.Context(), devstack.BrokerConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Partitions: 8})
+	if err != nil {
+		t.Fatalf("start broker: %v", err)
+	}
+	t.Cleanup(b.Close)
+	s.broker = b
+	run(t, s.bin, "migrate", "--database-url", s.dbURL)
+	common := []string{"--brokers", b.Addrs()[0], "--database-url", s.dbURL, "--log-level", "warn"}
+	for i := range serves {
+		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		s.serves = append(s.serves, &slot{name: fmt.Sprint("serve-", i), addr: addr, args: append([]string{"serve", "--listen", addr}, common...)})
+	}
+	for i := range applies {
+		s.applies = append(s.applies, &slot{name: fmt.Sprint("apply-", i), args: append([]string{"apply"}, common...)})
+	}
+	for _, sl := range s.all() {
+		s.start(sl)
+	}
+	t.Cleanup(func() {
+		for _, sl := range s.all() {
+			s.kill(sl)
+		}
+	})
+	return s
+}
+
+func (s *stack) all() []*slot { return append(append([]*slot{}, s.serves...), s.applies...) }
+
+// start starts sl's process if it is not running.
+func (s *stack) start(sl *slot) {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	if sl.proc != nil && sl.proc.running() {
+		return
+	}
+	p := &proc{cmd: exec.Command(s.bin, sl.args...), done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Env = append(os.Environ(), sl.env...)
+	sl.env = nil
+	if err := p.cmd.Start(); err != nil {
+		s.t.Errorf("start %s: %v", sl.name, err)
+		return
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	sl.proc = p
+}
+
+// kill sends SIGKILL to sl's process, if running, and waits for it to exit.
+func (s *stack) kill(sl *slot) {
+	sl.mu.Lock()
+	p := sl.proc
+	sl.mu.Unlock()
+	if p == nil || !p.running() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// terminate sends SIGTERM to sl's process and waits for it to exit.
+func (s *stack) terminate(sl *slot) {
+	sl.mu.Lock()
+	p := sl.proc
+	sl.mu.Unlock()
+	if p == nil || !p.running() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		s.t.Errorf("%s did not exit within 30s of SIGTERM", sl.name)
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// revive starts every process that is down; it returns how many it started.
+func (s *stack) revive() int {
+	n := 0
+	for _, sl := range s.all() {
+		sl.mu.Lock()
+		down := sl.proc == nil || !sl.proc.running()
+		sl.mu.Unlock()
+		if down {
+			s.start(sl)
+			n++
+		}
+	}
+	return n
+}
+
+// pick returns a random slot of slots.
+func pick(rng *rand.Rand, slots []*slot) *slot { return slots[rng.IntN(len(slots))] }
+
+// buildHeed builds heed with failpoints into a temp dir.
+func buildHeed(t *testing.T) string {
+	t.Helper()
+	testenv.LookPath(t, "go")
+	bin := filepath.Join(t.TempDir(), "heed")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "failpoints", "-o", bin, "./cmd/heed")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build heed: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// run runs heed with args to completion and fails the test if it fails.
+func run(t *testing.T, bin string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
+		t.Fatalf("heed %v: %v\n%s", args, err, out)
+	}
+}
