@@ -9,8 +9,10 @@
 package chaos
 
 import (
+	"context"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -56,6 +58,9 @@ func TestChaos(t *testing.T) {
 	defer l.stop()
 
 	ctx := t.Context()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	stalls := watchPartitions(watchCtx, s, log.start)
 	end := time.Now().Add(duration)
 	var lastFault time.Time
 	for time.Now().Before(end) {
@@ -68,6 +73,9 @@ func TestChaos(t *testing.T) {
 		}
 		lastFault = time.Now()
 		log.add(f.name, what)
+		if logDir != "" {
+			_ = os.WriteFile(filepath.Join(logDir, "schedule.txt"), []byte(log.String()), 0o644)
+		}
 		// What a fault stopped comes back after a while, as a supervisor
 		// would bring it back.
 		time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
@@ -81,6 +89,7 @@ func TestChaos(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	acked, retries := l.stop()
 	recovery, records := checkConverged(t, s, lastFault)
+	stopWatch()
 	processed := checkExactlyOnce(t, s, acked)
 	faultCount := 0
 	for kind, n := range log.counts {
@@ -88,6 +97,6 @@ func TestChaos(t *testing.T) {
 			faultCount += n
 		}
 	}
-	t.Logf("seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault",
-		seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond))
+	t.Logf("seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault; %s",
+		seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls)
 }

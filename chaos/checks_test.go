@@ -1,9 +1,11 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,16 +31,16 @@ func waitServing(t *testing.T, s *stack) {
 	})
 }
 
-// clearFailpoints starts again, unarmed, every process started with a
-// failpoint that has not crashed yet.
+// clearFailpoints stops every process started with a failpoint that has not
+// crashed yet; revive starts it again unarmed.
 func (s *stack) clearFailpoints() {
 	for _, sl := range s.all() {
 		sl.mu.Lock()
 		p := sl.proc
 		sl.mu.Unlock()
 		if p != nil && p.running() && strings.Contains(strings.Join(p.cmd.Env, " "), "HEED_FAILPOINTS=") {
-			s.kill(sl)
-			s.log.add("clear-failpoint", sl.name+" restarted unarmed")
+			s.terminate(sl) // leaves the group, unless armed at apply/revoke: then it crashes there
+			s.log.add("clear-failpoint", sl.name+" stopped, to start again unarmed")
 		}
 	}
 }
@@ -172,4 +174,89 @@ func checkExactlyOnce(t *testing.T, s *stack, acked []command) int64 {
 		t.Errorf("the quarantine holds %d records (%v), want none: nothing was poisoned", quarantined, err)
 	}
 	return processed
+}
+
+// progress watches, during a run, how long each partition with records
+// waiting went without its applied position moving: the time the pipeline
+// took to recover from the faults around it.
+type progress struct {
+	mu      sync.Mutex
+	longest time.Duration
+	which   int32
+	at      time.Duration // into the run, when the longest stall ended or was last seen
+}
+
+// watchPartitions samples the topic's ends and the applied positions every
+// 500 ms until ctx ends. A sample that cannot be read (Postgres down) counts
+// as no movement.
+func watchPartitions(ctx context.Context, s *stack, start time.Time) *progress {
+	pr := &progress{}
+	go func() {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(s.broker.Addrs()...))
+		if err != nil {
+			return
+		}
+		defer cl.Close()
+		adm := kadm.NewClient(cl)
+		pos := map[int32]int64{}
+		moved := map[int32]time.Time{}
+		for ctx.Err() == nil {
+			time.Sleep(500 * time.Millisecond)
+			ends, err := adm.ListEndOffsets(ctx, "heed.ledger.events")
+			if err != nil {
+				continue
+			}
+			now := time.Now()
+			positions := readPositions(ctx, s.dbURL)
+			ends.Each(func(o kadm.ListedOffset) {
+				p, ok := positions[o.Partition]
+				if _, seen := moved[o.Partition]; !seen || (ok && p != pos[o.Partition]) || (ok && p >= o.Offset) {
+					moved[o.Partition], pos[o.Partition] = now, p
+					return
+				}
+				if stall := now.Sub(moved[o.Partition]); stall > 0 {
+					pr.mu.Lock()
+					if stall > pr.longest {
+						pr.longest, pr.which, pr.at = stall, o.Partition, now.Sub(start)
+					}
+					pr.mu.Unlock()
+				}
+			})
+		}
+	}()
+	return pr
+}
+
+func (pr *progress) String() string {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return fmt.Sprintf("longest time a partition with records waiting did not move: %v (partition %d, at %.1fs)",
+		pr.longest.Round(100*time.Millisecond), pr.which, pr.at.Seconds())
+}
+
+// readPositions reads every partition's applied position; none when the
+// database cannot be read.
+func readPositions(ctx context.Context, dbURL string) map[int32]int64 {
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, dbURL)
+	if err != nil {
+		return nil
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(cctx, `SELECT partition, next_offset FROM heed.applied_positions WHERE topic = 'heed.ledger.events'`)
+	if err != nil {
+		return nil
+	}
+	out := map[int32]int64{}
+	for rows.Next() {
+		var (
+			p int32
+			n int64
+		)
+		if rows.Scan(&p, &n) == nil {
+			out[p] = n
+		}
+	}
+	return out
 }

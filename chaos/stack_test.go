@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -80,7 +81,11 @@ func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
 	t.Cleanup(b.Close)
 	s.broker = b
 	run(t, s.bin, "migrate", "--database-url", s.dbURL)
-	common := []string{"--brokers", b.Addrs()[0], "--database-url", s.dbURL, "--log-level", "warn"}
+	level := "warn"
+	if logDir != "" {
+		level = "info"
+	}
+	common := []string{"--brokers", b.Addrs()[0], "--database-url", s.dbURL, "--log-level", level}
 	for i := range serves {
 		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 		s.serves = append(s.serves, &slot{name: fmt.Sprint("serve-", i), addr: addr, args: append([]string{"serve", "--listen", addr}, common...)})
@@ -110,6 +115,13 @@ func (s *stack) start(sl *slot) {
 	}
 	p := &proc{cmd: exec.Command(s.bin, sl.args...), done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if logDir != "" {
+		if f, err := os.OpenFile(filepath.Join(logDir, sl.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			fmt.Fprintf(f, "==== %s started at %.2fs with %v\n", sl.name, time.Since(s.log.start).Seconds(), sl.env)
+			p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(p, f), io.MultiWriter(p, f)
+			go func() { <-p.done; f.Close() }()
+		}
+	}
 	p.cmd.Env = append(os.Environ(), sl.env...)
 	sl.env = nil
 	if err := p.cmd.Start(); err != nil {
@@ -164,6 +176,10 @@ func (s *stack) revive() int {
 	}
 	return n
 }
+
+// logDir, from HEED_CHAOS_LOGDIR, keeps every process's output (at log level
+// info) in NAME.log there, for looking into a run.
+var logDir = os.Getenv("HEED_CHAOS_LOGDIR")
 
 // pick returns a random slot of slots.
 func pick(rng *rand.Rand, slots []*slot) *slot { return slots[rng.IntN(len(slots))] }
