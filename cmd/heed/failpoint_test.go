@@ -6,12 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
@@ -46,12 +44,7 @@ func TestFailpointCrashes(t *testing.T) {
 	apply := startApply()
 	client := ledgerClient(listen)
 	const accounts = 8
-	for i := range accounts {
-		if _, err := client.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: fmt.Sprint("open-", i), AccountId: fmt.Sprint("acct-", i)})); err != nil {
-			t.Fatalf("OpenAccount: %v", err)
-		}
-	}
-	load := startLoad(client, accounts, 4)
+	load := startDeposits(t, client, accounts)
 	defer load.stop()
 
 	// crashed waits until p, armed at point, killed itself there.
@@ -97,16 +90,7 @@ func TestFailpointCrashes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	var processed, sum int64
-	testenv.Eventually(t, 60*time.Second, func() string {
-		if err := pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM heed.processed_events), (SELECT coalesce(sum(balance), 0) FROM heed.accounts)`).Scan(&processed, &sum); err != nil {
-			return err.Error()
-		}
-		if processed != int64(accounts)+acked || sum != acked {
-			return fmt.Sprintf("%d events processed and balances summing to %d, want %d and %d (each acknowledged deposit once)", processed, sum, int64(accounts)+acked, acked)
-		}
-		return ""
-	})
+	waitDepositsApplied(t, pool, accounts, acked, 60*time.Second)
 	ends, err := kadm.NewClient(admin).ListEndOffsets(t.Context(), defaultTopic)
 	if err != nil {
 		t.Fatal(err)

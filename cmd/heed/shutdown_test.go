@@ -64,12 +64,7 @@ func TestGracefulShutdown(t *testing.T) {
 
 	client := ledgerClient(listen)
 	const accounts = 8
-	for i := range accounts {
-		if _, err := client.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: fmt.Sprint("open-", i), AccountId: fmt.Sprint("acct-", i)})); err != nil {
-			t.Fatalf("OpenAccount: %v", err)
-		}
-	}
-	load := startLoad(client, accounts, 4)
+	load := startDeposits(t, client, accounts)
 	defer load.stop()
 
 	// SIGTERM on apply, under load.
@@ -132,16 +127,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if acked == 0 {
 		t.Fatal("the load got no deposit acknowledged")
 	}
-	var applied, sum int64
-	testenv.Eventually(t, 30*time.Second, func() string {
-		if err := pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM heed.processed_events), (SELECT coalesce(sum(balance), 0) FROM heed.accounts)`).Scan(&applied, &sum); err != nil {
-			return err.Error()
-		}
-		if applied != int64(accounts)+acked || sum != acked {
-			return fmt.Sprintf("%d events processed and balances summing to %d, want %d and %d (each acknowledged deposit once)", applied, sum, int64(accounts)+acked, acked)
-		}
-		return ""
-	})
+	waitDepositsApplied(t, pool, accounts, acked, 30*time.Second)
 	t.Logf("after %v: %d deposits acknowledged through three SIGTERMs of apply, a double SIGTERM and a SIGTERM of serve; each applied once", time.Since(began).Round(time.Second), acked)
 	_ = serve
 }
@@ -212,6 +198,34 @@ func checkOffsetsCommitted(t *testing.T, admin *kgo.Client, pool *pgxpool.Pool) 
 	if g := groups[defaultGroup]; len(g.Members) != 0 {
 		t.Errorf("the group still has %d members after apply stopped, want it left", len(g.Members))
 	}
+}
+
+// startDeposits opens accounts through c and starts a load of deposits to
+// them from four callers.
+func startDeposits(t *testing.T, c ledgerv1connect.LedgerServiceClient, accounts int) *load {
+	t.Helper()
+	for i := range accounts {
+		if _, err := c.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: fmt.Sprint("open-", i), AccountId: fmt.Sprint("acct-", i)})); err != nil {
+			t.Fatalf("OpenAccount: %v", err)
+		}
+	}
+	return startLoad(c, accounts, 4)
+}
+
+// waitDepositsApplied waits until the opens and the acked deposits of 1 are
+// each applied once: as many processed events, balances summing to acked.
+func waitDepositsApplied(t *testing.T, pool *pgxpool.Pool, accounts int, acked int64, within time.Duration) {
+	t.Helper()
+	testenv.Eventually(t, within, func() string {
+		var processed, sum int64
+		if err := pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM heed.processed_events), (SELECT coalesce(sum(balance), 0) FROM heed.accounts)`).Scan(&processed, &sum); err != nil {
+			return err.Error()
+		}
+		if processed != int64(accounts)+acked || sum != acked {
+			return fmt.Sprintf("%d events processed and balances summing to %d, want %d and %d (each acknowledged deposit once)", processed, sum, int64(accounts)+acked, acked)
+		}
+		return ""
+	})
 }
 
 // load sends deposits of 1 from workers goroutines, round-robin over the
