@@ -82,6 +82,14 @@ type Config struct {
 	// rejoin, which includes finishing in-flight batches of revoked
 	// partitions: it must exceed ShutdownGrace (default ShutdownGrace + 20s).
 	RebalanceTimeout time.Duration
+	// InstanceID, when set, makes this member a static member of the group
+	// (Kafka's group.instance.id): restarted with the same ID within the
+	// session timeout, it gets its partitions back without a rebalance. A
+	// static member does not leave the group when it stops: its partitions
+	// wait for it (or for the session timeout). Give each applier its own,
+	// stable ID (a StatefulSet's pod name); two running with one ID fence
+	// each other out. Empty (the default): a dynamic member.
+	InstanceID string
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
@@ -212,6 +220,9 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		kgo.OnPartitionsRevoked(a.revoked),
 		kgo.OnPartitionsLost(a.lost),
 		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka"))),
+	}
+	if cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
 	}
 	cl, err := kgo.NewClient(append(opts, cfg.KafkaOpts...)...)
 	if err != nil {

@@ -2,7 +2,9 @@
 // with failpoints) against a private Postgres and the embedded broker,
 // through many faults at once on a seeded schedule, and checks every
 // acknowledged command afterwards. TestChaos runs a short run in go test
-// ./...; HEED_CHAOS_LONG=1 makes it a long one, HEED_CHAOS_SEED replays one.
+// ./...; HEED_CHAOS_LONG=1 makes it a long one, HEED_CHAOS_SEED replays one,
+// HEED_CHAOS_DURATION sets its length, HEED_CHAOS_DYNAMIC=1 runs the
+// appliers as dynamic group members, HEED_CHAOS_LOGDIR keeps the logs.
 //
 // A run is made of small pieces: faults (faults_test.go), the load
 // (load_test.go) and checks (checks_test.go); later work adds its own.

@@ -103,7 +103,7 @@ var faults = []fault{
 	{"rebalance-churn", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
 		sl := pick(rng, s.applies)
 		s.terminate(sl)
-		return sl.name + " stopped by SIGTERM (leaves the group; revived later)", nil
+		return sl.name + " stopped by SIGTERM (a dynamic member leaves the group; revived later)", nil
 	}},
 }
 

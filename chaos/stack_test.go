@@ -91,7 +91,11 @@ func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
 		s.serves = append(s.serves, &slot{name: fmt.Sprint("serve-", i), addr: addr, args: append([]string{"serve", "--listen", addr}, common...)})
 	}
 	for i := range applies {
-		s.applies = append(s.applies, &slot{name: fmt.Sprint("apply-", i), args: append([]string{"apply"}, common...)})
+		args := append([]string{"apply"}, common...)
+		if staticMembers {
+			args = append(args, "--group-instance-id", fmt.Sprint("apply-", i))
+		}
+		s.applies = append(s.applies, &slot{name: fmt.Sprint("apply-", i), args: args})
 	}
 	for _, sl := range s.all() {
 		s.start(sl)
@@ -180,6 +184,12 @@ func (s *stack) revive() int {
 // logDir, from HEED_CHAOS_LOGDIR, keeps every process's output (at log level
 // info) in NAME.log there, for looking into a run.
 var logDir = os.Getenv("HEED_CHAOS_LOGDIR")
+
+// staticMembers gives each applier slot its own --group-instance-id, as a
+// StatefulSet would, so that a restarted applier takes its partitions back
+// without a rebalance: the deployment docs/RELIABILITY.md recommends.
+// HEED_CHAOS_DYNAMIC=1 runs dynamic members instead.
+var staticMembers = os.Getenv("HEED_CHAOS_DYNAMIC") == ""
 
 // pick returns a random slot of slots.
 func pick(rng *rand.Rand, slots []*slot) *slot { return slots[rng.IntN(len(slots))] }

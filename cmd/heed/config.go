@@ -131,11 +131,14 @@ type applyFlags struct {
 	shutdownTimeout time.Duration
 	// sessionTimeout and rebalanceTimeout are the consumer group's.
 	sessionTimeout, rebalanceTimeout time.Duration
+	// instanceID is the group.instance.id of a static member ("": dynamic).
+	instanceID string
 }
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.group, "group", defaultGroup, "the applier's Kafka consumer group")
 	fs.DurationVar(&a.sessionTimeout, "group-session-timeout", 10*time.Second, "how long the group waits for an applier that stopped heartbeating (killed, host lost) before its partitions move to the others")
+	fs.StringVar(&a.instanceID, "group-instance-id", "", "a stable ID for this applier, unique in the group, to make it a static member: restarted with the same ID within the session timeout it gets its partitions back without a rebalance; it does not leave the group when it stops")
 	fs.DurationVar(&a.rebalanceTimeout, "group-rebalance-timeout", 0, "how long a rebalance waits for every applier to rejoin, finishing in-flight batches; above --shutdown-timeout (default: --shutdown-timeout + 20s)")
 	a.registerBatch(fs)
 }

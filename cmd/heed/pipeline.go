@@ -67,6 +67,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 		ShutdownGrace:    af.shutdownTimeout,
 		SessionTimeout:   af.sessionTimeout,
 		RebalanceTimeout: af.rebalanceTimeout,
+		InstanceID:       af.instanceID,
 		Logger:           logger,
 	}
 }
