@@ -44,6 +44,7 @@ var faults = []fault{
 		sl.env = []string{fmt.Sprintf("HEED_FAILPOINTS=%s=crash@%d", point, at)}
 		sl.mu.Unlock()
 		s.start(sl)
+		s.log.count("armed at " + point)
 		return fmt.Sprintf("%s restarted armed to crash at %s (hit %d)", sl.name, point, at), nil
 	}},
 	{"failpoint-serve", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
@@ -147,6 +148,13 @@ func (l *schedule) add(kind, what string) {
 	defer l.mu.Unlock()
 	l.counts[kind]++
 	l.lines = append(l.lines, fmt.Sprintf("%7.2fs %-20s %s", time.Since(l.start).Seconds(), kind, what))
+}
+
+// count counts key without a line in the schedule.
+func (l *schedule) count(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.counts[key]++
 }
 
 func (l *schedule) String() string {

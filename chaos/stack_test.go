@@ -9,12 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/heed-dev/heed/devstack"
+	"github.com/heed-dev/heed/internal/failpoint"
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
@@ -166,19 +168,40 @@ func (s *stack) terminate(sl *slot) {
 	}
 }
 
-// revive starts every process that is down; it returns how many it started.
+// revive starts every process that is down, counting the ones that crashed
+// at a failpoint; it returns how many it started.
 func (s *stack) revive() int {
 	n := 0
 	for _, sl := range s.all() {
 		sl.mu.Lock()
-		down := sl.proc == nil || !sl.proc.running()
+		p := sl.proc
+		down := p == nil || !p.running()
 		sl.mu.Unlock()
-		if down {
-			s.start(sl)
-			n++
+		if !down {
+			continue
 		}
+		if p != nil {
+			if point := crashedAt(p); point != "" {
+				s.log.count("crashed at " + point)
+			}
+		}
+		s.start(sl)
+		n++
 	}
 	return n
+}
+
+// crashedAt is the failpoint p crashed at, from its output, or "".
+func crashedAt(p *proc) string {
+	p.mu.Lock()
+	out := p.out.String()
+	p.mu.Unlock()
+	for _, point := range failpoint.Points {
+		if strings.Contains(out, "failpoint "+point+": crashing") {
+			return point
+		}
+	}
+	return ""
 }
 
 // logDir, from HEED_CHAOS_LOGDIR, keeps every process's output (at log level
