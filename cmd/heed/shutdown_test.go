@@ -101,7 +101,17 @@ func TestGracefulShutdown(t *testing.T) {
 		if _, err := lock.Exec(t.Context(), `SELECT * FROM heed.applied_positions FOR UPDATE`); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Second) // the load keeps coming: a batch now waits on the lock
+		// The load keeps coming: a batch soon waits on the lock.
+		testenv.Eventually(t, 15*time.Second, func() string {
+			var waiting int64
+			if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+				return err.Error()
+			}
+			if waiting == 0 {
+				return "no batch of apply waits on the locked positions yet"
+			}
+			return ""
+		})
 		took := terminate(t, apply, signals)
 		if err := lock.Rollback(t.Context()); err != nil {
 			t.Fatal(err)
