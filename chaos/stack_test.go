@@ -74,7 +74,7 @@ func (p *proc) running() bool {
 // serves servers and applies appliers.
 func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
 	t.Helper()
-	s := &stack{t: t, bin: buildHeed(t), pg: testenv.Cluster(t), log: log}
+	s := &stack{t: t, bin: testenv.BuildHeed(t, "failpoints"), pg: testenv.Cluster(t), log: log}
 	s.dbURL = s.pg.URL("postgres")
 	b, err := devstack.StartBroker(t.Context(), devstack.BrokerConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Partitions: 8})
 	if err != nil {
@@ -216,21 +216,6 @@ var staticMembers = os.Getenv("HEED_CHAOS_DYNAMIC") == ""
 
 // pick returns a random slot of slots.
 func pick(rng *rand.Rand, slots []*slot) *slot { return slots[rng.IntN(len(slots))] }
-
-// buildHeed builds heed with failpoints into a temp dir.
-func buildHeed(t *testing.T) string {
-	t.Helper()
-	testenv.LookPath(t, "go")
-	bin := filepath.Join(t.TempDir(), "heed")
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "failpoints", "-o", bin, "./cmd/heed")
-	cmd.Dir = ".."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build heed: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // run runs heed with args to completion and fails the test if it fails.
 func run(t *testing.T, bin string, args ...string) {

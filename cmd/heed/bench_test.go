@@ -22,7 +22,7 @@ func TestBenchBinaryJSON(t *testing.T) {
 		t.Skip("builds and runs the heed binary")
 	}
 	dbURL := testenv.PostgresURL(t)
-	bin := buildHeed(t)
+	bin := testenv.BuildHeed(t)
 	goBin := testenv.LookPath(t, "go") // go tool pprof reads the profile
 	prof := filepath.Join(t.TempDir(), "cpu.prof")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)

@@ -28,7 +28,7 @@ func TestFailpointCrashes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the heed binary")
 	}
-	bin := buildHeed(t, "failpoints")
+	bin := testenv.BuildHeed(t, "failpoints")
 	dbURL := testenv.PostgresURL(t)
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,25 +52,6 @@ func devArgs(a devAddrs, dataDir, dbURL string) []string {
 	}
 }
 
-// buildHeed builds the heed binary into a fresh tb.TempDir and returns its
-// path; tags, if any, are build tags (failpoints).
-func buildHeed(tb testing.TB, tags ...string) string {
-	tb.Helper()
-	testenv.LookPath(tb, "go")
-	bin := filepath.Join(tb.TempDir(), "heed")
-	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
-	defer cancel()
-	args := []string{"build", "-o", bin}
-	if len(tags) > 0 {
-		args = append(args, "-tags", strings.Join(tags, ","))
-	}
-	out, err := exec.CommandContext(ctx, "go", append(args, ".")...).CombinedOutput()
-	if err != nil {
-		tb.Fatalf("go build heed: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // builtDev is the built heed binary running heed dev as a process, on a fresh
 // database and data dir, with an account opened through it.
 type builtDev struct {
@@ -89,7 +69,7 @@ func startBuiltDev(t *testing.T, requestID, account string) *builtDev {
 	if testing.Short() {
 		t.Skip("builds and runs the heed binary")
 	}
-	d := &builtDev{dbURL: testenv.PostgresURL(t), bin: buildHeed(t), dataDir: t.TempDir(), addrs: freeDevAddrs(t)}
+	d := &builtDev{dbURL: testenv.PostgresURL(t), bin: testenv.BuildHeed(t), dataDir: t.TempDir(), addrs: freeDevAddrs(t)}
 	d.args = devArgs(d.addrs, d.dataDir, d.dbURL)
 	d.client = ledgerClient(d.addrs.listen)
 	d.first = startDev(t, d.bin, d.args...)

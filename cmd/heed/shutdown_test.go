@@ -45,7 +45,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the heed binary")
 	}
-	bin := buildHeed(t)
+	bin := testenv.BuildHeed(t)
 	began := time.Now()
 	dbURL := testenv.PostgresURL(t)
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
