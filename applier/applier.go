@@ -169,7 +169,8 @@ type Applier struct {
 
 	// optimistic is set when batches may skip the dedup lookup (see
 	// skipLookup): the processed-event table holds no row without a key.
-	optimistic atomic.Bool
+	// keylessChecked is set once that was looked up.
+	optimistic, keylessChecked atomic.Bool
 
 	mu    sync.Mutex
 	parts map[int32]*partition

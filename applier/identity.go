@@ -43,14 +43,18 @@ func (a *Applier) bindTopic(ctx context.Context) error {
 }
 
 func (a *Applier) bindTopicOnce(ctx context.Context) error {
-	// While at it, find whether batches may skip the dedup lookup.
-	keyless, err := dedup.HasKeylessRows(ctx, a.pool)
-	if err != nil {
-		return err
-	}
-	a.optimistic.Store(!keyless)
-	if keyless {
-		a.log.Info("the processed-event table holds rows recorded before rows carried keys; every batch looks its event IDs up")
+	// While at it, the first time, find whether batches may skip the dedup
+	// lookup: no row without a key is ever added, so the answer holds.
+	if !a.keylessChecked.Load() {
+		keyless, err := dedup.HasKeylessRows(ctx, a.pool)
+		if err != nil {
+			return err
+		}
+		a.optimistic.Store(!keyless)
+		a.keylessChecked.Store(true)
+		if keyless {
+			a.log.Info("the processed-event table holds rows recorded before rows carried keys; every batch looks its event IDs up")
+		}
 	}
 	rec, err := topic.Verify(ctx, a.pool, a.cl, a.cfg.Topic)
 	switch {
