@@ -233,7 +233,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 		return err
 	}
 	failpoint.Hit("apply/after-lookup")
-	out, err := sortBatch(decs, items, t.lookup, t.parked)
+	out, err := sortBatch(decs, t.lookup, t.parked)
 	if err != nil {
 		return err
 	}

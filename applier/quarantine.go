@@ -51,9 +51,9 @@ type sorted struct {
 // sortBatch splits a batch by what decoding, the dedup lookup and the parked keys
 // found, in log order: a poison record is quarantined and parks its key, a
 // record of a parked key is parked, and the others are new, duplicates or
-// conflicts. lookup holds items, one per decodable record, in order; parked
+// conflicts. lookup holds one item per decodable record, in order; parked
 // holds the keys parked before the batch, and gets those this batch parks.
-func sortBatch(decs []decoded, items []dedup.Item, lookup *dedup.Lookup, parked map[string]bool) (sorted, error) {
+func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (sorted, error) {
 	var out sorted
 	j := 0
 	for i := range decs {
@@ -93,7 +93,7 @@ func sortBatch(decs []decoded, items []dedup.Item, lookup *dedup.Lookup, parked 
 		switch statuses[j] {
 		case dedup.New:
 			out.fresh = append(out.fresh, d.event)
-			out.items = append(out.items, items[j])
+			out.items = append(out.items, lookup.Item(j))
 		case dedup.Duplicate:
 			out.dups++
 		case dedup.Conflict:

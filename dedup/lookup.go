@@ -78,6 +78,9 @@ func QueueLookup(b *pgx.Batch, items []Item) *Lookup {
 	return l
 }
 
+// Item returns item i, in the order given to QueueLookup or SkipLookup.
+func (l *Lookup) Item(i int) Item { return l.items[i] }
+
 // SkipLookup is a Lookup that does not ask the database: every item is New
 // unless an earlier item of the same batch holds its event (then Duplicate or
 // Conflict, as Statuses says). It is for a batch that most likely holds no
