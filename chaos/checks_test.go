@@ -198,6 +198,12 @@ func watchPartitions(ctx context.Context, s *stack, start time.Time) *progress {
 		}
 		defer cl.Close()
 		adm := kadm.NewClient(cl)
+		var conn *pgx.Conn // kept between samples; dialed again after Postgres went away
+		defer func() {
+			if conn != nil {
+				conn.Close(context.Background())
+			}
+		}()
 		pos := map[int32]int64{}
 		moved := map[int32]time.Time{}
 		for ctx.Err() == nil {
@@ -207,7 +213,8 @@ func watchPartitions(ctx context.Context, s *stack, start time.Time) *progress {
 				continue
 			}
 			now := time.Now()
-			positions := readPositions(ctx, s.dbURL)
+			var positions map[int32]int64
+			positions, conn = readPositions(ctx, conn, s.dbURL)
 			ends.Each(func(o kadm.ListedOffset) {
 				p, ok := positions[o.Partition]
 				if _, seen := moved[o.Partition]; !seen || (ok && p != pos[o.Partition]) || (ok && p >= o.Offset) {
@@ -234,19 +241,22 @@ func (pr *progress) String() string {
 		pr.longest.Round(100*time.Millisecond), pr.which, pr.at.Seconds())
 }
 
-// readPositions reads every partition's applied position; none when the
-// database cannot be read.
-func readPositions(ctx context.Context, dbURL string) map[int32]int64 {
+// readPositions reads every partition's applied position on conn, dialing
+// dbURL when conn is nil or broken; none when the database cannot be read.
+// It returns the connection to use next time (nil after a failure).
+func readPositions(ctx context.Context, conn *pgx.Conn, dbURL string) (map[int32]int64, *pgx.Conn) {
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, dbURL)
-	if err != nil {
-		return nil
+	if conn == nil || conn.IsClosed() {
+		var err error
+		if conn, err = pgx.Connect(cctx, dbURL); err != nil {
+			return nil, nil
+		}
 	}
-	defer conn.Close(context.Background())
 	rows, err := conn.Query(cctx, `SELECT partition, next_offset FROM heed.applied_positions WHERE topic = 'heed.ledger.events'`)
 	if err != nil {
-		return nil
+		conn.Close(context.Background())
+		return nil, nil
 	}
 	out := map[int32]int64{}
 	for rows.Next() {
@@ -258,5 +268,9 @@ func readPositions(ctx context.Context, dbURL string) map[int32]int64 {
 			out[p] = n
 		}
 	}
-	return out
+	if rows.Err() != nil {
+		conn.Close(context.Background())
+		return nil, nil
+	}
+	return out, conn
 }

@@ -5,6 +5,7 @@ package failpoint
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,7 +59,7 @@ func parse(spec string) (map[string]*point, error) {
 			continue
 		}
 		name, action, ok := strings.Cut(item, "=")
-		if !ok || !known(name) {
+		if !ok || !slices.Contains(Points, name) {
 			return nil, fmt.Errorf("%q: want NAME=ACTION with NAME one of %s", item, strings.Join(Points, ", "))
 		}
 		p := &point{at: 1}
@@ -85,13 +86,4 @@ func parse(spec string) (map[string]*point, error) {
 		ps[name] = p
 	}
 	return ps, nil
-}
-
-func known(name string) bool {
-	for _, p := range Points {
-		if p == name {
-			return true
-		}
-	}
-	return false
 }
