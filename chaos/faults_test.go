@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -85,6 +86,28 @@ var faults = []fault{
 		dropRequests(s, kmsg.Fetch.Int16(), n)
 		return fmt.Sprintf("the broker drops the connection of the next %d fetch requests", n), nil
 	}},
+	{"broker-produce-errors", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
+		n := 1 + rng.IntN(10)
+		codes := []*kerr.Error{kerr.NotLeaderForPartition, kerr.NotEnoughReplicas, kerr.RequestTimedOut}
+		e := codes[rng.IntN(len(codes))]
+		answerWithError(s, []int16{kmsg.Produce.Int16()}, n, e)
+		return fmt.Sprintf("the broker answers the next %d produce requests %s, writing nothing", n, e.Message), nil
+	}},
+	{"broker-fetch-errors", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
+		n := 1 + rng.IntN(20)
+		codes := []*kerr.Error{kerr.NotLeaderForPartition, kerr.KafkaStorageError, kerr.UnknownServerError}
+		e := codes[rng.IntN(len(codes))]
+		answerWithError(s, []int16{kmsg.Fetch.Int16()}, n, e)
+		return fmt.Sprintf("the broker answers the next %d fetch requests %s for every partition", n, e.Message), nil
+	}},
+	{"coordinator-move", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
+		// One broker cannot move its coordinator elsewhere; the members see
+		// what a move shows them: NOT_COORDINATOR on their group requests
+		// until they look the coordinator up again.
+		n := 1 + rng.IntN(10)
+		answerWithError(s, groupKeys, n, kerr.NotCoordinator)
+		return fmt.Sprintf("the group coordinator moves: the next %d group requests get NOT_COORDINATOR", n), nil
+	}},
 	{"broker-slow", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
 		n, d := 20+rng.IntN(30), time.Duration(50+rng.IntN(150))*time.Millisecond
 		var left sync.Mutex
@@ -128,6 +151,104 @@ func dropRequests(s *stack, key int16, n int) {
 		}
 		return nil, errInjected, true
 	})
+}
+
+// groupKeys are the requests a group member sends its coordinator.
+var groupKeys = []int16{
+	kmsg.JoinGroup.Int16(), kmsg.SyncGroup.Int16(), kmsg.Heartbeat.Int16(),
+	kmsg.OffsetCommit.Int16(), kmsg.OffsetFetch.Int16(), kmsg.ConsumerGroupHeartbeat.Int16(),
+}
+
+// answerWithError makes the broker answer the next n requests with one of
+// keys by e, as a broker that cannot serve them right now does, without
+// handling them.
+func answerWithError(s *stack, keys []int16, n int, e *kerr.Error) {
+	var mu sync.Mutex
+	left := n
+	for _, key := range keys {
+		s.broker.Cluster().ControlKey(key, func(req kmsg.Request) (kmsg.Response, error, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if left <= 0 {
+				return nil, nil, false
+			}
+			left--
+			s.broker.Cluster().KeepControl()
+			return errorResponse(req, e.Code), nil, true
+		})
+	}
+}
+
+// errorResponse is the answer to req with code on everything it names.
+func errorResponse(req kmsg.Request, code int16) kmsg.Response {
+	switch req := req.(type) {
+	case *kmsg.ProduceRequest:
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewProduceResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewProduceResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p.Partition, code
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			resp.Topics = append(resp.Topics, rt)
+		}
+		return resp
+	case *kmsg.FetchRequest:
+		resp := req.ResponseKind().(*kmsg.FetchResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewFetchResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewFetchResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p.Partition, code
+				rp.HighWatermark, rp.LastStableOffset, rp.LogStartOffset = -1, -1, -1
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			resp.Topics = append(resp.Topics, rt)
+		}
+		return resp
+	case *kmsg.OffsetCommitRequest:
+		resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, t := range req.Topics {
+			rt := kmsg.NewOffsetCommitResponseTopic()
+			rt.Topic, rt.TopicID = t.Topic, t.TopicID
+			for _, p := range t.Partitions {
+				rp := kmsg.NewOffsetCommitResponseTopicPartition()
+				rp.Partition, rp.ErrorCode = p.Partition, code
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			resp.Topics = append(resp.Topics, rt)
+		}
+		return resp
+	case *kmsg.OffsetFetchRequest:
+		resp := req.ResponseKind().(*kmsg.OffsetFetchResponse)
+		resp.ErrorCode = code
+		for _, g := range req.Groups {
+			rg := kmsg.NewOffsetFetchResponseGroup()
+			rg.Group, rg.ErrorCode = g.Group, code
+			resp.Groups = append(resp.Groups, rg)
+		}
+		return resp
+	case *kmsg.JoinGroupRequest:
+		resp := req.ResponseKind().(*kmsg.JoinGroupResponse)
+		resp.ErrorCode, resp.Generation = code, -1
+		return resp
+	case *kmsg.SyncGroupRequest:
+		resp := req.ResponseKind().(*kmsg.SyncGroupResponse)
+		resp.ErrorCode = code
+		return resp
+	case *kmsg.HeartbeatRequest:
+		resp := req.ResponseKind().(*kmsg.HeartbeatResponse)
+		resp.ErrorCode = code
+		return resp
+	case *kmsg.ConsumerGroupHeartbeatRequest:
+		resp := req.ResponseKind().(*kmsg.ConsumerGroupHeartbeatResponse)
+		resp.ErrorCode = code
+		return resp
+	}
+	panic(fmt.Sprintf("chaos: no error response for %T", req))
 }
 
 // schedule records what a run did and when, for its report.
