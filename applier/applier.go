@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -180,6 +181,10 @@ type Applier struct {
 	// coveredAt is when it was last read, in Unix nanoseconds.
 	covered   atomic.Int32
 	coveredAt atomic.Int64
+	// limits, when not nil, bounds what each partition applies (SetLimits).
+	limitMu sync.Mutex
+	limits  map[int32]int64
+
 	// stopped ends, with a cause that Run returns, when the applier must stop.
 	stopped context.Context
 	stop    context.CancelCauseFunc
@@ -312,6 +317,39 @@ func (a *Applier) shutdown() {
 	a.cl.AllowRebalance()
 	a.cl.Close()
 	a.log.Info("applier stopped")
+}
+
+// SetLimits bounds what the applier applies: partition p applies only the
+// records below limits[p], and a partition missing from limits applies none;
+// the rest wait, fetched, until a later SetLimits raises the bound. nil
+// lifts every bound. A rebuild uses it to bring a projection to exactly the
+// positions of another (heed rebuild --verify, --swap). Limits only hold
+// records back: lowering one below what was applied undoes nothing.
+func (a *Applier) SetLimits(limits map[int32]int64) {
+	a.limitMu.Lock()
+	a.limits = maps.Clone(limits)
+	if limits != nil && a.limits == nil {
+		a.limits = map[int32]int64{}
+	}
+	a.limitMu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, w := range a.parts {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// limit is partition p's bound from SetLimits, and whether it has one.
+func (a *Applier) limit(p int32) (int64, bool) {
+	a.limitMu.Lock()
+	defer a.limitMu.Unlock()
+	if a.limits == nil {
+		return 0, false
+	}
+	return a.limits[p], true
 }
 
 // Stats returns counters of what this Applier has done so far.

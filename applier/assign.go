@@ -2,6 +2,7 @@ package applier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -33,11 +34,18 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	err := backoff.Retry(func() error {
 		var err error
 		positions, err = loadPositions(ctx, a.pool, a.cfg.Topic, ids)
+		if errors.Is(err, ErrRetired) {
+			return backoff.Permanent(err)
+		}
 		if err != nil {
 			a.log.Warn("read applied positions failed; retrying", "err", err)
 		}
 		return err
 	}, backoff.WithContext(newBackoff(), ctx))
+	if errors.Is(err, ErrRetired) {
+		a.fail(err) // Run stops; no worker starts
+		return offsets, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read applied positions: %w", err)
 	}
@@ -95,15 +103,20 @@ func (a *Applier) release(ps []int32, why string) {
 	a.log.Info("partitions "+why, "topic", a.cfg.Topic, "partitions", ps)
 }
 
+// ErrRetired means the schema's projection was retired by a rebuild's swap
+// (heed rebuild --swap): another schema took its name and is the live one.
+var ErrRetired = errors.New("this projection was retired by heed rebuild --swap; the live one took its schema name: point --schema at it (the retired one is kept until heed rebuild --drop-old)")
+
 // loadPositions makes sure every partition has an applied_positions row and
-// returns each partition's next offset to apply.
+// returns each partition's next offset to apply. It returns ErrRetired when
+// the projection was retired.
 func loadPositions(ctx context.Context, pool *pgxpool.Pool, topic string, ps []int32) (map[int32]int64, error) {
 	if _, err := pool.Exec(ctx, `INSERT INTO applied_positions (topic, partition, next_offset)
 SELECT $1, p, 0 FROM unnest($2::int[]) AS p
 ON CONFLICT (topic, partition) DO NOTHING`, topic, ps); err != nil {
 		return nil, err
 	}
-	rows, err := pool.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1 AND partition = ANY($2::int[])`, topic, ps)
+	rows, err := pool.Query(ctx, `SELECT partition, next_offset, retired_at IS NOT NULL FROM applied_positions WHERE topic = $1 AND partition = ANY($2::int[])`, topic, ps)
 	if err != nil {
 		return nil, err
 	}
@@ -111,24 +124,33 @@ ON CONFLICT (topic, partition) DO NOTHING`, topic, ps); err != nil {
 	out := make(map[int32]int64, len(ps))
 	for rows.Next() {
 		var (
-			p   int32
-			pos int64
+			p       int32
+			pos     int64
+			retired bool
 		)
-		if err := rows.Scan(&p, &pos); err != nil {
+		if err := rows.Scan(&p, &pos, &retired); err != nil {
 			return nil, err
+		}
+		if retired {
+			return nil, ErrRetired
 		}
 		out[p] = pos
 	}
 	return out, rows.Err()
 }
 
-// loadPosition reads one partition's next offset to apply.
+// loadPosition reads one partition's next offset to apply, or ErrRetired.
 func loadPosition(ctx context.Context, pool *pgxpool.Pool, topic string, p int32) (int64, error) {
-	var pos int64
-	err := pool.QueryRow(ctx, `SELECT next_offset FROM applied_positions WHERE topic = $1 AND partition = $2`, topic, p).Scan(&pos)
+	var (
+		pos     int64
+		retired bool
+	)
+	err := pool.QueryRow(ctx, `SELECT next_offset, retired_at IS NOT NULL FROM applied_positions WHERE topic = $1 AND partition = $2`, topic, p).Scan(&pos, &retired)
+	if err == nil && retired {
+		return 0, ErrRetired
+	}
 	return pos, err
 }
-
 // newBackoff is the retry schedule for transient failures: exponential from
 // 100ms to 5s, forever.
 func newBackoff() *backoff.ExponentialBackOff {

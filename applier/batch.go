@@ -177,6 +177,10 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 		if pos, err = loadPosition(w.ctx, a.pool, a.cfg.Topic, w.p); err == nil {
 			break
 		}
+		if errors.Is(err, ErrRetired) {
+			a.fail(err)
+			return false
+		}
 		wait := bo.NextBackOff()
 		a.log.Warn("re-read applied position failed; retrying", "partition", w.p, "retry_in", wait, "err", err)
 		select {
@@ -189,7 +193,14 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 		a.log.Error("applied position moved backwards; stopping partition until reassigned", "partition", w.p, "expected", w.next, "found", pos)
 		return false
 	}
-	a.log.Warn("applied position moved by another consumer; batch rolled back, going on from there", "partition", w.p, "expected", w.next, "found", pos)
+	if pos == w.next {
+		// The compare-and-set failed on a position that did not move: the
+		// row it waited for was retired (heed rebuild --swap), and this
+		// read found the projection that took the schema's name.
+		a.log.Info("the projection was swapped (heed rebuild --swap); batch rolled back, going on in the live one", "partition", w.p, "position", pos)
+	} else {
+		a.log.Warn("applied position moved by another consumer; batch rolled back, going on from there", "partition", w.p, "expected", w.next, "found", pos)
+	}
 	w.next = pos
 	w.putBack(rest)
 	return true

@@ -248,7 +248,13 @@ func (w *partition) wait() bool {
 func (w *partition) cut() (n int, full bool) {
 	cfg := &w.a.cfg
 	bytes := 0
+	limit, limited := w.a.limit(w.p)
 	for n < len(w.queue) && n < cfg.MaxBatchRecords {
+		if limited && w.queue[n].Offset >= limit {
+			// Records at the limit wait for it to rise (SetLimits): the
+			// batch is as full as it gets.
+			return n, true
+		}
 		bytes += recordBytes(w.queue[n])
 		if bytes > cfg.MaxBatchBytes && n > 0 {
 			break

@@ -25,8 +25,9 @@ import (
 // lost, which the applied position makes safe: the next owner resumes from
 // what the database holds.
 
-// casSQL moves a partition's applied position by compare-and-set.
-const casSQL = `UPDATE applied_positions SET next_offset = $1 WHERE topic = $2 AND partition = $3 AND next_offset = $4`
+// casSQL moves a partition's applied position by compare-and-set. A retired
+// projection's positions (heed rebuild --swap) never match.
+const casSQL = `UPDATE applied_positions SET next_offset = $1 WHERE topic = $2 AND partition = $3 AND next_offset = $4 AND retired_at IS NULL`
 
 // rollbackTimeout bounds the ROLLBACK of a failed batch; a connection that
 // cannot roll back within it is closed instead.

@@ -293,10 +293,19 @@ func balance(tb testing.TB, c ledgerv1connect.LedgerServiceClient, account, toke
 // returned.
 func runTool(tb testing.TB, timeout time.Duration, wantFail bool, name string, args ...string) string {
 	tb.Helper()
+	return runToolEnv(tb, nil, timeout, wantFail, name, args...)
+}
+
+// runToolEnv is runTool with env added to the environment.
+func runToolEnv(tb testing.TB, env []string, timeout time.Duration, wantFail bool, name string, args ...string) string {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(tb.Context(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdin = nil
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
