@@ -151,6 +151,7 @@ func loadPosition(ctx context.Context, pool *pgxpool.Pool, topic string, p int32
 	}
 	return pos, err
 }
+
 // newBackoff is the retry schedule for transient failures: exponential from
 // 100ms to 5s, forever.
 func newBackoff() *backoff.ExponentialBackOff {

@@ -426,7 +426,7 @@ func (r *Rebuilder) Verify(ctx context.Context, timeout time.Duration) (*Report,
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	defer snap.Rollback(context.Background()) //nolint:errcheck // read only
+	defer snap.Rollback(context.Background())             //nolint:errcheck // read only
 	if _, err := snap.Exec(ctx, "SELECT 1"); err != nil { // takes the snapshot
 		return nil, fmt.Errorf("verify: %w", err)
 	}
