@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/audit"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
@@ -284,5 +286,56 @@ func TestRebuildResumes(t *testing.T) {
 	}
 	if _, err := r.Verify(t.Context(), 30*time.Second); err != nil {
 		t.Errorf("Verify: %v", err)
+	}
+}
+
+// TestAudit: a projection in step with its topic audits clean, a poison
+// record quarantined and a duplicate suppressed included; one with an event
+// skipped (their processed rows deleted) and one processed without an event (a
+// row inserted by hand) diverges, and the report names both.
+func TestAudit(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{partitions: 2})
+	p.startApplier(t)
+	p.open(t, "o1", "alice")
+	p.open(t, "o2", "bob")
+	res := p.deposit(t, "d1", "alice", 10)
+	p.produceRaw(t, p.fetchRecord(t, token(t, res.GetConsistencyToken())))    // a duplicate
+	p.produceRaw(t, &kgo.Record{Key: []byte("carol"), Value: []byte("junk")}) // poison
+	last := p.deposit(t, "d2", "bob", 3)
+	p.waitApplied(t, last.GetConsistencyToken())
+	p.waitCaughtUp(t)
+
+	run := func() *audit.Report {
+		t.Helper()
+		rep, err := audit.Run(t.Context(), p.pool, audit.Config{Brokers: p.broker, Topic: p.topic, ChunkRecords: 2, Logger: testenv.Logger(t)})
+		if err != nil {
+			t.Fatalf("audit: %v", err)
+		}
+		return rep
+	}
+	rep := run()
+	if rep.Diverged() || rep.Records != 6 || rep.Duplicates != 1 || rep.Skipped != 0 || rep.Orphans != 0 ||
+		rep.Outcomes["applied"] != 4 || rep.Quarantine["poison open"] != 1 {
+		rows, _ := p.pool.Query(t.Context(), `SELECT partition, "offset", kind, key, reason FROM quarantine`)
+		for rows.Next() {
+			v, _ := rows.Values()
+			t.Logf("quarantine row %v", v)
+		}
+		t.Fatalf("clean projection: %+v", rep)
+	}
+	for _, part := range rep.Partitions {
+		if part.Lag != 0 {
+			t.Errorf("partition %d: lag %d after catching up", part.Partition, part.Lag)
+		}
+	}
+	if _, err := p.pool.Exec(t.Context(), `DELETE FROM processed_events WHERE aggregate = 'bob'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.pool.Exec(t.Context(), `INSERT INTO processed_events (event_id, key_hash, aggregate, fingerprint) VALUES ('00000000-0000-4000-8000-000000000001', 7, 'ghost', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	rep = run()
+	if !rep.Diverged() || rep.Skipped != 2 || len(rep.SkippedExamples) != 2 || rep.Orphans != 1 || rep.OrphanExamples[0].Aggregate != "ghost" {
+		t.Fatalf("broken projection: want 2 skipped (bob's) and 1 orphan (ghost), got %+v", rep)
 	}
 }

@@ -196,9 +196,8 @@ type progress struct {
 	tty      bool
 	every    time.Duration
 	logger   *slog.Logger
-	last     time.Time
-	drawn    bool
-	lastSeen rebuild.Progress
+	last  time.Time
+	drawn bool
 }
 
 func newProgress(w io.Writer, every time.Duration, logger *slog.Logger) *progress {
@@ -215,20 +214,24 @@ func isTerminal(w io.Writer) bool {
 }
 
 func (p *progress) report(pr rebuild.Progress) {
-	p.lastSeen = pr
-	total := pr.Applied + pr.Left()
+	p.show(pr.Applied, pr.Applied+pr.Left(), pr.Rate, pr.ETA, "records", p.behind(pr))
+}
+
+// show draws or logs done of total with its rate and time left.
+func (p *progress) show(done, total int64, rate float64, eta time.Duration, unit, detail string) {
 	if p.tty {
 		pct := 100.0
 		if total > 0 {
-			pct = 100 * float64(pr.Applied) / float64(total)
+			pct = min(100*float64(done)/float64(total), 100)
 		}
 		const width = 30
-		bar := strings.Repeat("#", int(pct/100*width)) + strings.Repeat(".", width-int(pct/100*width))
-		eta := "-"
-		if pr.ETA > 0 {
-			eta = pr.ETA.Round(time.Second).String()
+		filled := int(pct / 100 * width)
+		bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
+		etaText := "-"
+		if eta > 0 {
+			etaText = eta.Round(time.Second).String()
 		}
-		fmt.Fprintf(p.w, "\r[%s] %5.1f%% %d/%d records, %.0f/s, ETA %s, %s\033[K", bar, pct, pr.Applied, total, pr.Rate, eta, p.behind(pr))
+		fmt.Fprintf(p.w, "\r[%s] %5.1f%% %d/%d %s, %.0f/s, ETA %s, %s\033[K", bar, pct, done, total, unit, rate, etaText, detail)
 		p.drawn = true
 		return
 	}
@@ -236,7 +239,7 @@ func (p *progress) report(pr rebuild.Progress) {
 		return
 	}
 	p.last = time.Now()
-	p.logger.Info("rebuilding", "records", pr.Applied, "left", pr.Left(), "rate_per_s", int64(pr.Rate), "eta", pr.ETA.Round(time.Second), "behind", p.behind(pr))
+	p.logger.Info("progress", unit, done, "of", total, "rate_per_s", int64(rate), "eta", eta.Round(time.Second), "detail", detail)
 }
 
 // behind lists the partitions not at their target, with how far they are.
