@@ -228,7 +228,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 		}
 		if decs[i].poison == "" {
 			ev := &decs[i].event
-			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID)})
+			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID), Time: r.Timestamp})
 			events = append(events, decs[i].event)
 		}
 	}

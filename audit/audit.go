@@ -77,6 +77,11 @@ type Report struct {
 	// processed nor quarantined; SkippedExamples lists the first.
 	Skipped         int64          `json:"skipped"`
 	SkippedExamples []SkippedEvent `json:"skipped_examples,omitempty"`
+	// Pruned counts events below the applied position written before the
+	// retention cutoff (RetentionCutoff) whose processed rows are gone, as
+	// retention meant.
+	Pruned          int64      `json:"pruned_by_retention"`
+	RetentionCutoff *time.Time `json:"retention_cutoff,omitempty"`
 	// Orphans counts processed events with no event in the topic read;
 	// OrphanExamples lists the first. With a topic whose start was deleted
 	// (LogStart > 0 somewhere), processed events of the deleted part are
@@ -209,7 +214,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `CREATE TEMPORARY TABLE IF NOT EXISTS heed_audit_records (partition int NOT NULL, "offset" bigint NOT NULL, event_id uuid, key_hash bigint NOT NULL); TRUNCATE heed_audit_records`); err != nil {
+	if _, err := conn.Exec(ctx, `CREATE TEMPORARY TABLE IF NOT EXISTS heed_audit_records (partition int NOT NULL, "offset" bigint NOT NULL, event_id uuid, key_hash bigint NOT NULL, event_time timestamptz NOT NULL); TRUNCATE heed_audit_records`); err != nil {
 		return nil, fmt.Errorf("create the audit's temporary table: %w", err)
 	}
 	defer conn.Exec(context.Background(), `DROP TABLE IF EXISTS heed_audit_records`) //nolint:errcheck // temporary anyway
@@ -273,7 +278,7 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 		if len(chunk) == 0 {
 			return nil
 		}
-		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"heed_audit_records"}, []string{"partition", "offset", "event_id", "key_hash"}, pgx.CopyFromRows(chunk)); err != nil {
+		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"heed_audit_records"}, []string{"partition", "offset", "event_id", "key_hash", "event_time"}, pgx.CopyFromRows(chunk)); err != nil {
 			return fmt.Errorf("copy the topic's records: %w", err)
 		}
 		chunk = chunk[:0]
@@ -305,7 +310,7 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 					id = u
 				}
 			}
-			chunk = append(chunk, []any{r.Partition, r.Offset, id, dedup.KeyHash(string(r.Key))})
+			chunk = append(chunk, []any{r.Partition, r.Offset, id, dedup.KeyHash(string(r.Key)), r.Timestamp})
 			rep.Records++
 			if r.Offset == endOf[r.Partition]-1 {
 				done[r.Partition] = true
@@ -336,16 +341,26 @@ func compare(ctx context.Context, conn *pgx.Conn, cfg Config, startOf map[int32]
 	}
 	// Skipped: below the applied position, neither quarantined (by offset)
 	// nor processed (by event ID and key; a row recorded before rows had
-	// keys, key_hash 0, matches any key).
-	const skipped = `FROM heed_audit_records r
+	// keys, key_hash 0, matches any key), nor pruned by retention (written
+	// before its cutoff; the cutoff is -infinity before any pruning).
+	const missing = `FROM heed_audit_records r
 JOIN applied_positions ap ON ap.topic = $1 AND ap.partition = r.partition AND r."offset" < ap.next_offset
 WHERE NOT EXISTS (SELECT FROM quarantine q WHERE q.topic = $1 AND q.partition = r.partition AND q."offset" = r."offset")
   AND (r.event_id IS NULL OR NOT EXISTS (SELECT FROM processed_events p WHERE p.event_id = r.event_id AND p.key_hash IN (r.key_hash, 0)))`
-	if err := conn.QueryRow(ctx, `SELECT count(*) `+skipped, cfg.Topic).Scan(&rep.Skipped); err != nil {
+	const skipped = missing + ` AND (r.event_id IS NULL OR r.event_time >= $2)`
+	if err := conn.QueryRow(ctx, `SELECT max(cutoff) FROM heed_retention`).Scan(&rep.RetentionCutoff); err != nil {
+		return fmt.Errorf("read the retention cutoff: %w", err)
+	}
+	var cutoff time.Time // before every event when nothing was pruned
+	if rep.RetentionCutoff != nil {
+		cutoff = *rep.RetentionCutoff
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE r.event_id IS NULL OR r.event_time >= $2), count(*) FILTER (WHERE r.event_id IS NOT NULL AND r.event_time < $2) `+missing,
+		cfg.Topic, cutoff).Scan(&rep.Skipped, &rep.Pruned); err != nil {
 		return fmt.Errorf("find skipped events: %w", err)
 	}
 	if rep.Skipped > 0 {
-		rows, err := conn.Query(ctx, `SELECT r.partition, r."offset", coalesce(r.event_id::text, 'none readable') `+skipped+` ORDER BY 1, 2 LIMIT $2`, cfg.Topic, cfg.Examples)
+		rows, err := conn.Query(ctx, `SELECT r.partition, r."offset", coalesce(r.event_id::text, 'none readable') `+skipped+` ORDER BY 1, 2 LIMIT $3`, cfg.Topic, cutoff, cfg.Examples)
 		if err != nil {
 			return fmt.Errorf("list skipped events: %w", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io/fs"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -72,6 +73,9 @@ type Item struct {
 	// KeyHash is KeyHash(Key) when the caller has it already, or 0: then
 	// it is computed where needed.
 	KeyHash int64
+	// Time is when the event was written to the topic (its record's
+	// timestamp), by which retention prunes; zero: unknown, never pruned.
+	Time time.Time
 }
 
 // hash is the item's key hash.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -176,8 +177,8 @@ func Record(ctx context.Context, c Copier, rows []Row) error {
 
 // recordSQL is QueueRecord's INSERT: a plain one, so that an event recorded
 // since the lookup fails it on the primary key instead of being skipped.
-const recordSQL = `INSERT INTO processed_events (event_id, key_hash, aggregate, fingerprint, status, reason, result)
-SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int2[], $6::text[], $7::bytea[])`
+const recordSQL = `INSERT INTO processed_events (event_id, key_hash, aggregate, fingerprint, status, reason, result, event_time)
+SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int2[], $6::text[], $7::bytea[], $8::timestamptz[])`
 
 // QueueRecord queues onto b the INSERT of rows, as Record writes them: for a
 // few rows, one statement in a pipelined batch costs less than COPY's own
@@ -195,13 +196,17 @@ func QueueRecord(b *pgx.Batch, rows []Row) {
 		status  = make(pgarray.Int2s, len(rows))
 		reasons = make(pgarray.Texts, len(rows))
 		results = make([][]byte, len(rows))
+		times   = make([]*time.Time, len(rows))
 	)
 	for i := range rows {
 		r := &rows[i]
 		ids[i], keys[i], aggs[i], fps[i] = r.ID, r.hash(), r.Key, r.Fingerprint
 		status[i], reasons[i], results[i] = int16(r.Outcome), r.Reason, r.Result
+		if !r.Time.IsZero() {
+			times[i] = &r.Time
+		}
 	}
-	b.Queue(recordSQL, ids, keys, aggs, fps, status, reasons, results).Fn = func(br pgx.BatchResults) error {
+	b.Queue(recordSQL, ids, keys, aggs, fps, status, reasons, results, times).Fn = func(br pgx.BatchResults) error {
 		_, err := br.Exec()
 		return recordError(err)
 	}
@@ -219,7 +224,7 @@ func recordError(err error) error {
 	return nil
 }
 
-var copyColumns = []string{"event_id", "key_hash", "aggregate", "fingerprint", "status", "reason", "result"}
+var copyColumns = []string{"event_id", "key_hash", "aggregate", "fingerprint", "status", "reason", "result", "event_time"}
 
 // copyRows is a pgx.CopyFromSource over rows, without a slice of values per
 // row.
@@ -241,7 +246,10 @@ func (s *rowSource) Next() bool {
 func (s *rowSource) Values() ([]any, error) {
 	r := &s.rows[s.i]
 	s.vals[0], s.vals[1], s.vals[2], s.vals[3] = [16]byte(r.ID), r.hash(), r.Key, r.Fingerprint
-	s.vals[4], s.vals[5], s.vals[6] = int16(r.Outcome), r.Reason, r.Result
+	s.vals[4], s.vals[5], s.vals[6], s.vals[7] = int16(r.Outcome), r.Reason, r.Result, nil
+	if !r.Time.IsZero() {
+		s.vals[7] = r.Time
+	}
 	return s.vals, nil
 }
 

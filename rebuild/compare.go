@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -72,8 +73,10 @@ func (r *Report) Summary() string {
 const firstDiffs = 5
 
 // compare compares every table of schemas live and rebuilt through q, except
-// the migration version tables (heed_<set>_migrations, which record when
-// each migration ran).
+// heed's bookkeeping tables (heed_*: the migration versions, which record when
+// each migration ran, and the retention's last run). Rows with an event_time
+// before the later of the two schemas' retention cutoffs are left out: one of
+// the two may have pruned them (package retention).
 func compare(ctx context.Context, q pgx.Tx, live, rebuilt string) (*Report, error) {
 	lt, err := tables(ctx, q, live)
 	if err != nil {
@@ -87,6 +90,10 @@ func compare(ctx context.Context, q pgx.Tx, live, rebuilt string) (*Report, erro
 	for _, t := range append(lt, rt...) {
 		names[t] = true
 	}
+	cutoff, err := laterCutoff(ctx, q, live, rebuilt)
+	if err != nil {
+		return nil, err
+	}
 	rep := &Report{}
 	for _, name := range slices.Sorted(maps.Keys(names)) {
 		tr := TableReport{Table: name}
@@ -97,6 +104,16 @@ func compare(ctx context.Context, q pgx.Tx, live, rebuilt string) (*Report, erro
 			tr.Missing = "rebuilt"
 		default:
 			a, b := pgx.Identifier{live, name}.Sanitize(), pgx.Identifier{rebuilt, name}.Sanitize()
+			if cutoff != nil {
+				timed, err := hasColumn(ctx, q, live, name, "event_time")
+				if err != nil {
+					return nil, err
+				}
+				if timed {
+					keep := fmt.Sprintf(` WHERE event_time IS NULL OR event_time >= '%s'::timestamptz`, cutoff.UTC().Format(time.RFC3339Nano))
+					a, b = "(SELECT * FROM "+a+keep+")", "(SELECT * FROM "+b+keep+")"
+				}
+			}
 			var ls, rs string
 			if tr.LiveRows, ls, err = checksum(ctx, q, a); err != nil {
 				return nil, err
@@ -119,10 +136,42 @@ func compare(ctx context.Context, q pgx.Tx, live, rebuilt string) (*Report, erro
 	return rep, nil
 }
 
-// tables lists schemaName's tables but the migration version tables.
+// laterCutoff is the later of the two schemas' retention cutoffs, or nil
+// when neither has pruned.
+func laterCutoff(ctx context.Context, q pgx.Tx, schemas ...string) (*time.Time, error) {
+	var later *time.Time
+	for _, s := range schemas {
+		var exists bool
+		if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'heed_retention')`, s).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("read the retention cutoff of %s: %w", s, err)
+		}
+		if !exists {
+			continue
+		}
+		var c *time.Time
+		if err := q.QueryRow(ctx, `SELECT max(cutoff) FROM `+pgx.Identifier{s, "heed_retention"}.Sanitize()).Scan(&c); err != nil {
+			return nil, fmt.Errorf("read the retention cutoff of %s: %w", s, err)
+		}
+		if c != nil && (later == nil || c.After(*later)) {
+			later = c
+		}
+	}
+	return later, nil
+}
+
+func hasColumn(ctx context.Context, q pgx.Tx, schemaName, table, column string) (bool, error) {
+	var ok bool
+	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = $3)`, schemaName, table, column).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("read the columns of %s.%s: %w", schemaName, table, err)
+	}
+	return ok, nil
+}
+
+// tables lists schemaName's tables but heed's bookkeeping ones (heed_*).
 func tables(ctx context.Context, q pgx.Tx, schemaName string) ([]string, error) {
 	rows, err := q.Query(ctx, `SELECT table_name FROM information_schema.tables
-WHERE table_schema = $1 AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'heed\_%\_migrations' ORDER BY 1`, schemaName)
+WHERE table_schema = $1 AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'heed\_%' ORDER BY 1`, schemaName)
 	if err != nil {
 		return nil, fmt.Errorf("list the tables of %s: %w", schemaName, err)
 	}
@@ -148,7 +197,7 @@ func checksum(ctx context.Context, q pgx.Tx, table string) (int64, string, error
 
 // except lists the first rows of a that b has not, as text, in order.
 func except(ctx context.Context, q pgx.Tx, a, b string) ([]string, error) {
-	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT d::text FROM (SELECT * FROM %s EXCEPT ALL SELECT * FROM %s) d ORDER BY 1 LIMIT %d`, a, b, firstDiffs))
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT d::text FROM (SELECT * FROM %s x EXCEPT ALL SELECT * FROM %s y) d ORDER BY 1 LIMIT %d`, a, b, firstDiffs))
 	if err != nil {
 		return nil, fmt.Errorf("compare %s with %s: %w", a, b, err)
 	}

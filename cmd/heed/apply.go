@@ -37,7 +37,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	if err := c.validate(logger); err != nil {
 		return err
 	}
-	pool, err := openDB(ctx, c.db, int32(c.apply.concurrency)+2, false, logger)
+	pool, err := openDB(ctx, c.db, int32(c.apply.concurrency)+3, false, logger)
 	if err != nil {
 		return err
 	}
@@ -47,7 +47,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 
 // validate checks every flag before apply starts anything.
 func (c *applyCmd) validate(logger *slog.Logger) error {
-	if err := firstError(c.db.validate(), c.apply.validateBatch(), positive("shutdown-timeout", c.apply.shutdownTimeout)); err != nil {
+	if err := firstError(c.db.validate(), c.apply.validateBatch(), positive("shutdown-timeout", c.apply.shutdownTimeout), c.apply.validateRetention()); err != nil {
 		return err
 	}
 	cfg := applierConfig(logger, c.kafka, c.apply)

@@ -111,6 +111,9 @@ func printAudit(w io.Writer, schemaName string, rep *audit.Report) {
 	for _, s := range rep.SkippedExamples {
 		fmt.Fprintf(w, "    partition %d offset %d event %s: below the applied position, neither processed nor quarantined\n", s.Partition, s.Offset, s.EventID)
 	}
+	if rep.Pruned > 0 {
+		fmt.Fprintf(w, "pruned by retention    %d (written before %s)\n", rep.Pruned, rep.RetentionCutoff.Format(time.RFC3339))
+	}
 	fmt.Fprintf(w, "processed, no event    %d\n", rep.Orphans)
 	for _, o := range rep.OrphanExamples {
 		fmt.Fprintf(w, "    event %s (aggregate %s): processed, not in the topic\n", o.EventID, o.Aggregate)

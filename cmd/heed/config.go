@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heed-dev/heed/ingest"
+	"github.com/heed-dev/heed/retention"
 	"github.com/heed-dev/heed/schema"
 )
 
@@ -133,6 +134,9 @@ type applyFlags struct {
 	sessionTimeout, rebalanceTimeout time.Duration
 	// instanceID is the group.instance.id of a static member ("": dynamic).
 	instanceID string
+	// retention is how long processed events are kept (0: forever), pruned
+	// every retentionInterval.
+	retention, retentionInterval time.Duration
 }
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
@@ -140,6 +144,8 @@ func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&a.sessionTimeout, "group-session-timeout", 10*time.Second, "how long the group waits for an applier that stopped heartbeating (killed, host lost) before its partitions move to the others")
 	fs.StringVar(&a.instanceID, "group-instance-id", "", "a stable ID for this applier, unique in the group, to make it a static member: restarted with the same ID within the session timeout it gets its partitions back without a rebalance; it does not leave the group when it stops")
 	fs.DurationVar(&a.rebalanceTimeout, "group-rebalance-timeout", 0, "how long a rebalance waits for every applier to rejoin, finishing in-flight batches; above --shutdown-timeout (default: --shutdown-timeout + 20s)")
+	fs.DurationVar(&a.retention, "retention", retention.DefaultRetention, "how long a processed event's ID (and its outcome, for GetCommandResult) is kept after its event was written, to recognise a retried command; longer than any client retries; 0 keeps them forever (see docs/REPLAY.md)")
+	fs.DurationVar(&a.retentionInterval, "retention-interval", time.Hour, "how often the applier prunes processed events older than --retention (one applier of the group at a time)")
 	a.registerBatch(fs)
 }
 

@@ -132,7 +132,7 @@ func (c *devCmd) validate(logger *slog.Logger) error {
 		nonEmpty("data-dir", c.dataDir, defaultDataDir),
 		c.db.validateIfSet(),
 		c.serve.validate(),
-		c.apply.validateBatch(),
+		c.apply.validateBatch(), c.apply.validateRetention(),
 	); err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/ledger"
+	"github.com/heed-dev/heed/retention"
 	"github.com/heed-dev/heed/schema"
 	"github.com/heed-dev/heed/topic"
 )
@@ -129,6 +130,9 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	a, err := applier.New(applierConfig(logger, kafka, af), pool, ledger.Applier{})
 	if err != nil {
 		return err
+	}
+	if af.retention > 0 {
+		go retention.Run(ctx, pool, retention.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
 	}
 	if err := a.Run(ctx); err != nil {
 		return fmt.Errorf("applier: %w", topicError(db, err))

@@ -8,6 +8,8 @@
 //     the IDs and a summed upsert); see reference;
 //   - drain: the applier draining events produced straight to the topic (1%
 //     duplicates), with random request IDs and again with time-ordered ones;
+//   - rebuild: heed rebuild replaying such a topic into a fresh schema,
+//     next to the floor (the COPY ceiling);
 //   - naive: the same with one event per transaction;
 //   - ingest: commands/s and latency over Connect with concurrent clients,
 //     next to a handler that does not produce, on the same server stack;
@@ -45,7 +47,7 @@ import (
 )
 
 // Phases are the phases Run knows, in the order it runs them.
-var Phases = []string{"references", "drain", "naive", "ingest", "e2e", "rss"}
+var Phases = []string{"references", "drain", "rebuild", "naive", "ingest", "e2e", "rss"}
 
 // Config sizes a run. DatabaseURL is required; zero values take the defaults
 // documented on each field.
@@ -197,9 +199,17 @@ type Result struct {
 	// serving its fetches included).
 	ApplierCPUPerEvent    float64 `json:"applier_cpu_us_per_event"`
 	ApplierFaultsPerEvent float64 `json:"applier_page_faults_per_event"`
-	NaiveEvents           int     `json:"naive_events"`
-	Naive                 float64 `json:"naive_events_per_s"`
-	ApplierToNaive        float64 `json:"applier_to_naive_ratio"`
+	// Rebuild is heed rebuild replaying RebuildEvents records (random
+	// request IDs, 1% duplicates) into a fresh schema, from its start to the
+	// topic's end; RebuildToFloor its ratio to the floor, the COPY ceiling.
+	Rebuild         float64  `json:"rebuild_events_per_s"`
+	RebuildEvents   int      `json:"rebuild_records"`
+	RebuildToFloor  float64  `json:"rebuild_to_floor_ratio"`
+	RebuildPostgres perEvent `json:"rebuild_postgres_per_event"`
+
+	NaiveEvents    int     `json:"naive_events"`
+	Naive          float64 `json:"naive_events_per_s"`
+	ApplierToNaive float64 `json:"applier_to_naive_ratio"`
 
 	Clients      int     `json:"clients"`
 	Protocol     string  `json:"protocol"`
@@ -299,6 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			e.settle(ctx)
 			return e.drainOrdered(ctx, r)
 		}},
+		{"rebuild", func(ctx context.Context) error { return e.rebuildPhase(ctx, r) }},
 		{"naive", func(ctx context.Context) error { return e.naive(ctx, r) }},
 		{"ingest", func(ctx context.Context) error { return e.ingest(ctx, r) }},
 		{"e2e", func(ctx context.Context) error { return e.e2e(ctx, r) }},
@@ -334,6 +345,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if r.PeerBatched > 0 && r.ApplyRate > 0 {
 		r.ApplyRateToPeer = r.ApplyRate / r.PeerBatched
+	}
+	if r.Floor > 0 && r.Rebuild > 0 {
+		r.RebuildToFloor = r.Rebuild / r.Floor
 	}
 	if r.Naive > 0 && r.Applier > 0 {
 		r.ApplierToNaive = r.Applier / r.Naive

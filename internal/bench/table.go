@@ -49,6 +49,14 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 		}
 		fmt.Fprintf(tw, "applier drain, UUIDv7 request IDs\t%s events/s\ttime-ordered IDs insert near the end of the processed-event index%s\n", count(int(r.OrderedApplier)), floor)
 	}
+	if r.Rebuild > 0 {
+		ratio := ""
+		if r.RebuildToFloor > 0 {
+			ratio = fmt.Sprintf("%.2f × the floor (the COPY ceiling); ", r.RebuildToFloor)
+		}
+		fmt.Fprintf(tw, "rebuild: replay into a fresh schema	%s events/s	%sheed rebuild's defaults, %s records from the start (schema created and migrated) to the topic's end; Postgres %.1f µs CPU, %.0f B WAL per record\n",
+			count(int(r.Rebuild)), ratio, count(r.RebuildEvents), r.RebuildPostgres.CPU, r.RebuildPostgres.WAL)
+	}
 	if r.Naive > 0 {
 		ratio := ""
 		if r.ApplierToNaive > 0 {
