@@ -169,6 +169,10 @@ func Open(ctx context.Context, cfg Config) (*Rebuilder, error) {
 		r.Close()
 		return nil, err
 	}
+	if err := deferIndexes(ctx, r.into, cfg.Into); err != nil {
+		r.Close()
+		return nil, err
+	}
 	if r.startSum > 0 {
 		r.log.Info("resuming an earlier rebuild", "into", cfg.Into, "records_done", r.startSum)
 	}
@@ -236,6 +240,9 @@ func (r *Rebuilder) CatchUp(ctx context.Context, toLive bool) (map[int32]int64, 
 		// Caught up: little was left, or what was left took a moment
 		// (the rebuild keeps pace with the live side).
 		if left < int64(r.cfg.Applier.MaxBatchRecords) || time.Since(began) < caughtUp {
+			if err := buildIndexes(ctx, r.into, r.cfg.Into, r.log); err != nil {
+				return nil, err
+			}
 			return targets, nil
 		}
 	}
