@@ -268,7 +268,7 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 		return nil
 	}
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumePartitions(want),
-		kgo.FetchMaxBytes(16 << 20), kgo.FetchMaxPartitionBytes(4 << 20)}, cfg.KafkaOpts...)...)
+		kgo.FetchMaxBytes(8 << 20), kgo.FetchMaxPartitionBytes(1 << 20)}, cfg.KafkaOpts...)...)
 	if err != nil {
 		return fmt.Errorf("create Kafka consumer: %w", err)
 	}

@@ -241,6 +241,10 @@ type Result struct {
 	RSSApplier   float64   `json:"rss_events_per_s"`
 	RSSPeakMiB   float64   `json:"rss_peak_mib"`
 	RSSByQuarter []float64 `json:"rss_mib_at_25_50_75_100_pct"`
+	// AuditPeakMiB is the peak RSS of heed audit over the rss phase's
+	// topic and projection, which took AuditSeconds.
+	AuditPeakMiB float64 `json:"audit_peak_rss_mib"`
+	AuditSeconds float64 `json:"audit_seconds"`
 }
 
 // env is what every phase shares: the broker, the database and the config.

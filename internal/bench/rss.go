@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -128,6 +129,9 @@ func (e *env) rss(ctx context.Context, r *Result) error {
 	if err := checkLedger(ctx, pool, accounts, int64(e.cfg.RSSEvents), int64(total)); err != nil {
 		return err
 	}
+	if err := e.auditRSS(ctx, exe, topic, schemaName, total, r); err != nil {
+		return err
+	}
 	r.RSSEvents = total
 	r.RSSApplier = float64(total) / elapsed.Seconds()
 	r.RSSPeakMiB = float64(peak) / 1024
@@ -135,6 +139,58 @@ func (e *env) rss(ctx context.Context, r *Result) error {
 	e.progress("rss: %d events at %.0f events/s (process start included), peak RSS %.1f MiB, at 25/50/75/100%%: %.1f MiB",
 		total, r.RSSApplier, r.RSSPeakMiB, byMark)
 	return nil
+}
+
+// auditRSS runs heed audit as a process over the topic the rss phase drained
+// and samples its resident memory: the audit must fit in what the applier
+// used (issue 19), and find the projection consistent.
+func (e *env) auditRSS(ctx context.Context, exe, topic, schemaName string, total int, r *Result) error {
+	cmd := exec.CommandContext(ctx, exe, "audit",
+		"--brokers", strings.Join(e.broker.Addrs(), ","),
+		"--topic", topic,
+		"--database-url", e.cfg.DatabaseURL,
+		"--schema", schemaName,
+		"--json")
+	cmd.Env = withoutHeedEnv(os.Environ())
+	var stdout, stderr lockedBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s audit: %w", exe, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var peak int64
+	for {
+		if kb, err := rssKiB(cmd.Process.Pid); err == nil {
+			peak = max(peak, kb)
+		}
+		select {
+		case err := <-exited:
+			if err != nil {
+				return fmt.Errorf("heed audit: %v: %s", err, stderr.tail())
+			}
+			var rep struct {
+				Records int64 `json:"records"`
+				Skipped int64 `json:"skipped"`
+				Orphans int64 `json:"orphans"`
+			}
+			if err := json.Unmarshal(stdout.bytes(), &rep); err != nil {
+				return fmt.Errorf("heed audit --json: %w", err)
+			}
+			if rep.Records != int64(total) || rep.Skipped != 0 || rep.Orphans != 0 {
+				return fmt.Errorf("WRONG RESULT: heed audit read %d records (want %d), found %d skipped and %d orphans (want 0)", rep.Records, total, rep.Skipped, rep.Orphans)
+			}
+			r.AuditSeconds = time.Since(start).Seconds()
+			r.AuditPeakMiB = float64(peak) / 1024
+			e.progress("rss: heed audit read %d records in %.1fs, peak RSS %.1f MiB", total, r.AuditSeconds, r.AuditPeakMiB)
+			return nil
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // produceStream produces the log generate builds, chunk by chunk, so that the
@@ -207,6 +263,12 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]byte(nil), b.buf.Bytes()...)
 }
 
 func (b *lockedBuffer) tail() string {

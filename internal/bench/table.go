@@ -85,6 +85,9 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 		}
 		fmt.Fprintf(tw, "heed apply memory\tpeak RSS %.0f MiB\t%s MiB at 25/50/75/100%% of %s events, %s events/s\n",
 			r.RSSPeakMiB, strings.Join(quarters, "/"), count(r.RSSEvents), count(int(r.RSSApplier)))
+		if r.AuditPeakMiB > 0 {
+			fmt.Fprintf(tw, "heed audit memory\tpeak RSS %.0f MiB\tover the same %s events and projection, in %.1f s\n", r.AuditPeakMiB, count(r.RSSEvents), r.AuditSeconds)
+		}
 	}
 	return tw.Flush()
 }
