@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -124,11 +126,50 @@ var faults = []fault{
 		})
 		return fmt.Sprintf("the broker answers the next %d requests %v late", n, d), nil
 	}},
+	{"rebuild-swap", func(ctx context.Context, s *stack, rng *rand.Rand) (string, error) {
+		// heed rebuild --verify --swap under the load, killed at a failpoint
+		// mid-replay half the time (the next run resumes), with an applier
+		// SIGKILLed while it runs; then --drop-old.
+		args := []string{"rebuild", "--brokers", s.broker.Addrs()[0], "--database-url", s.dbURL, "--batch-records", "500", "--hold-timeout", "30s", "--log-level", "warn"}
+		var did []string
+		if rng.IntN(2) == 0 {
+			at := 1 + rng.IntN(5)
+			if out, err := runHeed(ctx, s.bin, []string{fmt.Sprintf("HEED_FAILPOINTS=apply/after-commit=crash@%d", at)}, args...); err == nil {
+				return "", fmt.Errorf("a rebuild armed to crash at batch %d finished instead:\n%s", at, out)
+			}
+			s.log.count("rebuild crashed at apply/after-commit")
+			did = append(did, fmt.Sprintf("rebuild SIGKILLed at its batch %d", at))
+		}
+		victim := pick(rng, s.applies)
+		delay := time.Duration(rng.IntN(1500)) * time.Millisecond
+		killed := time.AfterFunc(delay, func() { s.kill(victim) })
+		out, err := runHeed(ctx, s.bin, nil, append(args, "--verify", "--swap")...)
+		killed.Stop()
+		if err != nil {
+			return "", fmt.Errorf("heed rebuild --verify --swap: %v\n%s", err, out)
+		}
+		if out, err := runHeed(ctx, s.bin, nil, "rebuild", "--database-url", s.dbURL, "--drop-old"); err != nil {
+			return "", fmt.Errorf("heed rebuild --drop-old: %v\n%s", err, out)
+		}
+		did = append(did, fmt.Sprintf("rebuilt, verified and swapped with %s SIGKILLed %v in; old schema dropped", victim.name, delay))
+		return strings.Join(did, "; "), nil
+	}},
 	{"rebalance-churn", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
 		sl := pick(rng, s.applies)
 		s.terminate(sl)
 		return sl.name + " stopped by SIGTERM (a dynamic member leaves the group; revived later)", nil
 	}},
+}
+
+// runHeed runs the heed binary with extra environment and returns its
+// combined output; bounded by two minutes.
+func runHeed(ctx context.Context, bin string, env []string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // errInjected closes the connection of a request a fault drops.
