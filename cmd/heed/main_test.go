@@ -151,7 +151,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "dev missing database", args: []string{"dev"}, missingDB: true, wantCode: 1,
 			wantStderr: []string{"does not exist", "createdb -h "}, notStderr: []string{"does not answer"}},
 		{name: "bench unknown phase", args: []string{"bench", "--database-url", someDB, "--phases", "drain,warp"}, wantCode: 1,
-			wantStderr: []string{`phase "warp"`, "references, drain, naive, ingest, e2e, rss"}},
+			wantStderr: []string{`phase "warp"`, "references, drain, rebuild, naive, ingest, e2e, rss"}},
 		{name: "bench bad protocol", args: []string{"bench", "--database-url", someDB, "--protocol", "carrier-pigeon"}, wantCode: 1,
 			wantStderr: []string{`protocol "carrier-pigeon"`, "connect, connect-h2 or grpc"}},
 		{name: "bench zero clients", args: []string{"bench", "--database-url", someDB, "--clients", "0"}, wantCode: 1,
