@@ -192,12 +192,12 @@ func printReport(w io.Writer, rep *rebuild.Report) {
 // progress shows a rebuild's progress: a line rewritten every second on a
 // terminal, a log line every interval otherwise.
 type progress struct {
-	w        io.Writer
-	tty      bool
-	every    time.Duration
-	logger   *slog.Logger
-	last  time.Time
-	drawn bool
+	w      io.Writer
+	tty    bool
+	every  time.Duration
+	logger *slog.Logger
+	last   time.Time
+	drawn  bool
 }
 
 func newProgress(w io.Writer, every time.Duration, logger *slog.Logger) *progress {
