@@ -29,12 +29,8 @@ func TestFailpointCrashes(t *testing.T) {
 		t.Skip("builds and runs the heed binary")
 	}
 	bin := testenv.BuildHeed(t, "failpoints")
-	dbURL := testenv.PostgresURL(t)
-	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	startHeed(t, bin, "broker listening on", "broker", "--data-dir", t.TempDir(), "--listen", brokerAddr)
-	runTool(t, time.Minute, false, bin, "migrate", "--database-url", dbURL)
-	common := []string{"--brokers", brokerAddr, "--database-url", dbURL}
+	ps := startParts(t, bin)
+	dbURL, brokerAddr, listen, common := ps.dbURL, ps.brokerAddr, ps.listen, ps.common
 	serveArgs := append([]string{"serve", "--listen", listen}, common...)
 	applyArgs := append([]string{"apply"}, common...)
 	startServe := func(env ...string) *process { return startHeedEnv(t, env, bin, "serving Connect", serveArgs...) }

@@ -331,3 +331,24 @@ func lines(s string) []string {
 	}
 	return out
 }
+
+// parts is heed broker running as a process over a fresh data dir, and a
+// fresh database migrated with bin: what the process tests start serve and
+// apply against. common are the flags serve and apply share.
+type parts struct {
+	dbURL, brokerAddr, listen string
+	common                    []string
+}
+
+func startParts(t *testing.T, bin string, brokerArgs ...string) parts {
+	t.Helper()
+	p := parts{
+		dbURL:      testenv.PostgresURL(t),
+		brokerAddr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		listen:     fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+	}
+	startHeed(t, bin, "broker listening on", append([]string{"broker", "--data-dir", t.TempDir(), "--listen", p.brokerAddr}, brokerArgs...)...)
+	runTool(t, time.Minute, false, bin, "migrate", "--database-url", p.dbURL)
+	p.common = []string{"--brokers", p.brokerAddr, "--database-url", p.dbURL}
+	return p
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -23,12 +22,8 @@ func TestRebuildVerb(t *testing.T) {
 		t.Skip("builds and runs the heed binary")
 	}
 	bin := testenv.BuildHeed(t, "failpoints")
-	dbURL := testenv.PostgresURL(t)
-	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	startHeed(t, bin, "broker listening on", "broker", "--data-dir", t.TempDir(), "--listen", brokerAddr, "--partitions", "4")
-	runTool(t, time.Minute, false, bin, "migrate", "--database-url", dbURL)
-	common := []string{"--brokers", brokerAddr, "--database-url", dbURL}
+	ps := startParts(t, bin, "--partitions", "4")
+	dbURL, listen, common := ps.dbURL, ps.listen, ps.common
 	startHeedLog(t, bin, "serving Connect", append([]string{"serve", "--listen", listen}, common...)...)
 	apply := startHeedLog(t, bin, "partitions assigned", append([]string{"apply"}, common...)...)
 
