@@ -95,6 +95,27 @@ type Config struct {
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
 	KafkaOpts []kgo.Opt
+	// Observer, if set, is told of every committed batch and every retried
+	// attempt (metrics, traces).
+	Observer Observer
+}
+
+// Observer receives what an Applier does. Its methods are called from the
+// partitions' workers, concurrently: implementations must be safe for
+// concurrent use, and quick.
+type Observer interface {
+	// BatchApplied: records (of one partition, in log order) committed in
+	// one transaction that took took; stats are what it found.
+	BatchApplied(partition int32, records []*kgo.Record, took time.Duration, stats BatchStats)
+	// BatchRetried: an attempt at a batch failed and is tried again; class
+	// is why ("transient", "systemic", "event-caused", "poison",
+	// "lookup-skipped", "recorded-concurrently").
+	BatchRetried(partition int32, class string)
+}
+
+// BatchStats count what one committed batch did with its records.
+type BatchStats struct {
+	Applied, Duplicates, Conflicts, Quarantined, Parked int
 }
 
 // WithDefaults returns c with every zero field that has a default set to it,

@@ -13,6 +13,13 @@ import (
 	"github.com/heed-dev/heed/pgarray"
 )
 
+// retried tells the Observer, if any, of a retried attempt.
+func (a *Applier) retried(p int32, class string) {
+	if o := a.cfg.Observer; o != nil {
+		o.BatchRetried(p, class)
+	}
+}
+
 // errStale means another member moved the partition's applied position: this
 // member's view is out of date and its batch must not commit.
 var errStale = errors.New("applied position moved by another consumer")
@@ -75,6 +82,7 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 			w.lookups = lookupsAfterDuplicate
 			a.stats.retries.Add(1)
 			a.stats.lookupRetries.Add(1)
+			a.retried(w.p, "lookup-skipped")
 			if !errors.Is(err, dedup.ErrRecordedConcurrently) {
 				a.log.Debug("a batch that skipped the dedup lookup failed; applying it again with the lookup", "partition", w.p,
 					"first_offset", cur[0].Offset, "records", len(cur), "err", err)
@@ -83,6 +91,11 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		}
 		a.stats.retries.Add(1)
 		class := Classify(err)
+		if errors.Is(err, dedup.ErrRecordedConcurrently) {
+			a.retried(w.p, "recorded-concurrently")
+		} else {
+			a.retried(w.p, class.String())
+		}
 		switch {
 		case errors.Is(err, dedup.ErrRecordedConcurrently):
 			// The same event ID in another partition (or topic), committed
@@ -216,6 +229,7 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 // the applied position (applyBatch trims what lies below it).
 func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLookup bool) error {
 	a := w.a
+	began := time.Now()
 	next := batch[len(batch)-1].Offset + 1
 
 	decs := make([]decoded, len(batch))
@@ -272,6 +286,10 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 	s.conflicts.Add(out.conflicts)
 	s.quarantined.Add(out.poison)
 	s.parked.Add(out.parkedN)
+	if o := a.cfg.Observer; o != nil {
+		o.BatchApplied(w.p, batch, time.Since(began), BatchStats{Applied: len(out.fresh), Duplicates: int(out.dups),
+			Conflicts: int(out.conflicts), Quarantined: int(out.poison), Parked: int(out.parkedN)})
+	}
 	for _, q := range out.bad {
 		if q.kind != kindParked {
 			a.log.Warn("record quarantined", "kind", q.kind, "partition", q.rec.Partition, "offset", q.rec.Offset, "reason", q.reason)

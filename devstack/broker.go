@@ -2,6 +2,7 @@ package devstack
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -60,6 +61,18 @@ type BrokerConfig struct {
 	// Logger receives kfake's log lines (its info and debug lines at
 	// slog.LevelDebug). Nil discards them.
 	Logger *slog.Logger
+
+	// Users, when set, turn SASL authentication on: clients must log in as
+	// one of them (each a superuser).
+	Users []SASLUser
+	// TLS, when set, serves the Kafka protocol over TLS only.
+	TLS *tls.Config
+}
+
+// SASLUser is a user of a broker with SASL on. Mechanism is PLAIN,
+// SCRAM-SHA-256 or SCRAM-SHA-512.
+type SASLUser struct {
+	Mechanism, User, Password string
 }
 
 // Broker is an embedded single-node Kafka broker (franz-go's kfake) served
@@ -163,6 +176,15 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 	}
 	if cfg.DataDir != "" {
 		opts = append(opts, kfake.DataDir(cfg.DataDir))
+	}
+	if len(cfg.Users) > 0 {
+		opts = append(opts, kfake.EnableSASL())
+		for _, u := range cfg.Users {
+			opts = append(opts, kfake.Superuser(u.Mechanism, u.User, u.Password))
+		}
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, kfake.TLS(cfg.TLS))
 	}
 	cluster, err := kfake.NewCluster(opts...)
 	if err != nil {

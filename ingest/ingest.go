@@ -56,6 +56,10 @@ type Config struct {
 	KafkaOpts []kgo.Opt
 	// Gate, if set, is asked before every command is written (see Gate).
 	Gate Gate
+	// OnProduce, if set, is told how long each produce took until the
+	// broker answered, and its error (nil: acknowledged). Called
+	// concurrently; it must be quick.
+	OnProduce func(took time.Duration, err error)
 }
 
 // Gate decides whether commands may be written now, and over how many
@@ -239,8 +243,13 @@ func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, 
 	// and concurrent commands would then travel a few to a request.
 	// RecordDeliveryTimeout (ProduceTimeout) bounds the wait.
 	done := make(chan error, 1)
+	began := time.Now()
 	p.cl.Produce(ctx, rec, func(_ *kgo.Record, err error) { done <- err })
-	if err := <-done; err != nil {
+	err = <-done
+	if p.cfg.OnProduce != nil {
+		p.cfg.OnProduce(time.Since(began), err)
+	}
+	if err != nil {
 		return "", "", produceError(ctx, err)
 	}
 	failpoint.Hit("ingest/after-produce")

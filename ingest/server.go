@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,31 @@ type Server struct {
 	maxRequestBytes          int
 	readTimeout, idleTimeout time.Duration
 	shutdownTimeout          time.Duration
+
+	// health answers the gRPC health service (default: every service
+	// serving); guard wraps the mounted services' handlers (authentication),
+	// not reflection's nor health's; tls, when set, serves TLS only.
+	health grpchealth.Checker
+	guard  func(http.Handler) http.Handler
+	tls    *tls.Config
+}
+
+// WithHealthChecker answers the gRPC health service with c instead of
+// reporting every mounted service as serving.
+func WithHealthChecker(c grpchealth.Checker) ServerOption {
+	return func(s *Server) { s.health = c }
+}
+
+// WithGuard wraps the mounted services' handlers with guard (for example an
+// authentication check); reflection and health stay outside it.
+func WithGuard(guard func(http.Handler) http.Handler) ServerOption {
+	return func(s *Server) { s.guard = guard }
+}
+
+// WithTLS serves TLS with cfg (HTTP/2 by ALPN, HTTP/1.1) instead of
+// cleartext.
+func WithTLS(cfg *tls.Config) ServerOption {
+	return func(s *Server) { s.tls = cfg }
 }
 
 // NewServer returns an empty Server with the default limits, changed by opts.
@@ -98,12 +124,20 @@ func (s *Server) Mount(service, path string, h http.Handler) {
 // and the request body bounded (see WithMaxRequestBytes).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/", s.mux)
+	var domain http.Handler = s.mux
+	if s.guard != nil {
+		domain = s.guard(domain)
+	}
+	mux.Handle("/", domain)
 	limits := requestLimits(s.maxRequestBytes)
 	reflector := grpcreflect.NewStaticReflector(s.names...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, limits))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, limits))
-	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(s.names...), limits))
+	checker := s.health
+	if checker == nil {
+		checker = grpchealth.NewStaticChecker(s.names...)
+	}
+	mux.Handle(grpchealth.NewHandler(checker, limits))
 	return limitBody(mux, s.maxRequestBytes)
 }
 
@@ -126,7 +160,16 @@ func Listen(addr string) (net.Listener, error) {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
+	if s.tls != nil {
+		protocols.SetHTTP2(true)
+		cfg := s.tls.Clone()
+		if len(cfg.NextProtos) == 0 {
+			cfg.NextProtos = []string{"h2", "http/1.1"}
+		}
+		ln = tls.NewListener(ln, cfg)
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		Protocols:         protocols,
@@ -137,7 +180,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	s.logger.Info("serving Connect, gRPC and gRPC-Web", "addr", ln.Addr().String(), "services", s.names)
+	s.logger.Info("serving Connect, gRPC and gRPC-Web", "addr", ln.Addr().String(), "services", s.names, "tls", s.tls != nil)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)

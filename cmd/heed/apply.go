@@ -18,6 +18,7 @@ type applyCmd struct {
 	kafka kafkaFlags
 	db    dbFlags
 	apply applyFlags
+	obs   obsFlags
 	log   logFlags
 }
 
@@ -26,6 +27,7 @@ func (c *applyCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL to apply to, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	c.apply.register(fs)
 	registerShutdown(fs, &c.apply.shutdownTimeout)
+	c.obs.register(fs, "127.0.0.1:9465", true)
 	c.log.register(fs)
 }
 
@@ -37,17 +39,23 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	if err := c.validate(logger); err != nil {
 		return err
 	}
+	x, stop, err := startOps(ctx, c.obs, "heed-apply", logger)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	pool, err := openDB(ctx, c.db, int32(c.apply.concurrency)+3, false, logger)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool)
+	x.metrics.WatchPool(pool)
+	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs.readyMaxLag)
 }
 
 // validate checks every flag before apply starts anything.
 func (c *applyCmd) validate(logger *slog.Logger) error {
-	if err := firstError(c.db.validate(), c.apply.validateBatch(), positive("shutdown-timeout", c.apply.shutdownTimeout), c.apply.validateRetention()); err != nil {
+	if err := firstError(c.db.validate(), c.apply.validateBatch(), positive("shutdown-timeout", c.apply.shutdownTimeout), c.apply.validateRetention(), c.kafka.sec.Validate()); err != nil {
 		return err
 	}
 	cfg := applierConfig(logger, c.kafka, c.apply)

@@ -58,12 +58,17 @@ func (c *auditCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
+	sec, err := c.kafka.sec.Opts()
+	if err != nil {
+		return err
+	}
 	pr := newProgress(stderr, c.every, logger)
 	rep, err := audit.Run(ctx, pool, audit.Config{
-		Brokers:  c.kafka.brokerList(),
-		Topic:    c.kafka.topic,
-		Examples: c.examples,
-		Logger:   logger,
+		KafkaOpts: sec,
+		Brokers:   c.kafka.brokerList(),
+		Topic:     c.kafka.topic,
+		Examples:  c.examples,
+		Logger:    logger,
 		Progress: func(p audit.Progress) {
 			var eta time.Duration
 			if p.Rate > 0 {

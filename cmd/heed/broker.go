@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 
 	"github.com/heed-dev/heed/devstack"
+	"github.com/heed-dev/heed/internal/netsec"
 )
 
 var brokerVerb = verb{
@@ -22,6 +24,10 @@ type brokerCmd struct {
 	listen     string
 	dataDir    string
 	partitions int
+	sasl       string
+	user, pass string
+	tlsCert    string
+	tlsKey     string
 	log        logFlags
 }
 
@@ -29,6 +35,11 @@ func (c *brokerCmd) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.listen, "listen", devstack.DefaultBrokerListen, "address to serve the Kafka protocol on")
 	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "directory the broker persists to (in DIR/kafka), one process at a time")
 	fs.IntVar(&c.partitions, "partitions", defaultPartitions, "partitions of topics created without a count")
+	fs.StringVar(&c.sasl, "sasl", "", "require SASL: plain, scram-sha-256 or scram-sha-512, for the one user --sasl-user")
+	fs.StringVar(&c.user, "sasl-user", "", "the SASL user clients log in as (a superuser)")
+	fs.StringVar(&c.pass, "sasl-password", "", "the SASL user's password; prefer HEED_SASL_PASSWORD")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate to serve the Kafka protocol over TLS with, with --tls-key")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert")
 	c.log.register(fs)
 }
 
@@ -43,13 +54,28 @@ func (c *brokerCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	); err != nil {
 		return err
 	}
-	b, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
+	cfg := devstack.BrokerConfig{
 		Listen:     c.listen,
 		DataDir:    filepath.Join(c.dataDir, "kafka"),
 		Program:    "heed broker",
 		Partitions: int32(c.partitions),
 		Logger:     logger,
-	})
+	}
+	if c.sasl != "" || c.user != "" || c.pass != "" {
+		mech := map[string]string{"plain": "PLAIN", "scram-sha-256": "SCRAM-SHA-256", "scram-sha-512": "SCRAM-SHA-512"}[strings.ToLower(c.sasl)]
+		if mech == "" || c.user == "" || c.pass == "" {
+			return errors.New("--sasl needs a mechanism (plain, scram-sha-256 or scram-sha-512), --sasl-user and --sasl-password (or HEED_SASL_PASSWORD)")
+		}
+		cfg.Users = []devstack.SASLUser{{Mechanism: mech, User: c.user, Password: c.pass}}
+	}
+	if c.tlsCert != "" || c.tlsKey != "" {
+		tlsCfg, err := netsec.ServerTLS(c.tlsCert, c.tlsKey, "")
+		if err != nil {
+			return err
+		}
+		cfg.TLS = tlsCfg
+	}
+	b, err := devstack.StartBroker(ctx, cfg)
 	if err != nil {
 		return brokerError(err, "--listen")
 	}

@@ -9,7 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/heed-dev/heed/ingest"
+	"github.com/heed-dev/heed/internal/netsec"
 	"github.com/heed-dev/heed/retention"
 	"github.com/heed-dev/heed/schema"
 )
@@ -54,13 +57,75 @@ const (
 type kafkaFlags struct {
 	brokers string
 	topic   string
+	sec     netsec.Kafka
 }
 
 func (k *kafkaFlags) register(fs *flag.FlagSet, withBrokers bool) {
 	if withBrokers {
 		fs.StringVar(&k.brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka bootstrap brokers")
+		fs.BoolVar(&k.sec.TLS, "kafka-tls", false, "connect to the brokers over TLS")
+		fs.StringVar(&k.sec.CA, "kafka-ca", "", "PEM file of the CA that signed the brokers' certificates (default: the system's roots)")
+		fs.StringVar(&k.sec.Cert, "kafka-cert", "", "PEM client certificate for the brokers (mutual TLS), with --kafka-key")
+		fs.StringVar(&k.sec.Key, "kafka-key", "", "PEM key of --kafka-cert")
+		fs.StringVar(&k.sec.SASL, "kafka-sasl", "", "SASL mechanism: plain, scram-sha-256 or scram-sha-512 (use with --kafka-tls: plain sends the password as is)")
+		fs.StringVar(&k.sec.User, "kafka-user", "", "SASL user")
+		fs.StringVar(&k.sec.Password, "kafka-password", "", "SASL password; prefer HEED_KAFKA_PASSWORD to keep it out of the process list")
 	}
 	fs.StringVar(&k.topic, "topic", defaultTopic, "the event topic (the source of truth)")
+}
+
+// clientOpts are the options of every Kafka client the verb creates: the
+// seed brokers, TLS and SASL, and extra.
+func (k *kafkaFlags) clientOpts(extra ...kgo.Opt) ([]kgo.Opt, error) {
+	sec, err := k.sec.Opts()
+	if err != nil {
+		return nil, err
+	}
+	return append(append([]kgo.Opt{kgo.SeedBrokers(k.brokerList()...)}, sec...), extra...), nil
+}
+
+// newClient is a Kafka client with clientOpts.
+func (k *kafkaFlags) newClient(extra ...kgo.Opt) (*kgo.Client, error) {
+	opts, err := k.clientOpts(extra...)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka client: %w", err)
+	}
+	return cl, nil
+}
+
+// obsFlags are the operational flags of serve, apply and dev: where metrics
+// and health are served.
+type obsFlags struct {
+	metricsListen string
+	readyMaxLag   int64
+}
+
+func (o *obsFlags) register(fs *flag.FlagSet, metricsDefault string, withLag bool) {
+	fs.StringVar(&o.metricsListen, "metrics-listen", metricsDefault, "address to serve Prometheus /metrics, /healthz and /readyz on; \"\" serves none")
+	if withLag {
+		fs.Int64Var(&o.readyMaxLag, "ready-max-lag", 100000, "/readyz reports the applier not ready while more records than this wait to be applied (0: no bound)")
+	}
+}
+
+// authFlags are the server's security flags.
+type authFlags struct {
+	tokensFile     string
+	insecureNoAuth bool
+	clientCA       string
+	tlsCert        string
+	tlsKey         string
+}
+
+func (a *authFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&a.tokensFile, "auth-tokens-file", "", "file of admitted bearer tokens' SHA-256 hashes, one per line ('heed token new' prints one); reloaded when it changes; every RPC but health and reflection then needs the header 'Authorization: Bearer TOKEN'")
+	fs.BoolVar(&a.insecureNoAuth, "insecure-no-auth", false, "serve on a non-loopback address without --auth-tokens-file (anyone who reaches the port may send commands)")
+	fs.StringVar(&a.clientCA, "client-ca", "", "PEM CA file: clients must present a certificate it signed (mutual TLS; needs --tls-cert)")
+	fs.StringVar(&a.tlsCert, "tls-cert", "", "PEM certificate (chain) to serve TLS with, reloaded when it changes; with --tls-key")
+	fs.StringVar(&a.tlsKey, "tls-key", "", "PEM key of --tls-cert")
 }
 
 func (k *kafkaFlags) brokerList() []string {
@@ -95,7 +160,7 @@ func (l *logFlags) register(fs *flag.FlagSet) { l.registerLevel(fs, "info") }
 // registerLevel registers the flags with level as the default log level.
 func (l *logFlags) registerLevel(fs *flag.FlagSet, level string) {
 	fs.StringVar(&l.level, "log-level", level, "debug, info, warn or error")
-	fs.StringVar(&l.format, "log-format", "text", "text or json")
+	fs.StringVar(&l.format, "log-format", "auto", "auto (text on a terminal, JSON otherwise), text or json")
 }
 
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
@@ -103,14 +168,21 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", l.level)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	switch l.format {
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redactAttr}
+	format := l.format
+	if format == "auto" {
+		format = "json"
+		if isTerminal(w) {
+			format = "text"
+		}
+	}
+	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("--log-format %q: use text or json", l.format)
+	return nil, fmt.Errorf("--log-format %q: use auto, text or json", l.format)
 }
 
 // shutdownUsage is --shutdown-timeout's help, for serve, apply and dev.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+
+	"connectrpc.com/connect"
 	"flag"
 	"fmt"
 	"io"
@@ -29,6 +31,8 @@ type devCmd struct {
 	apply        applyFlags
 	dataDir      string
 	brokerListen string
+	obs          obsFlags
+	auth         authFlags
 	log          logFlags
 }
 
@@ -40,6 +44,8 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	registerShutdown(fs, &c.serve.shutdownTimeout)
 	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data, one heed dev or broker at a time")
 	fs.StringVar(&c.brokerListen, "broker-listen", devstack.DefaultBrokerListen, "address the embedded broker serves the Kafka protocol on")
+	c.obs.register(fs, "127.0.0.1:9464", true)
+	c.auth.register(fs)
 	c.log.register(fs)
 }
 
@@ -62,11 +68,26 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	defer lock.Release()
 
+	var x *ops // set below; the guard counts refusals once it is
+	tlsCfg, guard, err := serverSecurity(ctx, c.auth, c.serve.listen, func(procedure string) {
+		if x != nil {
+			x.metrics.Refused(procedure, connect.CodeUnauthenticated)
+		}
+	}, logger)
+	if err != nil {
+		return err
+	}
 	ln, err := ingest.Listen(c.serve.listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
+	var stop func()
+	x, stop, err = startOps(ctx, c.obs, "heed-dev", logger)
+	if err != nil {
+		return err
+	}
+	defer stop()
 
 	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
 		Listen:     c.brokerListen,
@@ -96,15 +117,30 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	addr := ln.Addr().String()
 	// The banner comes once the server checked the topic against the
 	// projection, so that a refusal is never preceded by it.
+	scheme, authNote := "http", "none: open to anyone who reaches this loopback address (--auth-tokens-file turns tokens on)"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	if guard != nil {
+		authNote = "bearer tokens from " + c.auth.tokensFile
+	} else if !loopback(c.serve.listen) {
+		authNote = "none (--insecure-no-auth)"
+	}
+	metricsNote := "off (--metrics-listen \"\")"
+	if c.obs.metricsListen != "" {
+		metricsNote = "http://" + c.obs.metricsListen + "/metrics (and /healthz, /readyz)"
+	}
 	banner := func() {
 		fmt.Fprintf(stdout, `heed dev is running (Ctrl-C stops it; state survives a restart)
   broker    %s (embedded, data in %s), topic %s
   postgres  %s, schema %s
-  server    http://%s (Connect, gRPC, gRPC-Web; reflection on)
+  server    %s://%s (Connect, gRPC, gRPC-Web; reflection on)
+  auth      %s
+  metrics   %s
 Try (account banner-demo; the README's walkthrough uses other accounts and request IDs):
   grpcurl -plaintext -d '{"request_id":"banner-open-1","account_id":"banner-demo"}' %s heed.ledger.v1.LedgerService/OpenAccount
   grpcurl -plaintext -d '{"account_id":"banner-demo"}' %s heed.ledger.v1.LedgerService/GetAccount
-`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, addr, addr, addr)
+`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, scheme, addr, authNote, metricsNote, addr, addr)
 	}
 
 	// The applier starts once the server found the topic to match the
@@ -112,7 +148,7 @@ Try (account banner-demo; the README's walkthrough uses other accounts and reque
 	served := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, func() { banner(); close(served) })
+		return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, x, serverSec{tls: tlsCfg, guard: guard}, func() { banner(); close(served) })
 	})
 	g.Go(func() error {
 		select {
@@ -120,7 +156,7 @@ Try (account banner-demo; the README's walkthrough uses other accounts and reque
 		case <-gctx.Done():
 			return nil
 		}
-		return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool)
+		return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs.readyMaxLag)
 	})
 	return g.Wait()
 }

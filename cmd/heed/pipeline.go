@@ -2,20 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/ledger"
+	"github.com/heed-dev/heed/observe"
 	"github.com/heed-dev/heed/retention"
 	"github.com/heed-dev/heed/schema"
 	"github.com/heed-dev/heed/topic"
@@ -78,10 +81,10 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 // incarnation the projection in pool is built from (recording it on first
 // use), and keeps checking while it runs: commands are refused meanwhile.
 // ready, if not nil, is called once the server is about to serve.
-func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, db dbFlags, pool *pgxpool.Pool, ln net.Listener, ready func()) error {
-	adminCl, err := kgo.NewClient(kgo.SeedBrokers(kafka.brokerList()...))
+func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serveFlags, db dbFlags, pool *pgxpool.Pool, ln net.Listener, x *ops, sec serverSec, ready func()) error {
+	adminCl, err := kafka.newClient()
 	if err != nil {
-		return fmt.Errorf("create Kafka admin client: %w", err)
+		return err
 	}
 	defer adminCl.Close()
 	if _, recorded, err := topic.Recorded(ctx, pool, kafka.topic); err != nil {
@@ -97,20 +100,42 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	}
 	icfg := ingestConfig(logger, kafka, sf)
 	icfg.Gate = guard
+	if icfg.KafkaOpts, err = x.kafkaOpts(kafka, "producer"); err != nil {
+		return err
+	}
+	icfg.OnProduce = x.metrics.OnProduce
 	pub, err := ingest.NewPublisher(icfg)
 	if err != nil {
 		return err
 	}
 	defer pub.Close()
 	go guard.Run(ctx)
+	x.commonChecks(db, pool, adminCl)
+	x.health.Add(observe.Check{Name: "topic", Fn: func(context.Context) error { return guard.Admit() }})
+	x.metrics.WatchPool(pool)
 	if ready != nil {
 		ready()
 	}
-	srv := ingest.NewServer(logger, ingest.WithMaxRequestBytes(sf.maxRequestBytes), ingest.WithShutdownTimeout(sf.shutdownTimeout))
+	opts := []ingest.ServerOption{ingest.WithMaxRequestBytes(sf.maxRequestBytes), ingest.WithShutdownTimeout(sf.shutdownTimeout),
+		ingest.WithHealthChecker(x.health.Checker(ledgerv1connect.LedgerServiceName))}
+	if sec.guard != nil {
+		opts = append(opts, ingest.WithGuard(sec.guard))
+	}
+	if sec.tls != nil {
+		opts = append(opts, ingest.WithTLS(sec.tls))
+	}
+	srv := ingest.NewServer(logger, opts...)
 	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
-	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions()...)
+	hopts := append(x.tracing.HandlerOptions(), connect.WithInterceptors(x.metrics.Interceptor()))
+	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions(hopts...)...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	return srv.Serve(ctx, ln)
+}
+
+// serverSec is the server's TLS configuration and guard (nil: none).
+type serverSec struct {
+	tls   *tls.Config
+	guard func(http.Handler) http.Handler
 }
 
 // topicError says which projection a topic identity error is about, and for
@@ -126,13 +151,31 @@ func topicError(db dbFlags, err error) error {
 }
 
 // applyFrom runs the ledger applier until ctx ends.
-func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool) error {
-	a, err := applier.New(applierConfig(logger, kafka, af), pool, ledger.Applier{})
+func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool, x *ops, readyMaxLag int64) error {
+	cfg := applierConfig(logger, kafka, af)
+	var err error
+	if cfg.KafkaOpts, err = x.kafkaOpts(kafka, "applier"); err != nil {
+		return err
+	}
+	cfg.Observer = observe.Observers(x.metrics, x.tracing)
+	a, err := applier.New(cfg, pool, ledger.Applier{})
 	if err != nil {
 		return err
 	}
+	adminCl, err := kafka.newClient()
+	if err != nil {
+		return err
+	}
+	defer adminCl.Close()
+	x.commonChecks(db, pool, adminCl)
+	x.applyChecks(kafka, pool, adminCl, readyMaxLag)
+	x.watchPositions(kafka, pool, adminCl)
 	if af.retention > 0 {
-		go retention.Run(ctx, pool, retention.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
+		sec, err := kafka.sec.Opts()
+		if err != nil {
+			return err
+		}
+		go retention.Run(ctx, pool, retention.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, KafkaOpts: sec, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
 	}
 	if err := a.Run(ctx); err != nil {
 		return fmt.Errorf("applier: %w", topicError(db, err))

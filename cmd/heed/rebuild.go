@@ -89,6 +89,9 @@ func (c *rebuildCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return nil
 	}
 	acfg := applierConfig(logger, c.kafka, c.apply)
+	if acfg.KafkaOpts, err = c.kafka.sec.Opts(); err != nil {
+		return err
+	}
 	pr := newProgress(stderr, c.every, logger)
 	r, err := rebuild.Open(ctx, rebuild.Config{
 		DatabaseURL: c.db.url,

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+
+	"connectrpc.com/connect"
 	"flag"
 	"io"
 	"log/slog"
@@ -20,6 +22,8 @@ type serveCmd struct {
 	kafka kafkaFlags
 	db    dbFlags
 	serve serveFlags
+	obs   obsFlags
+	auth  authFlags
 	log   logFlags
 }
 
@@ -28,6 +32,8 @@ func (c *serveCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL for the read side, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	c.serve.register(fs)
 	registerShutdown(fs, &c.serve.shutdownTimeout)
+	c.obs.register(fs, "127.0.0.1:9464", false)
+	c.auth.register(fs)
 	c.log.register(fs)
 }
 
@@ -39,22 +45,37 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	if err := c.validate(logger); err != nil {
 		return err
 	}
+	var x *ops // set below; the guard counts refusals once it is
+	tlsCfg, guard, err := serverSecurity(ctx, c.auth, c.serve.listen, func(procedure string) {
+		if x != nil {
+			x.metrics.Refused(procedure, connect.CodeUnauthenticated)
+		}
+	}, logger)
+	if err != nil {
+		return err
+	}
 	ln, err := ingest.Listen(c.serve.listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
+	var stop func()
+	x, stop, err = startOps(ctx, c.obs, "heed-serve", logger)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	pool, err := openDB(ctx, c.db, 0, false, logger)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln, nil)
+	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln, x, serverSec{tls: tlsCfg, guard: guard}, nil)
 }
 
 // validate checks every flag before serve starts anything.
 func (c *serveCmd) validate(logger *slog.Logger) error {
-	if err := firstError(c.db.validate(), c.serve.validate()); err != nil {
+	if err := firstError(c.db.validate(), c.serve.validate(), c.kafka.sec.Validate()); err != nil {
 		return err
 	}
 	cfg := ingestConfig(logger, c.kafka, c.serve)

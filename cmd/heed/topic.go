@@ -59,9 +59,9 @@ func (c *topicCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.kafka.brokerList()...))
+	cl, err := c.kafka.newClient()
 	if err != nil {
-		return fmt.Errorf("create Kafka client: %w", err)
+		return err
 	}
 	defer cl.Close()
 	if c.action == "confirm-partitions" {

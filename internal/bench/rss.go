@@ -58,6 +58,7 @@ func (e *env) rss(ctx context.Context, r *Result) error {
 		"--batch-bytes", strconv.Itoa(ac.MaxBatchBytes),
 		"--apply-concurrency", strconv.Itoa(ac.Concurrency),
 		"--batch-linger", ac.Linger.String(),
+		"--metrics-listen", "",
 	}
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = withoutHeedEnv(os.Environ())

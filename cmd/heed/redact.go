@@ -1,0 +1,50 @@
+package main
+
+import (
+	"log/slog"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// secretKeys are log attribute keys whose values are never logged.
+var secretKeys = regexp.MustCompile(`(?i)(password|passwd|secret|token|authorization)`)
+
+// urlPassword finds the password of a URL's user info in a string.
+var urlPassword = regexp.MustCompile(`(://[^:/?#@\s]+:)([^@/?#\s]+)(@)`)
+
+// redactAttr keeps secrets out of the logs: values of attributes named like
+// a secret, and the password of any URL in a string value or an error.
+func redactAttr(_ []string, a slog.Attr) slog.Attr {
+	if secretKeys.MatchString(a.Key) && a.Key != "consistency_token" {
+		return slog.String(a.Key, "REDACTED")
+	}
+	switch a.Value.Kind() {
+	case slog.KindString:
+		if s := a.Value.String(); strings.Contains(s, "://") {
+			return slog.String(a.Key, redactURLs(s))
+		}
+	case slog.KindAny:
+		if err, ok := a.Value.Any().(error); ok && strings.Contains(err.Error(), "://") {
+			return slog.String(a.Key, redactURLs(err.Error()))
+		}
+	}
+	return a
+}
+
+// redactURLs replaces the passwords of the URLs in s.
+func redactURLs(s string) string {
+	return urlPassword.ReplaceAllString(s, "${1}REDACTED${3}")
+}
+
+// redactURL is u with its password replaced, for messages.
+func redactURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil || parsed.User == nil {
+		return redactURLs(u)
+	}
+	if _, ok := parsed.User.Password(); ok {
+		parsed.User = url.UserPassword(parsed.User.Username(), "REDACTED")
+	}
+	return parsed.String()
+}

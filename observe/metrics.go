@@ -1,0 +1,290 @@
+// Package observe is heed's operational surface: Prometheus metrics, health
+// and readiness, and OpenTelemetry traces, for any domain. cmd/heed wires it
+// into serve, apply and dev; a domain that builds its own binary can do the
+// same with its own handlers.
+//
+// Metric names follow Prometheus conventions: a heed_ prefix, base units
+// (seconds, bytes), _total for counters. The Kafka client's own metrics come
+// from franz-go's kprom plugin (heed_kafka_*), the Go runtime's and the
+// process's from the client library's collectors.
+package observe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/heed-dev/heed/applier"
+)
+
+// Metrics holds a registry with heed's metrics. Create it with NewMetrics;
+// its methods are safe for concurrent use.
+type Metrics struct {
+	reg            *prometheus.Registry
+	rpcs           *prometheus.CounterVec
+	rpcSeconds     *prometheus.HistogramVec
+	produceSeconds prometheus.Histogram
+	produceErrors  prometheus.Counter
+	batchRecords   prometheus.Histogram
+	batchSeconds   prometheus.Histogram
+	records        *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+}
+
+// NewMetrics creates a registry with heed's metrics, the Go runtime's and
+// the process's.
+func NewMetrics() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	latency := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	m := &Metrics{
+		reg: reg,
+		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heed_rpc_requests_total",
+			Help: "RPCs handled, by procedure and Connect code (ok for success)."}, []string{"procedure", "code"}),
+		rpcSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "heed_rpc_duration_seconds",
+			Help: "Time to handle an RPC, by procedure and code.", Buckets: latency}, []string{"procedure", "code"}),
+		produceSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "heed_produce_duration_seconds",
+			Help: "Time from producing a command's event until the broker answered (acks=all).", Buckets: latency}),
+		produceErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "heed_produce_errors_total",
+			Help: "Produces the broker did not acknowledge (the command failed with unavailable)."}),
+		batchRecords: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "heed_apply_batch_records",
+			Help: "Records per committed apply transaction.", Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
+		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "heed_apply_batch_duration_seconds",
+			Help: "Time of a committed apply transaction, from decoding its records to COMMIT.", Buckets: latency}),
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heed_apply_records_total",
+			Help: "Records the applier committed, by what became of them: applied, duplicate (suppressed), conflict, quarantined, parked."}, []string{"outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heed_apply_retries_total",
+			Help: "Failed apply attempts tried again, by class (transient, systemic, event-caused, poison, lookup-skipped, recorded-concurrently)."}, []string{"class"}),
+	}
+	reg.MustRegister(m.rpcs, m.rpcSeconds, m.produceSeconds, m.produceErrors, m.batchRecords, m.batchSeconds, m.records, m.retries)
+	for _, o := range []string{"applied", "duplicate", "conflict", "quarantined", "parked"} {
+		m.records.WithLabelValues(o)
+	}
+	for _, c := range []string{"transient", "systemic", "event-caused", "poison"} {
+		m.retries.WithLabelValues(c)
+	}
+	return m
+}
+
+// Registry is the registry to serve (Serve does) or to add collectors to.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// KafkaOpts are the options of one Kafka client that feed heed_kafka_*
+// (kprom), labelled client=name: one name per client of the process
+// ("producer", "applier").
+func (m *Metrics) KafkaOpts(name string) []kgo.Opt {
+	k := kprom.NewMetrics("heed_kafka", kprom.Registerer(m.reg), kprom.Gatherer(m.reg),
+		kprom.WithStaticLabel(prometheus.Labels{"client": name}))
+	return []kgo.Opt{kgo.WithHooks(k)}
+}
+
+// OnProduce records a produce (ingest.Config.OnProduce).
+func (m *Metrics) OnProduce(took time.Duration, err error) {
+	m.produceSeconds.Observe(took.Seconds())
+	if err != nil {
+		m.produceErrors.Inc()
+	}
+}
+
+var _ applier.Observer = (*Metrics)(nil)
+
+// BatchApplied implements applier.Observer.
+func (m *Metrics) BatchApplied(_ int32, records []*kgo.Record, took time.Duration, s applier.BatchStats) {
+	m.batchRecords.Observe(float64(len(records)))
+	m.batchSeconds.Observe(took.Seconds())
+	m.records.WithLabelValues("applied").Add(float64(s.Applied))
+	m.records.WithLabelValues("duplicate").Add(float64(s.Duplicates))
+	m.records.WithLabelValues("conflict").Add(float64(s.Conflicts))
+	m.records.WithLabelValues("quarantined").Add(float64(s.Quarantined))
+	m.records.WithLabelValues("parked").Add(float64(s.Parked))
+}
+
+// BatchRetried implements applier.Observer.
+func (m *Metrics) BatchRetried(_ int32, class string) { m.retries.WithLabelValues(class).Inc() }
+
+// Refused counts an RPC refused before its handler (auth.Guard) with code.
+func (m *Metrics) Refused(procedure string, code connect.Code) {
+	m.rpcs.WithLabelValues(procedure, code.String()).Inc()
+}
+
+// Interceptor counts and times the RPCs of the handlers built with it.
+func (m *Metrics) Interceptor() connect.Interceptor { return rpcInterceptor{m} }
+
+type rpcInterceptor struct{ m *Metrics }
+
+func (i rpcInterceptor) observe(procedure string, began time.Time, err error) {
+	code := "ok"
+	if err != nil {
+		code = connect.CodeOf(err).String()
+	}
+	i.m.rpcs.WithLabelValues(procedure, code).Inc()
+	i.m.rpcSeconds.WithLabelValues(procedure, code).Observe(time.Since(began).Seconds())
+}
+
+func (i rpcInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		began := time.Now()
+		res, err := next(ctx, req)
+		if !req.Spec().IsClient {
+			i.observe(req.Spec().Procedure, began, err)
+		}
+		return res, err
+	}
+}
+
+func (i rpcInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i rpcInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		began := time.Now()
+		err := next(ctx, conn)
+		i.observe(conn.Spec().Procedure, began, err)
+		return err
+	}
+}
+
+// WatchPool exports pool's statistics as heed_db_pool_* gauges and counters.
+func (m *Metrics) WatchPool(pool *pgxpool.Pool) {
+	m.reg.MustRegister(poolCollector{pool})
+}
+
+var (
+	poolAcquired  = prometheus.NewDesc("heed_db_pool_acquired_connections", "Connections in use.", nil, nil)
+	poolIdle      = prometheus.NewDesc("heed_db_pool_idle_connections", "Idle connections.", nil, nil)
+	poolTotal     = prometheus.NewDesc("heed_db_pool_connections", "Open connections.", nil, nil)
+	poolMax       = prometheus.NewDesc("heed_db_pool_max_connections", "The pool's size.", nil, nil)
+	poolAcquires  = prometheus.NewDesc("heed_db_pool_acquires_total", "Connections acquired.", nil, nil)
+	poolWaits     = prometheus.NewDesc("heed_db_pool_empty_acquires_total", "Acquires that waited for a connection.", nil, nil)
+	poolWaitTotal = prometheus.NewDesc("heed_db_pool_acquire_wait_seconds_total", "Time spent acquiring connections.", nil, nil)
+)
+
+type poolCollector struct{ pool *pgxpool.Pool }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolAcquired, poolIdle, poolTotal, poolMax, poolAcquires, poolWaits, poolWaitTotal} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(poolAcquired, prometheus.GaugeValue, float64(s.AcquiredConns()))
+	ch <- prometheus.MustNewConstMetric(poolIdle, prometheus.GaugeValue, float64(s.IdleConns()))
+	ch <- prometheus.MustNewConstMetric(poolTotal, prometheus.GaugeValue, float64(s.TotalConns()))
+	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolWaits, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolWaitTotal, prometheus.CounterValue, s.AcquireDuration().Seconds())
+}
+
+// Positions reads, at each scrape, the applied positions and the quarantine
+// from the projection and the topic's end offsets.
+type Positions struct {
+	Pool  *pgxpool.Pool
+	Topic string
+	// Ends returns the topic's end offsets (consistency.ListEndOffsets).
+	Ends func(ctx context.Context) (map[int32]int64, error)
+}
+
+var (
+	posApplied  = prometheus.NewDesc("heed_applier_position", "Next offset to apply, per partition (the applied position in Postgres).", []string{"partition"}, nil)
+	posEnd      = prometheus.NewDesc("heed_topic_end_offset", "The topic's high watermark, per partition.", []string{"partition"}, nil)
+	posLag      = prometheus.NewDesc("heed_applier_lag_records", "Records in the topic not applied yet (high watermark − applied position), per partition.", []string{"partition"}, nil)
+	quarantined = prometheus.NewDesc("heed_quarantine_records", "Records in the quarantine, by kind (poison, conflict, parked) and state (open, redriven, dropped).", []string{"kind", "state"}, nil)
+	scrapeErr   = prometheus.NewDesc("heed_positions_scrape_errors", "1 when the last scrape could not read the positions or the topic's end.", nil, nil)
+)
+
+// WatchPositions exports p as heed_applier_position, heed_topic_end_offset,
+// heed_applier_lag_records and heed_quarantine_records.
+func (m *Metrics) WatchPositions(p Positions) { m.reg.MustRegister(p) }
+
+func (p Positions) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{posApplied, posEnd, posLag, quarantined, scrapeErr} {
+		ch <- d
+	}
+}
+
+func (p Positions) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := p.collect(ctx, ch)
+	failed := 0.0
+	if err != nil {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(scrapeErr, prometheus.GaugeValue, failed)
+}
+
+func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
+	applied, err := LoadPositions(ctx, p.Pool, p.Topic)
+	if err != nil {
+		return err
+	}
+	ends, err := p.Ends(ctx)
+	if err != nil {
+		return err
+	}
+	for part, end := range ends {
+		label := strconv.Itoa(int(part))
+		pos := applied[part]
+		ch <- prometheus.MustNewConstMetric(posApplied, prometheus.GaugeValue, float64(pos), label)
+		ch <- prometheus.MustNewConstMetric(posEnd, prometheus.GaugeValue, float64(end), label)
+		ch <- prometheus.MustNewConstMetric(posLag, prometheus.GaugeValue, float64(max(end-pos, 0)), label)
+	}
+	rows, err := p.Pool.Query(ctx, `SELECT kind, state, count(*) FROM quarantine WHERE topic = $1 GROUP BY 1, 2`, p.Topic)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	seen := map[[2]string]bool{}
+	for rows.Next() {
+		var (
+			kind, state string
+			n           int64
+		)
+		if err := rows.Scan(&kind, &state, &n); err != nil {
+			return err
+		}
+		seen[[2]string{kind, state}] = true
+		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, float64(n), kind, state)
+	}
+	if !seen[[2]string{"poison", "open"}] { // the series alerts watch, present at 0
+		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, 0, "poison", "open")
+	}
+	return rows.Err()
+}
+
+// LoadPositions reads the applied positions of topic.
+func LoadPositions(ctx context.Context, pool *pgxpool.Pool, topic string) (map[int32]int64, error) {
+	rows, err := pool.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1`, topic)
+	if err != nil {
+		return nil, fmt.Errorf("read applied positions: %w", err)
+	}
+	defer rows.Close()
+	out := map[int32]int64{}
+	for rows.Next() {
+		var (
+			part int32
+			pos  int64
+		)
+		if err := rows.Scan(&part, &pos); err != nil {
+			return nil, err
+		}
+		out[part] = pos
+	}
+	return out, rows.Err()
+}
+
+// ErrNotReady is wrapped by the errors of failing readiness checks.
+var ErrNotReady = errors.New("not ready")
