@@ -138,6 +138,7 @@ func TestRebuildSwapUnderLoad(t *testing.T) {
 	res := p.deposit(t, "dup-1", accounts[0], 5)
 	p.produceRaw(t, p.fetchRecord(t, token(t, res.GetConsistencyToken())))
 
+	p.waitCaughtUp(t) // the opens are applied: a read that finds no account is a failure from here on
 	load := startDepositLoad(p, accounts, 4)
 	var readFailures atomic.Int64
 	var readErr atomic.Value

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +228,16 @@ func TestOperations(t *testing.T) {
 		"heed_db_pool_acquired_connections", "heed_apply_retries_total", "heed_produce_errors_total", "go_goroutines", "process_resident_memory_bytes"} {
 		if sample(after, family, nil) < 0 {
 			t.Errorf("/metrics has no %s", family)
+		}
+	}
+	// Every series the example alert rules use exists.
+	rules, err := os.ReadFile("../../docs/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`heed_[a-z_]+`).FindAllString(string(rules), -1) {
+		if _, ok := after[name]; !ok {
+			t.Errorf("docs/alerts.yml uses %s, which /metrics does not have", name)
 		}
 	}
 	kafka := false

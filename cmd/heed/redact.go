@@ -2,7 +2,6 @@ package main
 
 import (
 	"log/slog"
-	"net/url"
 	"regexp"
 	"strings"
 )
@@ -35,16 +34,4 @@ func redactAttr(_ []string, a slog.Attr) slog.Attr {
 // redactURLs replaces the passwords of the URLs in s.
 func redactURLs(s string) string {
 	return urlPassword.ReplaceAllString(s, "${1}REDACTED${3}")
-}
-
-// redactURL is u with its password replaced, for messages.
-func redactURL(u string) string {
-	parsed, err := url.Parse(u)
-	if err != nil || parsed.User == nil {
-		return redactURLs(u)
-	}
-	if _, ok := parsed.User.Password(); ok {
-		parsed.User = url.UserPassword(parsed.User.Username(), "REDACTED")
-	}
-	return parsed.String()
 }
