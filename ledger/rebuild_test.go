@@ -340,3 +340,43 @@ func TestAudit(t *testing.T) {
 		t.Fatalf("broken projection: want 2 skipped (bob's) and 1 orphan (ghost), got %+v", rep)
 	}
 }
+
+// TestSwapReplacesProjectionAheadOfTopic: a live projection that holds
+// records the topic no longer has (as after a broker restored from an older
+// backup; here its positions are moved past the end by hand) cannot be
+// caught up with; --swap replaces it at the topic's end without a
+// comparison, and says so.
+func TestSwapReplacesProjectionAheadOfTopic(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{partitions: 2})
+	live := p.startApplier(t)
+	p.open(t, "o1", "alice")
+	res := p.deposit(t, "d1", "alice", 10)
+	p.waitApplied(t, res.GetConsistencyToken())
+	live.stop(t)
+	if _, err := p.pool.Exec(t.Context(), `UPDATE applied_positions SET next_offset = next_offset + 100`); err != nil {
+		t.Fatal(err)
+	}
+	r := p.newRebuilder(t, "heed_rebuild")
+	if _, err := r.CatchUp(t.Context(), true); err != nil {
+		t.Fatalf("CatchUp: %v", err)
+	}
+	sw, err := r.Swap(t.Context(), rebuild.SwapOptions{Old: "heed_old", Verify: true, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("Swap: %v", err)
+	}
+	if !sw.AheadOfTopic || sw.Report != nil {
+		t.Errorf("Swap result %+v: want AheadOfTopic and no comparison", sw)
+	}
+	for part, end := range p.endOffsets(t) {
+		var pos int64
+		if err := p.pool.QueryRow(t.Context(), `SELECT next_offset FROM applied_positions WHERE topic = $1 AND partition = $2`, p.topic, part).Scan(&pos); err != nil {
+			t.Fatal(err)
+		}
+		if pos != end {
+			t.Errorf("partition %d: the swapped-in projection is at %d, want the topic's end %d", part, pos, end)
+		}
+	}
+	if b := p.balances(t)["alice"]; b != 10 {
+		t.Errorf("alice's balance %d in the swapped-in projection, want 10", b)
+	}
+}

@@ -467,9 +467,10 @@ type SwapResult struct {
 	// Report is the comparison, with SwapOptions.Verify.
 	Report *Report
 	// OtherIncarnation is set when the live projection was built from
-	// another incarnation of the topic: the rebuilt one took over at the
-	// topic's end, without a comparison.
-	OtherIncarnation bool
+	// another incarnation of the topic, AheadOfTopic when it holds records
+	// the topic no longer has (a broker restored from an older backup): the
+	// rebuilt one took over at the topic's end, without a comparison.
+	OtherIncarnation, AheadOfTopic bool
 }
 
 // CanSwap reports what would keep Swap from renaming the live schema to old,
@@ -532,6 +533,18 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 		if at, err = livePositions(ctx, tx, r.cfg.Live, r.cfg.Applier.Topic, true); err != nil {
 			return nil, fmt.Errorf("swap: hold the live appliers: %w", err)
 		}
+		ends, err := r.targets(ctx, false)
+		if err != nil {
+			return nil, err
+		}
+		for p, pos := range at {
+			if pos > ends[p] {
+				// The broker lost records the live projection holds (a
+				// restored broker): no rebuild can reach its positions.
+				res.AheadOfTopic, at = true, ends
+				break
+			}
+		}
 	} else {
 		if liveExists {
 			// Lock the other incarnation's positions too: its appliers
@@ -552,7 +565,7 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 	if r.runErr != nil {
 		return nil, fmt.Errorf("swap: the replay stopped: %w", r.runErr)
 	}
-	if opts.Verify && liveExists && !res.OtherIncarnation {
+	if opts.Verify && liveExists && !res.OtherIncarnation && !res.AheadOfTopic {
 		rep, err := compare(ctx, tx, r.cfg.Live, r.cfg.Into)
 		if err != nil {
 			return nil, err

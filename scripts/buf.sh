@@ -5,6 +5,7 @@
 #   scripts/buf.sh lint        deps + buf lint
 #   scripts/buf.sh generate    deps + buf generate (into gen/)
 #   scripts/buf.sh check       deps + lint + generate, fail if gen/ is stale (CI)
+#   scripts/buf.sh breaking [REF]  fail on a wire- or JSON-breaking change against REF (default HEAD~1)
 #   scripts/buf.sh buf ARGS... run the pinned buf, e.g. scripts/buf.sh buf curl --help
 #
 # buf runs via `go run module@version` (kept out of go.mod on purpose: its dependency
@@ -80,8 +81,26 @@ check() {
 	echo "buf.sh: lint clean, $GEN_DIR/ up to date."
 }
 
+# breaking compares proto/ with the same tree at REF (default: the previous
+# commit): the .proto files there are built into an image in a temporary
+# worktree, with the same local protovalidate copy, since a git ref holds no
+# .buf-deps/. Rules: buf.yaml's breaking section (WIRE_JSON).
+breaking() {
+	local ref="${1:-HEAD~1}" wt status=0
+	git rev-parse --verify --quiet "${ref}^{commit}" >/dev/null ||
+		{ echo "buf.sh: breaking: no commit ${ref} in this clone (a shallow clone?): nothing to compare with, skipped"; return 0; }
+	wt="$(mktemp -d)"
+	git worktree add --detach --quiet "$wt" "$ref"
+	mkdir -p "$wt/$DEPS_DIR"
+	cp -R "$DEPS_DIR/protovalidate" "$wt/$DEPS_DIR/"
+	run_buf breaking --against "$wt" || status=$?
+	git worktree remove --force "$wt"
+	[[ $status -eq 0 ]] || die "breaking: proto/ has a wire- or JSON-breaking change against ${ref} (see above); add fields and types instead of changing or removing them (docs/DEPLOY.md)"
+	echo "buf.sh: no breaking change in proto/ against ${ref} ($(git rev-parse --short "$ref"))."
+}
+
 usage() {
-	sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -93,6 +112,7 @@ deps) deps ;;
 lint) deps; lint ;;
 generate) deps; generate ;;
 check) deps; check ;;
+breaking) deps; breaking "$@" ;;
 buf) deps; run_buf "$@" ;;
 *) usage ;;
 esac

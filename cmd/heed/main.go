@@ -49,7 +49,7 @@ type actionCommand interface {
 }
 
 func verbs() []verb {
-	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, topicVerb, quarantineVerb, rebuildVerb, auditVerb, tokenVerb, benchVerb}
+	return []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, topicVerb, quarantineVerb, rebuildVerb, auditVerb, tokenVerb, healthcheckVerb, benchVerb}
 }
 
 func find(name string) (verb, bool) {

@@ -241,7 +241,9 @@ func isolate(tb testing.TB, args []string) []string {
 	switch args[0] {
 	case "dev":
 		a := freeDevAddrs(tb)
-		extra = []string{"--data-dir", tb.TempDir(), "--listen", a.listen, "--broker-listen", a.broker}
+		extra = []string{"--data-dir", tb.TempDir(), "--listen", a.listen, "--broker-listen", a.broker, "--metrics-listen", ""}
+	case "serve", "apply":
+		extra = []string{"--metrics-listen", ""}
 	case "broker":
 		extra = []string{"--data-dir", tb.TempDir(), "--listen", "127.0.0.1:0"}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/heed-dev/heed/auth"
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/internal/netsec"
 	"github.com/heed-dev/heed/ledger"
 	"github.com/heed-dev/heed/observe"
@@ -54,11 +55,20 @@ func startOps(ctx context.Context, o obsFlags, service string, logger *slog.Logg
 			stop()
 			return nil, nil, err
 		}
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
 		go func() {
-			if err := observe.Serve(ctx, ln, x.metrics, x.health, logger); err != nil {
+			defer close(done)
+			if err := observe.Serve(sctx, ln, x.metrics, x.health, logger); err != nil {
 				logger.Error("metrics server stopped", "err", err)
 			}
 		}()
+		flush := stop
+		stop = func() { // the server is gone, and logs nothing more, once stop returns
+			cancel()
+			<-done
+			flush()
+		}
 	}
 	return x, stop, nil
 }
@@ -176,4 +186,17 @@ func loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// warnDurability logs each of the topic's settings that break "an
+// acknowledged command is durable" (ingest.Durability), once at start.
+func warnDurability(ctx context.Context, cl *kgo.Client, topicName string, logger *slog.Logger) {
+	d, err := ingest.DescribeDurability(ctx, cl, topicName)
+	if err != nil {
+		logger.Info("could not check the topic's durability settings", "topic", topicName, "err", err)
+		return
+	}
+	for _, p := range d.Problems() {
+		logger.Warn("the topic's settings break \"an acknowledged command is durable\"", "topic", topicName, "problem", p)
+	}
 }

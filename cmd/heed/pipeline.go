@@ -98,6 +98,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	if err := guard.Check(ctx); err != nil {
 		return topicError(db, err)
 	}
+	warnDurability(ctx, adminCl, kafka.topic, logger)
 	icfg := ingestConfig(logger, kafka, sf)
 	icfg.Gate = guard
 	if icfg.KafkaOpts, err = x.kafkaOpts(kafka, "producer"); err != nil {
@@ -169,6 +170,7 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	defer adminCl.Close()
 	x.commonChecks(db, pool, adminCl)
 	x.applyChecks(kafka, pool, adminCl, readyMaxLag)
+	warnDurability(ctx, adminCl, kafka.topic, logger)
 	x.watchPositions(kafka, pool, adminCl)
 	if af.retention > 0 {
 		sec, err := kafka.sec.Opts()

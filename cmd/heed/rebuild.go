@@ -145,6 +145,9 @@ func (c *rebuildCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		if res.OtherIncarnation {
 			fmt.Fprintf(stdout, "the live projection was built from another incarnation of %s: replaced without a comparison\n", c.kafka.topic)
 		}
+		if res.AheadOfTopic {
+			fmt.Fprintf(stdout, "the live projection held records %s no longer has (a broker restored from an older backup?): replaced at the topic's end without a comparison; the commands of the lost records are lost with them\n", c.kafka.topic)
+		}
 		fmt.Fprintf(stdout, "swapped at %s: schema %s is the rebuilt projection now; the one it replaced is %s (drop it with heed rebuild --drop-old)\n",
 			positionsText(res.Positions), c.db.schema, c.old)
 		return nil

@@ -249,6 +249,12 @@ type load struct {
 }
 
 func startLoad(c ledgerv1connect.LedgerServiceClient, accounts, workers int) *load {
+	return startLoadPrefix(c, "dep", accounts, workers)
+}
+
+// startLoadPrefix is startLoad with request IDs starting with prefix, so that
+// loads on several servers send distinct commands.
+func startLoadPrefix(c ledgerv1connect.LedgerServiceClient, prefix string, accounts, workers int) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel}
 	for w := range workers {
@@ -256,7 +262,7 @@ func startLoad(c ledgerv1connect.LedgerServiceClient, accounts, workers int) *lo
 		go func() {
 			defer l.wg.Done()
 			for i := 0; ctx.Err() == nil; i++ {
-				req := &ledgerv1.DepositRequest{RequestId: fmt.Sprintf("dep-%d-%d", w, i), AccountId: fmt.Sprint("acct-", (w+i)%accounts), Amount: 1}
+				req := &ledgerv1.DepositRequest{RequestId: fmt.Sprintf("%s-%d-%d", prefix, w, i), AccountId: fmt.Sprint("acct-", (w+i)%accounts), Amount: 1}
 				// Once sent, a deposit is retried until acknowledged, even
 				// after stop: it may have been written already.
 				for {

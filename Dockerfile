@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# heed: one static binary in a small non-root image.
+#   docker build -t heed:local .
+#   docker run --rm heed:local help
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/heed ./cmd/heed
+
+# distroless static: no shell, no package manager, user 65532 (nonroot).
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/heed /usr/local/bin/heed
+USER 65532:65532
+# 8080: Connect, gRPC and gRPC-Web (serve); 9464: /metrics, /healthz, /readyz.
+EXPOSE 8080 9464
+# The binary asks its own /healthz (the image has no curl); a process serving
+# metrics elsewhere (apply on 9465) overrides --health-url in its compose service.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/heed", "healthcheck", "--health-url", "http://127.0.0.1:9464/healthz"]
+ENTRYPOINT ["/usr/local/bin/heed"]
+CMD ["help"]
