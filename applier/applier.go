@@ -91,6 +91,11 @@ type Config struct {
 	// stable ID (a StatefulSet's pod name); two running with one ID fence
 	// each other out. Empty (the default): a dynamic member.
 	InstanceID string
+	// ServerSideGroup uses KIP-848 consumer groups (Kafka 4.0+): the
+	// coordinator assigns partitions, members join and leave without a
+	// group-wide rebalance. The session timeout is then the broker's
+	// (group.consumer.session.timeout.ms), not SessionTimeout.
+	ServerSideGroup bool
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
@@ -250,6 +255,9 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 	}
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
+	}
+	if cfg.ServerSideGroup {
+		opts = append(opts, kgo.ServerSideBalancer(), kgo.Balancers(kgo.StickyBalancer()))
 	}
 	cl, err := kgo.NewClient(append(opts, cfg.KafkaOpts...)...)
 	if err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/dedup"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	"github.com/heed-dev/heed/topic"
@@ -193,7 +194,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list start offsets: %w", err)
 	}
-	applied, err := positions(ctx, pool, cfg.Topic)
+	applied, err := applier.AppliedPositions(ctx, pool, cfg.Topic)
 	if err != nil {
 		return nil, err
 	}
@@ -230,27 +231,6 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	}
 	rep.Took = time.Since(began)
 	return rep, nil
-}
-
-// positions are the projection's applied positions.
-func positions(ctx context.Context, q topic.Querier, topicName string) (map[int32]int64, error) {
-	rows, err := q.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1`, topicName)
-	if err != nil {
-		return nil, fmt.Errorf("read applied positions: %w", err)
-	}
-	defer rows.Close()
-	out := map[int32]int64{}
-	for rows.Next() {
-		var (
-			p   int32
-			pos int64
-		)
-		if err := rows.Scan(&p, &pos); err != nil {
-			return nil, err
-		}
-		out[p] = pos
-	}
-	return out, rows.Err()
 }
 
 // read consumes every partition from its start to its end and COPYs each

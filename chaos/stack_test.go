@@ -97,6 +97,9 @@ func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
 		if staticMembers {
 			args = append(args, "--group-instance-id", fmt.Sprint("apply-", i))
 		}
+		if gp := os.Getenv("HEED_CHAOS_GROUP_PROTOCOL"); gp != "" {
+			args = append(args, "--group-protocol", gp)
+		}
 		s.applies = append(s.applies, &slot{name: fmt.Sprint("apply-", i), args: args})
 	}
 	for _, sl := range s.all() {

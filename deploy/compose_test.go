@@ -49,8 +49,8 @@ func TestCompose(t *testing.T) {
 	nodes := map[string]bool{}
 	for _, n := range []string{"kafka-1", "kafka-2", "kafka-3"} {
 		s := p.Services[n]
-		if !strings.HasPrefix(s.Image, "apache/kafka:") {
-			t.Errorf("%s: image %s, want the official apache/kafka", n, s.Image)
+		if !strings.HasPrefix(s.Image, "apache/kafka:4.") {
+			t.Errorf("%s: image %s, want the official apache/kafka, 4.x (KIP-848 consumer groups)", n, s.Image)
 		}
 		for k, v := range map[string]string{
 			"KAFKA_PROCESS_ROLES":                            "broker,controller",
@@ -60,6 +60,7 @@ func TestCompose(t *testing.T) {
 			"KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "3",
 			"KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE":           "false",
 			"KAFKA_AUTO_CREATE_TOPICS_ENABLE":                "false",
+			"KAFKA_GROUP_CONSUMER_SESSION_TIMEOUT_MS":        "10000",
 		} {
 			if got := env(s, k); got != v {
 				t.Errorf("%s: %s=%q, want %q", n, k, got, v)

@@ -170,6 +170,9 @@ func StartBroker(ctx context.Context, cfg BrokerConfig) (*Broker, error) {
 		kfake.ListenFn(firstListener(ln)),
 		kfake.AllowAutoTopicCreation(),
 		kfake.WithLogger(kfakeLogger{logger}),
+		// KIP-848 groups (heed apply --group-protocol consumer) time a dead
+		// member out broker-side: as fast as heed's classic default.
+		kfake.BrokerConfigs(map[string]string{"group.consumer.session.timeout.ms": "10000", "group.consumer.heartbeat.interval.ms": "2000"}),
 	}
 	if cfg.Partitions > 0 {
 		opts = append(opts, kfake.DefaultNumPartitions(int(cfg.Partitions)))

@@ -12,7 +12,6 @@ package observe
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -265,25 +264,10 @@ func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) err
 	return rows.Err()
 }
 
-// LoadPositions reads the applied positions of topic.
+// LoadPositions reads the applied positions of topic
+// (applier.AppliedPositions).
 func LoadPositions(ctx context.Context, pool *pgxpool.Pool, topic string) (map[int32]int64, error) {
-	rows, err := pool.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1`, topic)
-	if err != nil {
-		return nil, fmt.Errorf("read applied positions: %w", err)
-	}
-	defer rows.Close()
-	out := map[int32]int64{}
-	for rows.Next() {
-		var (
-			part int32
-			pos  int64
-		)
-		if err := rows.Scan(&part, &pos); err != nil {
-			return nil, err
-		}
-		out[part] = pos
-	}
-	return out, rows.Err()
+	return applier.AppliedPositions(ctx, pool, topic)
 }
 
 // ErrNotReady is wrapped by the errors of failing readiness checks.

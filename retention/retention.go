@@ -31,6 +31,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
 )
 
@@ -83,24 +84,8 @@ func Cutoff(ctx context.Context, pool *pgxpool.Pool, cfg Config, now time.Time) 
 	if err != nil {
 		return time.Time{}, err
 	}
-	applied := map[int32]int64{}
-	rows, err := pool.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1`, cfg.Topic)
+	applied, err := applier.AppliedPositions(ctx, pool, cfg.Topic)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("read applied positions: %w", err)
-	}
-	for rows.Next() {
-		var (
-			p   int32
-			pos int64
-		)
-		if err := rows.Scan(&p, &pos); err != nil {
-			rows.Close()
-			return time.Time{}, err
-		}
-		applied[p] = pos
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return time.Time{}, err
 	}
 	oldest := now

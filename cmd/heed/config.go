@@ -209,6 +209,8 @@ type applyFlags struct {
 	// retention is how long processed events are kept (0: forever), pruned
 	// every retentionInterval.
 	retention, retentionInterval time.Duration
+	// groupProtocol is classic or consumer (KIP-848).
+	groupProtocol string
 }
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
@@ -216,6 +218,7 @@ func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&a.sessionTimeout, "group-session-timeout", 10*time.Second, "how long the group waits for an applier that stopped heartbeating (killed, host lost) before its partitions move to the others")
 	fs.StringVar(&a.instanceID, "group-instance-id", "", "a stable ID for this applier, unique in the group, to make it a static member: restarted with the same ID within the session timeout it gets its partitions back without a rebalance; it does not leave the group when it stops")
 	fs.DurationVar(&a.rebalanceTimeout, "group-rebalance-timeout", 0, "how long a rebalance waits for every applier to rejoin, finishing in-flight batches; above --shutdown-timeout (default: --shutdown-timeout + 20s)")
+	fs.StringVar(&a.groupProtocol, "group-protocol", "consumer", "consumer group protocol: classic (client-side assignment, rebalances stop the group) or consumer (KIP-848, Kafka 4.0+: the coordinator assigns, members come and go without stopping the others; the session timeout is then the broker's group.consumer.session.timeout.ms)")
 	fs.DurationVar(&a.retention, "retention", retention.DefaultRetention, "how long a processed event's ID (and its outcome, for GetCommandResult) is kept after its event was written, to recognise a retried command; longer than any client retries; 0 keeps them forever (see docs/REPLAY.md)")
 	fs.DurationVar(&a.retentionInterval, "retention-interval", time.Hour, "how often the applier prunes processed events older than --retention (one applier of the group at a time)")
 	a.registerBatch(fs)

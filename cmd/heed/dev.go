@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 
-	"connectrpc.com/connect"
 	"flag"
 	"fmt"
 	"io"
@@ -69,11 +68,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	defer lock.Release()
 
 	var x *ops // set below; the guard counts refusals once it is
-	tlsCfg, guard, err := serverSecurity(ctx, c.auth, c.serve.listen, func(procedure string) {
-		if x != nil {
-			x.metrics.Refused(procedure, connect.CodeUnauthenticated)
-		}
-	}, logger)
+	sec, err := serverSecurity(ctx, c.auth, c.serve.listen, &x, logger)
 	if err != nil {
 		return err
 	}
@@ -118,10 +113,10 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// The banner comes once the server checked the topic against the
 	// projection, so that a refusal is never preceded by it.
 	scheme, authNote := "http", "none: open to anyone who reaches this loopback address (--auth-tokens-file turns tokens on)"
-	if tlsCfg != nil {
+	if sec.tls != nil {
 		scheme = "https"
 	}
-	if guard != nil {
+	if sec.guard != nil {
 		authNote = "bearer tokens from " + c.auth.tokensFile
 	} else if !loopback(c.serve.listen) {
 		authNote = "none (--insecure-no-auth)"
@@ -148,7 +143,7 @@ Try (account banner-demo; the README's walkthrough uses other accounts and reque
 	served := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, x, serverSec{tls: tlsCfg, guard: guard}, func() { banner(); close(served) })
+		return serveOn(gctx, logger, c.kafka, c.serve, c.db, pool, ln, x, sec, func() { banner(); close(served) })
 	})
 	g.Go(func() error {
 		select {

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -146,33 +146,43 @@ func (x *ops) watchPositions(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Clien
 // serverSecurity is the server's TLS configuration (nil: cleartext) and its
 // guard (nil: open), from the flags. listen is the address served, to refuse
 // an open server beyond loopback.
-func serverSecurity(ctx context.Context, a authFlags, listen string, refused func(string), logger *slog.Logger) (*tls.Config, func(http.Handler) http.Handler, error) {
+// *x, once set, counts the guard's refusals.
+func serverSecurity(ctx context.Context, a authFlags, listen string, x **ops, logger *slog.Logger) (serverSec, error) {
+	sec, err := serverSecurityOf(ctx, a, listen, func(procedure string) {
+		if *x != nil {
+			(*x).metrics.Refused(procedure, connect.CodeUnauthenticated)
+		}
+	}, logger)
+	return sec, err
+}
+
+func serverSecurityOf(ctx context.Context, a authFlags, listen string, refused func(string), logger *slog.Logger) (serverSec, error) {
 	var tlsCfg *tls.Config
 	if a.tlsCert != "" || a.tlsKey != "" {
 		cfg, err := netsec.ServerTLS(a.tlsCert, a.tlsKey, a.clientCA)
 		if err != nil {
-			return nil, nil, err
+			return serverSec{}, err
 		}
 		tlsCfg = cfg
 	} else if a.clientCA != "" {
-		return nil, nil, errors.New("--client-ca needs --tls-cert and --tls-key: mutual TLS is TLS")
+		return serverSec{}, errors.New("--client-ca needs --tls-cert and --tls-key: mutual TLS is TLS")
 	}
 	if a.tokensFile == "" {
 		if !loopback(listen) && !a.insecureNoAuth {
-			return nil, nil, fmt.Errorf("refusing to serve on %s, which is not a loopback address, without authentication: anyone who reaches it could send commands; pass --auth-tokens-file (lines from `heed token new`), or --insecure-no-auth if something in front of heed authenticates", listen)
+			return serverSec{}, fmt.Errorf("refusing to serve on %s, which is not a loopback address, without authentication: anyone who reaches it could send commands; pass --auth-tokens-file (lines from `heed token new`), or --insecure-no-auth if something in front of heed authenticates", listen)
 		}
 		if a.insecureNoAuth && !loopback(listen) {
 			logger.Warn("serving without authentication (--insecure-no-auth)", "listen", listen)
 		}
-		return tlsCfg, nil, nil
+		return serverSec{tls: tlsCfg}, nil
 	}
 	tokens, err := auth.Load(a.tokensFile, logger)
 	if err != nil {
-		return nil, nil, err
+		return serverSec{}, err
 	}
 	go tokens.Watch(ctx, 2*time.Second)
 	logger.Info("RPCs need a bearer token", "tokens_file", a.tokensFile, "tokens", tokens.Len())
-	return tlsCfg, auth.Guard(tokens, logger, refused), nil
+	return serverSec{tls: tlsCfg, guard: auth.Guard(tokens, logger, refused)}, nil
 }
 
 // loopback reports whether addr's host is a loopback address or localhost.

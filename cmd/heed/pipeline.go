@@ -72,6 +72,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 		SessionTimeout:   af.sessionTimeout,
 		RebalanceTimeout: af.rebalanceTimeout,
 		InstanceID:       af.instanceID,
+		ServerSideGroup:  af.groupProtocol == "consumer",
 		Logger:           logger,
 	}
 }

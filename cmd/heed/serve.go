@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 
-	"connectrpc.com/connect"
 	"flag"
 	"io"
 	"log/slog"
@@ -46,11 +45,7 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 		return err
 	}
 	var x *ops // set below; the guard counts refusals once it is
-	tlsCfg, guard, err := serverSecurity(ctx, c.auth, c.serve.listen, func(procedure string) {
-		if x != nil {
-			x.metrics.Refused(procedure, connect.CodeUnauthenticated)
-		}
-	}, logger)
+	sec, err := serverSecurity(ctx, c.auth, c.serve.listen, &x, logger)
 	if err != nil {
 		return err
 	}
@@ -70,7 +65,7 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln, x, serverSec{tls: tlsCfg, guard: guard}, nil)
+	return serveOn(ctx, logger, c.kafka, c.serve, c.db, pool, ln, x, sec, nil)
 }
 
 // validate checks every flag before serve starts anything.

@@ -114,8 +114,12 @@ func validateCompression(name string) error {
 	return nil
 }
 
-// validateRetention checks --retention and --retention-interval.
+// validateRetention checks --retention and --retention-interval (and
+// --group-protocol).
 func (a *applyFlags) validateRetention() error {
+	if a.groupProtocol != "classic" && a.groupProtocol != "consumer" {
+		return fmt.Errorf("--group-protocol %q: use classic or consumer", a.groupProtocol)
+	}
 	if a.retention < 0 {
 		return fmt.Errorf("--retention %v: use 0 to keep processed events forever, or a positive duration such as 168h", a.retention)
 	}
