@@ -33,3 +33,16 @@ func Require(tb testing.TB, what string, err error) {
 func InCI() bool {
 	return os.Getenv("CI") == "true"
 }
+
+// RunWithoutMetrics runs a package's tests with the metrics server of every
+// heed they start, in process or as a process (the environment is
+// inherited), turned off unless the environment says otherwise: tests run
+// many serve, apply and dev at once, and the default metrics addresses would
+// collide. Tests of metrics pass --metrics-listen, which wins. Call it from
+// TestMain.
+func RunWithoutMetrics(m *testing.M) {
+	if _, ok := os.LookupEnv("HEED_METRICS_LISTEN"); !ok {
+		os.Setenv("HEED_METRICS_LISTEN", "")
+	}
+	os.Exit(m.Run())
+}
