@@ -47,12 +47,9 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	bin := testenv.BuildHeed(t)
 	began := time.Now()
-	dbURL := testenv.PostgresURL(t)
-	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	startHeed(t, bin, "broker listening on", "broker", "--data-dir", t.TempDir(), "--listen", brokerAddr, "--partitions", "4")
-	runTool(t, time.Minute, false, bin, "migrate", "--database-url", dbURL)
-	common := []string{"--brokers", brokerAddr, "--database-url", dbURL, "--shutdown-timeout", shutdownTimeout.String()}
+	ps := startParts(t, bin, "--partitions", "4")
+	dbURL, brokerAddr, listen := ps.dbURL, ps.brokerAddr, ps.listen
+	common := append(ps.common, "--shutdown-timeout", shutdownTimeout.String())
 	startServe := func() *process {
 		return startHeedLog(t, bin, "serving Connect", append([]string{"serve", "--listen", listen}, common...)...)
 	}
