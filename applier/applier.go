@@ -356,10 +356,7 @@ func (a *Applier) shutdown() {
 // records back: lowering one below what was applied undoes nothing.
 func (a *Applier) SetLimits(limits map[int32]int64) {
 	a.limitMu.Lock()
-	a.limits = maps.Clone(limits)
-	if limits != nil && a.limits == nil {
-		a.limits = map[int32]int64{}
-	}
+	a.limits = maps.Clone(limits) // nil for nil; an empty map stays a (blocking) map
 	a.limitMu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -272,12 +272,9 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		var ferr error
-		fetches.EachError(func(_ string, p int32, err error) {
+		fetches.EachError(func(_ string, p int32, err error) { // the client retries
 			cfg.Logger.Warn("fetch failed; retrying", "partition", p, "err", err)
-			ferr = err
 		})
-		_ = ferr // retried by the client
 		var stop error
 		fetches.EachRecord(func(r *kgo.Record) {
 			if stop != nil || r.Offset >= endOf[r.Partition] {

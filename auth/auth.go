@@ -65,7 +65,6 @@ type Tokens struct {
 type fileStamp struct {
 	mod  time.Time
 	size int64
-	sum  [sha256.Size]byte
 }
 
 // Load reads the tokens file at path. An unreadable file, a malformed line
@@ -90,7 +89,7 @@ func (t *Tokens) reload() error {
 	if err != nil {
 		return fmt.Errorf("auth tokens file: %w", err)
 	}
-	stamp := fileStamp{mod: fi.ModTime(), size: fi.Size(), sum: sha256.Sum256(data)}
+	stamp := fileStamp{mod: fi.ModTime(), size: fi.Size()}
 	entries, err := parse(t.path, data)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -94,22 +95,13 @@ type healthChecker struct {
 }
 
 func (c healthChecker) Check(ctx context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
-	if req.Service != "" && !contains(c.services, req.Service) {
+	if req.Service != "" && !slices.Contains(c.services, req.Service) {
 		return nil, grpcNotFound(req.Service)
 	}
 	if c.h.Ready(ctx) != nil {
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
 	}
 	return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // Handler serves /metrics (m), /healthz (the process is alive: always 200)

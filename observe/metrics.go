@@ -225,12 +225,33 @@ func (p Positions) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(scrapeErr, prometheus.GaugeValue, failed)
 }
 
-func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
-	applied, err := LoadPositions(ctx, p.Pool, p.Topic)
-	if err != nil {
-		return err
+// Read returns the applied positions and the topic's end offsets.
+func (p Positions) Read(ctx context.Context) (applied, ends map[int32]int64, err error) {
+	if applied, err = applier.AppliedPositions(ctx, p.Pool, p.Topic); err != nil {
+		return nil, nil, err
 	}
-	ends, err := p.Ends(ctx)
+	if ends, err = p.Ends(ctx); err != nil {
+		return nil, nil, err
+	}
+	return applied, ends, nil
+}
+
+// Lag is how many records of the topic are not applied yet, summed over
+// the partitions.
+func (p Positions) Lag(ctx context.Context) (int64, error) {
+	applied, ends, err := p.Read(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var lag int64
+	for part, end := range ends {
+		lag += max(end-applied[part], 0)
+	}
+	return lag, nil
+}
+
+func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
+	applied, ends, err := p.Read(ctx)
 	if err != nil {
 		return err
 	}
@@ -262,12 +283,6 @@ func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) err
 		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, 0, "poison", "open")
 	}
 	return rows.Err()
-}
-
-// LoadPositions reads the applied positions of topic
-// (applier.AppliedPositions).
-func LoadPositions(ctx context.Context, pool *pgxpool.Pool, topic string) (map[int32]int64, error) {
-	return applier.AppliedPositions(ctx, pool, topic)
 }
 
 // ErrNotReady is wrapped by the errors of failing readiness checks.

@@ -96,9 +96,19 @@ func (x *ops) commonChecks(db dbFlags, pool *pgxpool.Pool, cl *kgo.Client) {
 	)
 }
 
-// applyChecks add the applier's: the projection's topic is the broker's, and
-// no more than maxLag records wait.
+// positions reads the projection's applied positions and the topic's ends.
+func positions(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client) observe.Positions {
+	return observe.Positions{Pool: pool, Topic: kafka.topic, Ends: func(ctx context.Context) (map[int32]int64, error) {
+		return consistency.ListEndOffsets(ctx, cl, kafka.topic)
+	}}
+}
+
+// applyChecks add the applier's readiness checks (the projection's topic is
+// the broker's; no more than maxLag records wait) and exports its positions,
+// lag and quarantine as metrics.
 func (x *ops) applyChecks(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client, maxLag int64) {
+	pos := positions(kafka, pool, cl)
+	x.metrics.WatchPositions(pos)
 	x.health.Add(observe.Check{Name: "topic", Fn: func(ctx context.Context) error {
 		rec, ok, err := topic.Recorded(ctx, pool, kafka.topic)
 		if err != nil || !ok {
@@ -117,29 +127,14 @@ func (x *ops) applyChecks(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client, 
 		return
 	}
 	x.health.Add(observe.Check{Name: "lag", Fn: func(ctx context.Context) error {
-		applied, err := observe.LoadPositions(ctx, pool, kafka.topic)
+		lag, err := pos.Lag(ctx)
 		if err != nil {
 			return err
-		}
-		ends, err := consistency.ListEndOffsets(ctx, cl, kafka.topic)
-		if err != nil {
-			return err
-		}
-		var lag int64
-		for p, end := range ends {
-			lag += max(end-applied[p], 0)
 		}
 		if lag > maxLag {
 			return fmt.Errorf("%d records wait to be applied, more than --ready-max-lag %d", lag, maxLag)
 		}
 		return nil
-	}})
-}
-
-// watchPositions exports the projection's positions, lag and quarantine.
-func (x *ops) watchPositions(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client) {
-	x.metrics.WatchPositions(observe.Positions{Pool: pool, Topic: kafka.topic, Ends: func(ctx context.Context) (map[int32]int64, error) {
-		return consistency.ListEndOffsets(ctx, cl, kafka.topic)
 	}})
 }
 

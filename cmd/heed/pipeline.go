@@ -172,7 +172,6 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	x.commonChecks(db, pool, adminCl)
 	x.applyChecks(kafka, pool, adminCl, readyMaxLag)
 	warnDurability(ctx, adminCl, kafka.topic, logger)
-	x.watchPositions(kafka, pool, adminCl)
 	if af.retention > 0 {
 		sec, err := kafka.sec.Opts()
 		if err != nil {
