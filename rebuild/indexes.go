@@ -19,8 +19,9 @@ import (
 // key) stay: the replay relies on them.
 
 // deferIndexes drops schemaName's secondary indexes, recording their
-// definitions, when the schema holds no applied record yet.
-func deferIndexes(ctx context.Context, pool *pgxpool.Pool, schemaName string) error {
+// definitions, when fresh (the schema holds no applied record yet; a resumed
+// rebuild recorded them before).
+func deferIndexes(ctx context.Context, pool *pgxpool.Pool, schemaName string, fresh bool) error {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -29,12 +30,8 @@ func deferIndexes(ctx context.Context, pool *pgxpool.Pool, schemaName string) er
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+pgx.Identifier{schemaName, "heed_rebuild_indexes"}.Sanitize()+` (name text PRIMARY KEY, def text NOT NULL)`); err != nil {
 		return fmt.Errorf("rebuild: record deferred indexes: %w", err)
 	}
-	var applied int64
-	if err := tx.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM `+pgx.Identifier{schemaName, "applied_positions"}.Sanitize()).Scan(&applied); err != nil {
-		return fmt.Errorf("rebuild: %w", err)
-	}
-	if applied > 0 {
-		return nil // resumed: what was dropped is recorded already
+	if !fresh {
+		return tx.Commit(ctx)
 	}
 	rows, err := tx.Query(ctx, `SELECT c.relname, pg_get_indexdef(c.oid) FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -165,11 +165,13 @@ func Open(ctx context.Context, cfg Config) (*Rebuilder, error) {
 		r.Close()
 		return nil, fmt.Errorf("create Kafka client: %w", err)
 	}
-	if r.startSum, err = sum(ctx, r.into, ac.Topic); err != nil {
+	start, err := applier.AppliedPositions(ctx, r.into, ac.Topic)
+	if err != nil {
 		r.Close()
 		return nil, err
 	}
-	if err := deferIndexes(ctx, r.into, cfg.Into); err != nil {
+	r.startSum = total(start)
+	if err := deferIndexes(ctx, r.into, cfg.Into, r.startSum == 0); err != nil {
 		r.Close()
 		return nil, err
 	}
@@ -262,7 +264,7 @@ func (r *Rebuilder) targets(ctx context.Context, toLive bool) (map[int32]int64, 
 	if !toLive {
 		return ends, nil
 	}
-	live, err := livePositions(ctx, r.live, r.cfg.Live, r.cfg.Applier.Topic, false)
+	live, err := applier.AppliedPositions(ctx, r.live, r.cfg.Applier.Topic)
 	if err != nil {
 		return nil, err
 	}
@@ -291,10 +293,7 @@ func (r *Rebuilder) reach(ctx context.Context, targets map[int32]int64, timeout 
 			r.log.Warn("read the rebuild's positions failed; retrying", "err", err)
 		}
 		if err == nil {
-			done, reached := int64(0), true
-			for _, v := range pos {
-				done += v
-			}
+			done, reached := total(pos), true
 			for p, t := range targets {
 				if pos[p] < t {
 					reached = false
@@ -335,47 +334,30 @@ func (r *Rebuilder) reach(ctx context.Context, targets map[int32]int64, timeout 
 
 // positions are Into's applied positions (a partition without a row is at 0).
 func (r *Rebuilder) positions(ctx context.Context) (map[int32]int64, error) {
-	return readPositions(ctx, r.into, pgx.Identifier{r.cfg.Into, "applied_positions"}.Sanitize(), r.cfg.Applier.Topic, false)
+	return applier.AppliedPositions(ctx, r.into, r.cfg.Applier.Topic)
 }
 
-// livePositions are schemaName's applied positions; with lock, locked FOR
-// UPDATE in q's transaction.
-func livePositions(ctx context.Context, q topic.Querier, schemaName, topicName string, lock bool) (map[int32]int64, error) {
-	return readPositions(ctx, q, pgx.Identifier{schemaName, "applied_positions"}.Sanitize(), topicName, lock)
+// lockLivePositions reads the live projection's applied positions in tx, a
+// transaction of the live pool (its search_path the live schema), and locks
+// them FOR UPDATE: the live appliers' next batches wait until tx ends.
+func lockLivePositions(ctx context.Context, tx pgx.Tx, topicName string) (map[int32]int64, error) {
+	return applier.AppliedPositions(ctx, forUpdate{tx}, topicName)
 }
 
-func readPositions(ctx context.Context, q topic.Querier, table, topicName string, lock bool) (map[int32]int64, error) {
-	sql := `SELECT partition, next_offset FROM ` + table + ` WHERE topic = $1`
-	if lock {
-		sql += ` FOR UPDATE`
-	}
-	rows, err := q.Query(ctx, sql, topicName)
-	if err != nil {
-		return nil, fmt.Errorf("read applied positions from %s: %w", table, err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (kv [2]int64, err error) {
-		var p int32
-		err = row.Scan(&p, &kv[1])
-		kv[0] = int64(p)
-		return kv, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read applied positions from %s: %w", table, err)
-	}
-	m := make(map[int32]int64, len(out))
-	for _, kv := range out {
-		m[int32(kv[0])] = kv[1]
-	}
-	return m, nil
+// forUpdate adds FOR UPDATE to the queries it runs.
+type forUpdate struct{ tx pgx.Tx }
+
+func (f forUpdate) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return f.tx.Query(ctx, sql+" FOR UPDATE", args...)
 }
 
-func sum(ctx context.Context, q topic.Querier, topicName string) (int64, error) {
+// total is the sum of positions: how many records they are past.
+func total(positions map[int32]int64) int64 {
 	var n int64
-	err := q.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM applied_positions WHERE topic = $1`, topicName).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("read applied positions: %w", err)
+	for _, p := range positions {
+		n += p
 	}
-	return n, nil
+	return n
 }
 
 // schemaExists reports whether the database has schemaName.
@@ -422,7 +404,7 @@ func (r *Rebuilder) Verify(ctx context.Context, timeout time.Duration) (*Report,
 	if _, err := hold.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", max(timeout.Milliseconds(), 1))); err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	at, err := livePositions(ctx, hold, r.cfg.Live, r.cfg.Applier.Topic, true)
+	at, err := lockLivePositions(ctx, hold, r.cfg.Applier.Topic)
 	if err != nil {
 		return nil, fmt.Errorf("verify: hold the live appliers: %w", err)
 	}
@@ -530,7 +512,7 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 	}
 	var at map[int32]int64
 	if liveExists && !res.OtherIncarnation {
-		if at, err = livePositions(ctx, tx, r.cfg.Live, r.cfg.Applier.Topic, true); err != nil {
+		if at, err = lockLivePositions(ctx, tx, r.cfg.Applier.Topic); err != nil {
 			return nil, fmt.Errorf("swap: hold the live appliers: %w", err)
 		}
 		ends, err := r.targets(ctx, false)
@@ -549,7 +531,7 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 		if liveExists {
 			// Lock the other incarnation's positions too: its appliers
 			// have stopped, but a late one must not commit into it.
-			if _, err := livePositions(ctx, tx, r.cfg.Live, r.cfg.Applier.Topic, true); err != nil {
+			if _, err := lockLivePositions(ctx, tx, r.cfg.Applier.Topic); err != nil {
 				return nil, fmt.Errorf("swap: %w", err)
 			}
 		}
