@@ -61,7 +61,7 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.json, "json", false, "print one JSON object instead of the table")
 	fs.StringVar(&c.heedBinary, "heed-binary", "", "heed executable the rss phase runs (default: this one)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server, applier, broker, clients) to this file, its samples labelled by phase and ingest handler (go tool pprof -tags)")
-	c.apply.registerBatch(fs)
+	c.apply.registerBatch(fs, 4000, 4<<20)
 	fs.DurationVar(&c.produceLinger, "produce-linger", ingest.DefaultLinger, lingerUsage)
 	fs.StringVar(&c.compression, "compression", "none", "ingest record batch compression: none, gzip, snappy, lz4 or zstd")
 	c.log.registerLevel(fs, "warn")

@@ -221,13 +221,13 @@ func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.groupProtocol, "group-protocol", "consumer", "consumer group protocol: classic (client-side assignment, rebalances stop the group) or consumer (KIP-848, Kafka 4.0+: the coordinator assigns, members come and go without stopping the others; the session timeout is then the broker's group.consumer.session.timeout.ms)")
 	fs.DurationVar(&a.retention, "retention", retention.DefaultRetention, "how long a processed event's ID (and its outcome, for GetCommandResult) is kept after its event was written, to recognise a retried command; longer than any client retries; 0 keeps them forever (see docs/REPLAY.md)")
 	fs.DurationVar(&a.retentionInterval, "retention-interval", time.Hour, "how often the applier prunes processed events older than --retention (one applier of the group at a time)")
-	a.registerBatch(fs)
+	a.registerBatch(fs, 4000, 4<<20)
 }
 
-// registerBatch registers the batch limits alone.
-func (a *applyFlags) registerBatch(fs *flag.FlagSet) {
-	fs.IntVar(&a.batchRecords, "batch-records", 4000, "most records applied in one database transaction")
-	fs.IntVar(&a.batchBytes, "batch-bytes", 4<<20, "most record bytes applied in one database transaction")
+// registerBatch registers the batch limits alone, with their defaults.
+func (a *applyFlags) registerBatch(fs *flag.FlagSet, records, bytes int) {
+	fs.IntVar(&a.batchRecords, "batch-records", records, "most records applied in one database transaction")
+	fs.IntVar(&a.batchBytes, "batch-bytes", bytes, "most record bytes applied in one database transaction")
 	fs.DurationVar(&a.batchLinger, "batch-linger", 0, "how long a partition waits for more records before applying a small batch")
 	fs.IntVar(&a.concurrency, "apply-concurrency", 4, "most partitions applying a batch at once, each in its own transaction (more than the database's spare cores makes them contend)")
 }

@@ -50,11 +50,7 @@ func (c *rebuildCmd) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.hold, "hold-timeout", time.Minute, "--verify and --swap: how long the live appliers may be held while the rebuild reaches their positions")
 	fs.DurationVar(&c.every, "progress-interval", 10*time.Second, "how often progress is logged when stderr is not a terminal (a terminal gets a progress line every second)")
 	fs.StringVar(&c.apply.group, "group", defaultGroup, "the live applier group; the rebuild's own group is named after it and --into")
-	c.apply.registerBatch(fs)
-	fs.Lookup("batch-records").DefValue = "20000"
-	c.apply.batchRecords = 20000
-	fs.Lookup("batch-bytes").DefValue = "16777216"
-	c.apply.batchBytes = 16 << 20
+	c.apply.registerBatch(fs, 20000, 16<<20) // a replay's batches: bigger than the live applier's
 	c.log.register(fs)
 }
 
