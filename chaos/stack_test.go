@@ -141,24 +141,29 @@ func (s *stack) start(sl *slot) {
 	sl.proc = p
 }
 
-// kill sends SIGKILL to sl's process, if running, and waits for it to exit.
-func (s *stack) kill(sl *slot) {
+// running is sl's process while it runs, else nil.
+func (sl *slot) running() *proc {
 	sl.mu.Lock()
 	p := sl.proc
 	sl.mu.Unlock()
 	if p == nil || !p.running() {
-		return
+		return nil
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	return p
+}
+
+// kill sends SIGKILL to sl's process, if running, and waits for it to exit.
+func (s *stack) kill(sl *slot) {
+	if p := sl.running(); p != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
 }
 
 // terminate sends SIGTERM to sl's process and waits for it to exit.
 func (s *stack) terminate(sl *slot) {
-	sl.mu.Lock()
-	p := sl.proc
-	sl.mu.Unlock()
-	if p == nil || !p.running() {
+	p := sl.running()
+	if p == nil {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
