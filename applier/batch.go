@@ -229,6 +229,9 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 // the applied position (applyBatch trims what lies below it).
 func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLookup bool) error {
 	a := w.a
+	if len(batch) == 1 && isControl(batch[0]) {
+		return w.applyControl(ctx, batch[0])
+	}
 	began := time.Now()
 	next := batch[len(batch)-1].Offset + 1
 

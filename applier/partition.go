@@ -255,6 +255,14 @@ func (w *partition) cut() (n int, full bool) {
 			// batch is as full as it gets.
 			return n, true
 		}
+		if isControl(w.queue[n]) {
+			// A control record is applied alone, in a transaction of its
+			// own (see applyControl).
+			if n == 0 {
+				return 1, true
+			}
+			return n, true
+		}
 		bytes += recordBytes(w.queue[n])
 		if bytes > cfg.MaxBatchBytes && n > 0 {
 			break

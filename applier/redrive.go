@@ -79,7 +79,7 @@ func (r openRecord) record(topic string, partition int32) *kgo.Record {
 }
 
 func resolve(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, partition int32, offset int64, dropNote string) (RedriveResult, error) {
-	res := RedriveResult{Dropped: -1, Poison: -1}
+	var res RedriveResult
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		// The partition's applier locks this row first in every batch.
 		var pos int64
@@ -87,44 +87,53 @@ func resolve(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, p
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("lock the partition's applied position: %w", err)
 		}
-		var key []byte
-		err = tx.QueryRow(ctx, `SELECT key FROM quarantine WHERE topic = $1 AND partition = $2 AND "offset" = $3
-AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).Scan(&key)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: topic %s partition %d offset %d", ErrNotQuarantined, topic, partition, offset)
-		}
-		if err != nil {
-			return fmt.Errorf("read the quarantined record: %w", err)
-		}
-		res.Key = key
-		recs, err := openRecords(ctx, tx, topic, partition, key)
-		if err != nil {
-			return err
-		}
-		if dropNote != "" {
-			if err := drop(ctx, tx, h, topic, partition, offset, dropNote, recs); err != nil {
-				return err
-			}
-			res.Dropped = offset
-			recs = without(recs, offset)
-		}
-		for i, r := range recs {
-			reason, err := redriveOne(ctx, tx, h, topic, partition, r, &res)
-			if err != nil {
-				return err
-			}
-			if reason != "" {
-				res.Poison, res.Reason, res.Parked = r.offset, reason, len(recs)-i-1
-				return markPoison(ctx, tx, topic, partition, r.offset, reason)
-			}
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM parked_keys WHERE topic = $1 AND partition = $2 AND key = $3`, topic, partition, key); err != nil {
-			return fmt.Errorf("release the key: %w", err)
-		}
-		return nil
+		res, err = resolveTx(ctx, tx, h, topic, partition, offset, dropNote)
+		return err
 	})
 	if err != nil {
 		return RedriveResult{}, err
+	}
+	return res, nil
+}
+
+// resolveTx re-drives (dropNote "") or drops the open record at
+// partition/offset in tx, whose caller holds the partition's applied
+// position locked, as Redrive and Drop describe.
+func resolveTx(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, offset int64, dropNote string) (RedriveResult, error) {
+	res := RedriveResult{Dropped: -1, Poison: -1}
+	var key []byte
+	err := tx.QueryRow(ctx, `SELECT key FROM quarantine WHERE topic = $1 AND partition = $2 AND "offset" = $3
+AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).Scan(&key)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return res, fmt.Errorf("%w: topic %s partition %d offset %d", ErrNotQuarantined, topic, partition, offset)
+	}
+	if err != nil {
+		return res, fmt.Errorf("read the quarantined record: %w", err)
+	}
+	res.Key = key
+	recs, err := openRecords(ctx, tx, topic, partition, key)
+	if err != nil {
+		return res, err
+	}
+	if dropNote != "" {
+		if err := drop(ctx, tx, h, topic, partition, offset, dropNote, recs); err != nil {
+			return res, err
+		}
+		res.Dropped = offset
+		recs = without(recs, offset)
+	}
+	for i, r := range recs {
+		reason, err := redriveOne(ctx, tx, h, topic, partition, r, &res)
+		if err != nil {
+			return res, err
+		}
+		if reason != "" {
+			res.Poison, res.Reason, res.Parked = r.offset, reason, len(recs)-i-1
+			return res, markPoison(ctx, tx, topic, partition, r.offset, reason)
+		}
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM parked_keys WHERE topic = $1 AND partition = $2 AND key = $3`, topic, partition, key); err != nil {
+		return res, fmt.Errorf("release the key: %w", err)
 	}
 	return res, nil
 }

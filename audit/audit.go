@@ -74,6 +74,9 @@ type Report struct {
 	// repeat an event (same ID, same key) of an earlier one.
 	Records    int64 `json:"records"`
 	Duplicates int64 `json:"duplicates"`
+	// Decisions counts the control records read (operators' quarantine
+	// decisions), which are not events and not in Records.
+	Decisions int64 `json:"quarantine_decisions"`
 	// Skipped counts events below the applied position that are neither
 	// processed nor quarantined; SkippedExamples lists the first.
 	Skipped         int64          `json:"skipped"`
@@ -280,6 +283,13 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 			if stop != nil || r.Offset >= endOf[r.Partition] {
 				return
 			}
+			if r.Offset == endOf[r.Partition]-1 {
+				done[r.Partition] = true
+			}
+			if applier.IsControl(r) { // an operator's decision, carried out by the applier: no event
+				rep.Decisions++
+				return
+			}
 			var id any // NULL: no event ID can be read; the record must be quarantined
 			var env envelopev1.Envelope
 			if proto.Unmarshal(r.Value, &env) == nil {
@@ -289,9 +299,6 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 			}
 			chunk = append(chunk, []any{r.Partition, r.Offset, id, dedup.KeyHash(string(r.Key)), r.Timestamp})
 			rep.Records++
-			if r.Offset == endOf[r.Partition]-1 {
-				done[r.Partition] = true
-			}
 			if len(chunk) == cap(chunk) {
 				stop = flush()
 			}

@@ -112,6 +112,9 @@ func printAudit(w io.Writer, schemaName string, rep *audit.Report) {
 	}
 	fmt.Fprintf(w, "\nrecords read           %d\n", rep.Records)
 	fmt.Fprintf(w, "duplicates in topic    %d (suppressed)\n", rep.Duplicates)
+	if rep.Decisions > 0 {
+		fmt.Fprintf(w, "quarantine decisions   %d (control records, not events)\n", rep.Decisions)
+	}
 	fmt.Fprintf(w, "skipped events         %d\n", rep.Skipped)
 	for _, s := range rep.SkippedExamples {
 		fmt.Fprintf(w, "    partition %d offset %d event %s: below the applied position, neither processed nor quarantined\n", s.Partition, s.Offset, s.EventID)

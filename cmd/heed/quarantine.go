@@ -10,14 +10,17 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/applier"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
-	"github.com/heed-dev/heed/ledger"
+	"github.com/heed-dev/heed/topic"
 )
 
 var quarantineVerb = verb{
@@ -39,12 +42,13 @@ type quarantineCmd struct {
 	all       bool
 	asJSON    bool
 	reason    string
+	wait      time.Duration
 }
 
 func (c *quarantineCmd) setAction(a string) { c.action = a }
 
 func (c *quarantineCmd) flags(fs *flag.FlagSet) {
-	c.kafka.register(fs, false)
+	c.kafka.register(fs, true)
 	c.db.register(fs, "", "Postgres URL of the projection, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	fs.IntVar(&c.partition, "partition", -1, "the record's partition (list: only this partition; show, redrive, drop: required)")
 	fs.Int64Var(&c.offset, "offset", -1, "the record's offset (show, redrive, drop: required)")
@@ -52,6 +56,7 @@ func (c *quarantineCmd) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.all, "all", false, "list: also records no longer open (re-driven, dropped)")
 	fs.BoolVar(&c.asJSON, "json", false, "list, show: print JSON")
 	fs.StringVar(&c.reason, "reason", "", "drop: why the record is dropped, stored with it (required)")
+	fs.DurationVar(&c.wait, "wait", 30*time.Second, "redrive, drop: how long to wait for the applier to carry out the decision written to the topic")
 	c.log.registerLevel(fs, "warn")
 }
 
@@ -98,21 +103,86 @@ func (c *quarantineCmd) run(ctx context.Context, stdout, stderr io.Writer) error
 			return err
 		}
 		return showQuarantined(stdout, r, c.asJSON)
-	case "redrive":
-		res, err := applier.Redrive(ctx, pool, ledger.Applier{}, topic, p, off)
+	case "redrive", "drop":
+		d, err := c.decide(ctx, pool, stderr)
 		if err != nil {
-			return redriveError(err)
+			return err
 		}
-		printRedrive(stdout, "re-drove", res)
-	case "drop":
-		res, err := applier.Drop(ctx, pool, ledger.Applier{}, topic, p, off, c.reason)
-		if err != nil {
-			return redriveError(err)
+		if d.Note != "" {
+			return fmt.Errorf("the applier reached the decision and did nothing: %s", d.Note)
 		}
-		printRedrive(stdout, fmt.Sprintf("dropped offset %d; re-drove", off), res)
+		did := "re-drove"
+		if c.action == "drop" {
+			did = fmt.Sprintf("dropped offset %d; re-drove", off)
+		}
+		printRedrive(stdout, did, d.Result)
 	}
 	return nil
 }
+
+// decide writes the operator's decision to the topic, as a control record in
+// the partition of the record it names, and waits for the applier to carry
+// it out when it reaches it (applier.DecisionRecord): a rebuild replaying the
+// topic then decides alike. It refuses, writing nothing, when the record is
+// not open in the quarantine or the topic is not the projection's.
+func (c *quarantineCmd) decide(ctx context.Context, pool *pgxpool.Pool, stderr io.Writer) (applier.Decision, error) {
+	topicName, p, off := c.kafka.topic, int32(c.partition), c.offset
+	r, err := applier.GetQuarantined(ctx, pool, topicName, p, off)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return applier.Decision{}, redriveError(fmt.Errorf("%w: topic %s partition %d offset %d", applier.ErrNotQuarantined, topicName, p, off))
+	case err != nil:
+		return applier.Decision{}, err
+	case r.State != "open" || (r.Kind != "poison" && r.Kind != "parked"):
+		return applier.Decision{}, redriveError(fmt.Errorf("%w: partition %d offset %d is a %s record, %s", applier.ErrNotQuarantined, p, off, r.Kind, r.State))
+	}
+	cl, err := c.kafka.newClient(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchMaxBytes(maxControlBytes))
+	if err != nil {
+		return applier.Decision{}, err
+	}
+	defer cl.Close()
+	if _, err := topic.Verify(ctx, pool, cl, topicName); err != nil {
+		return applier.Decision{}, fmt.Errorf("refusing to write the decision: %w", err)
+	}
+	action := envelopev1.QuarantineAction_QUARANTINE_ACTION_REDRIVE
+	if c.action == "drop" {
+		action = envelopev1.QuarantineAction_QUARANTINE_ACTION_DROP
+	}
+	key := r.Key
+	if len(key) > applier.MaxTextBytes {
+		key = nil // the decision names the record by offset; the key is only for people reading the topic
+	}
+	rec, err := applier.DecisionRecord(topicName, key, &envelopev1.QuarantineDecision{Action: action, Partition: p, Offset: off, Reason: c.reason})
+	if err != nil {
+		return applier.Decision{}, err
+	}
+	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		return applier.Decision{}, fmt.Errorf("write the decision to topic %s: %w; nothing was changed: run it again", topicName, err)
+	}
+	fmt.Fprintf(stderr, "the decision is in the topic at partition %d offset %d; waiting for the applier to carry it out\n", p, rec.Offset)
+	deadline := time.Now().Add(c.wait)
+	for {
+		d, found, err := applier.DecisionResult(ctx, pool, topicName, p, rec.Offset)
+		if err != nil {
+			return applier.Decision{}, err
+		}
+		if found {
+			return d, nil
+		}
+		if time.Now().After(deadline) {
+			return applier.Decision{}, fmt.Errorf("no applier carried out the decision within %s (--wait): it is in the topic at partition %d offset %d and takes effect when an applier reaches it; is heed apply running? (heed quarantine list shows the record open until then)", c.wait, p, rec.Offset)
+		}
+		select {
+		case <-ctx.Done():
+			return applier.Decision{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// maxControlBytes bounds a decision's record batch: a record's key is at
+// most MaxTextBytes there, so this is ample.
+const maxControlBytes = 1 << 20
 
 func redriveError(err error) error {
 	if errors.Is(err, applier.ErrNotQuarantined) {
