@@ -70,7 +70,7 @@ func TestQuarantineVerb(t *testing.T) {
 	}
 
 	db := []string{"--database-url", dbURL}
-	pos := []string{"--partition", fmt.Sprint(junk.Partition), "--offset", fmt.Sprint(junk.Offset)}
+	pos := []string{"--brokers", addrs.broker, "--partition", fmt.Sprint(junk.Partition), "--offset", fmt.Sprint(junk.Offset)}
 	code, out, errOut := runOnce(t, append([]string{"quarantine", "list"}, db...)...)
 	if code != 0 || !strings.Contains(out, "poison") || !strings.Contains(out, "parked") || !strings.Contains(out, "amount -5 must be greater than 0") {
 		t.Errorf("quarantine list: code %d\n%s%s\nwant the poison record and the parked deposit", code, out, errOut)
@@ -93,6 +93,18 @@ func TestQuarantineVerb(t *testing.T) {
 	}
 	if got := balance(t, c, "quinn", dep.Msg.GetConsistencyToken()); got != 30 {
 		t.Errorf("balance after the drop = %d, want 30", got)
+	}
+	// The re-drive and the drop are records of the topic, carried out by
+	// the applier: a rebuild replays them and reaches the same projection.
+	code, out, errOut = runOnce(t, append([]string{"rebuild", "--brokers", addrs.broker, "--verify"}, db...)...)
+	if code != 0 || !strings.Contains(out+errOut, "verified") {
+		t.Errorf("heed rebuild --verify after a re-drive and a drop: code %d\n%s%s", code, out, errOut)
+	}
+	// A decision about a record that is no longer open is refused before
+	// anything is written.
+	code, _, errOut = runOnce(t, append(append([]string{"quarantine", "redrive"}, db...), pos...)...)
+	if code != 1 || !strings.Contains(errOut, "no open quarantined or parked record") {
+		t.Errorf("quarantine redrive of a dropped record: code %d, stderr %q; want 1, not open", code, errOut)
 	}
 	code, _, errOut = runOnce(t, "quarantine", "--database-url", dbURL)
 	if code != 2 || !strings.Contains(errOut, "list, show, redrive, drop") {

@@ -198,6 +198,9 @@ func TestBannerThenWalkthrough(t *testing.T) {
 					words[i] = dbURL
 				}
 			}
+			if words[2] == "redrive" || words[2] == "drop" { // they write the decision to the topic
+				words = append(words, "--brokers", addrs.broker)
+			}
 			code, got, errOut := runOnce(t, words[1:]...)
 			if code != 0 || !matchOutput(got, s.output) {
 				t.Errorf("$ %s\nexit %d, got:\n%s%s\nthe README prints:\n%s", s.command, code, got, errOut, strings.Join(s.output, "\n"))
