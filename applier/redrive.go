@@ -47,6 +47,12 @@ type RedriveResult struct {
 // Postgres) stays quarantined with its new reason, and the key's later records
 // stay parked behind it. Once none is left open, the key is released.
 //
+// Redrive and Drop change the projection directly: a projection rebuilt from
+// the topic does not see the decision. heed quarantine writes it to the topic
+// instead (DecisionRecord), and the applier carries it out when it reaches it
+// by the same code, so that a rebuild decides alike; call these directly only
+// on a projection that will never be rebuilt, or in tests.
+//
 // Errors: ErrNotQuarantined when no open poison or parked record is at
 // partition/offset; any other failure (the database, a transient apply
 // failure) rolls everything back and is returned wrapped: run it again.
