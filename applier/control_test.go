@@ -165,12 +165,12 @@ func TestDecisionsReplay(t *testing.T) {
 	if d.Note != "" || d.Result.Poison != 2 || d.Result.Parked != 2 || d.Result.Applied != 0 {
 		t.Errorf("re-drive before a fix = %+v, want offset 2 still poison with 2 parked", d)
 	}
-	s.produce(t, record(t, "c", "c4", 100)) // 7: parked too
+	s.produce(t, record(t, "c", "c4", 100))                                                                          // 7: parked too
 	d = decision(t, s.pool, s.topic, s.decide(t, envelopev1.QuarantineAction_QUARANTINE_ACTION_DROP, 2, "ticket 7")) // 8
 	if d.Note != "" || d.Result.Dropped != 2 || d.Result.Applied != 3 || d.Result.Poison != -1 {
 		t.Errorf("drop = %+v, want offset 2 dropped and c2, c3, c4 applied", d)
 	}
-	s.produce(t, record(t, "c", "c5", 1000), record(t, "c", "c2", 1)) // 9, 10: applied, then a duplicate
+	s.produce(t, record(t, "c", "c5", 1000), record(t, "c", "c2", 1))                                             // 9, 10: applied, then a duplicate
 	d = decision(t, s.pool, s.topic, s.decide(t, envelopev1.QuarantineAction_QUARANTINE_ACTION_DROP, 2, "again")) // 11
 	if d.Note == "" || d.Result.Dropped != -1 {
 		t.Errorf("a second drop of offset 2 = %+v, want nothing done and a note saying why", d)
