@@ -6,7 +6,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/heed-dev/heed/applier"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/ledger"
 )
 
 // Issue 26, hole 6: a request_id reused with other content (d1: 100, then
@@ -82,5 +84,36 @@ func TestReusedRequestIDReported(t *testing.T) {
 	}
 	if got := p.balance(t, acct, retry.GetConsistencyToken()); got != 100 {
 		t.Errorf("balance = %d, want 100: only the first d1 applies", got)
+	}
+}
+
+// A command reusing a request_id that was parked behind a poison record is
+// decided when an operator drops the poison one: a conflict, answered as
+// such given its token, while the first command keeps its answer.
+func TestReusedRequestIDParkedThenReported(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{})
+	p.startApplier(t)
+	const acct = "ezra"
+	p.open(t, "open-ezra", acct)
+	first := p.deposit(t, "d1", acct, 100)
+	p.waitApplied(t, first.GetConsistencyToken())
+	junk := p.produceRaw(t, rawDeposit(t, "junk-ezra", acct, -5))[0]
+	reused := p.deposit(t, "d1", acct, 999)
+	if r := p.result(t, "junk-ezra", reused.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_QUARANTINED {
+		t.Fatalf("the junk record: %v %q, want QUARANTINED", r.GetStatus(), r.GetReason())
+	}
+
+	res, err := applier.Drop(t.Context(), p.pool, ledger.Applier{}, p.topic, junk.Partition, junk.Offset, "junk")
+	if err != nil || res.Conflicts != 1 || res.Applied != 0 {
+		t.Fatalf("drop = %+v, %v; want the parked command found a conflict", res, err)
+	}
+	if r := p.result(t, "d1", reused.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_CONFLICT {
+		t.Errorf("the reusing command after the drop: %v %q, want CONFLICT", r.GetStatus(), r.GetReason())
+	}
+	if r := p.result(t, "d1", first.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED || r.GetBalanceAfter() != 100 {
+		t.Errorf("the first command: %v balance %d, want APPLIED at 100", r.GetStatus(), r.GetBalanceAfter())
+	}
+	if got := p.balances(t)[acct]; got != 100 {
+		t.Errorf("balance = %d, want 100", got)
 	}
 }
