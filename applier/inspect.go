@@ -140,25 +140,3 @@ ORDER BY state = 'open' DESC, "offset" LIMIT 1`, [16]byte(eventID), topic, keyAr
 		return OutcomeParked, reason, nil
 	}
 }
-
-// ConflictAt tells whether the record at partition/offset of topic is a
-// command with event ID eventID and record key key (any key when key is "")
-// that reused its request ID with other content, and returns the reason and
-// its key when it is. A consistency token names that position: it is how a
-// client tells the conflicting command from the first one, which shares its
-// event ID and keeps its own outcome. Errors are the database's, wrapped.
-func ConflictAt(ctx context.Context, q Querier, topic string, partition int32, offset int64, eventID uuid.UUID, key string) (reason string, recordKey []byte, ok bool, err error) {
-	var keyArg []byte
-	if key != "" {
-		keyArg = []byte(key)
-	}
-	err = q.QueryRow(ctx, `SELECT reason, key FROM quarantine WHERE topic = $1 AND partition = $2 AND "offset" = $3
-AND event_id = $4 AND kind = 'conflict' AND ($5::bytea IS NULL OR key = $5)`, topic, partition, offset, [16]byte(eventID), keyArg).Scan(&reason, &recordKey)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil, false, nil
-	}
-	if err != nil {
-		return "", nil, false, fmt.Errorf("read quarantine at partition %d offset %d: %w", partition, offset, err)
-	}
-	return reason, recordKey, true, nil
-}

@@ -87,9 +87,11 @@ func TestReusedRequestIDReported(t *testing.T) {
 	}
 }
 
-// A command reusing a request_id that was parked behind a poison record is
-// decided when an operator drops the poison one: a conflict, answered as
-// such given its token, while the first command keeps its answer.
+// A command reusing a request_id, parked behind a poison record, is
+// answered PARKED given its token, saying it reuses the request_id, while a
+// parked retry of the first command (same content) is answered as the first
+// one, APPLIED. Once an operator drops the poison record, the reusing command
+// is a conflict, answered as such, and the retry a duplicate.
 func TestReusedRequestIDParkedThenReported(t *testing.T) {
 	p := newPipeline(t, pipelineOpts{})
 	p.startApplier(t)
@@ -99,13 +101,21 @@ func TestReusedRequestIDParkedThenReported(t *testing.T) {
 	p.waitApplied(t, first.GetConsistencyToken())
 	junk := p.produceRaw(t, rawDeposit(t, "junk-ezra", acct, -5))[0]
 	reused := p.deposit(t, "d1", acct, 999)
-	if r := p.result(t, "junk-ezra", reused.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_QUARANTINED {
+	retry := p.deposit(t, "d1", acct, 100)
+	if r := p.result(t, "junk-ezra", retry.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_QUARANTINED {
 		t.Fatalf("the junk record: %v %q, want QUARANTINED", r.GetStatus(), r.GetReason())
+	}
+	if r := p.result(t, "d1", reused.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_PARKED ||
+		!strings.Contains(r.GetReason(), "parked behind") || !strings.Contains(r.GetReason(), "reuses the request_id") {
+		t.Errorf("the parked reusing command: %v %q, want PARKED, saying it reuses the request_id", r.GetStatus(), r.GetReason())
+	}
+	if r := p.result(t, "d1", retry.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED || r.GetBalanceAfter() != 100 {
+		t.Errorf("the parked retry of the first command: %v balance %d %q, want the first's APPLIED at 100", r.GetStatus(), r.GetBalanceAfter(), r.GetReason())
 	}
 
 	res, err := applier.Drop(t.Context(), p.pool, ledger.Applier{}, p.topic, junk.Partition, junk.Offset, "junk")
-	if err != nil || res.Conflicts != 1 || res.Applied != 0 {
-		t.Fatalf("drop = %+v, %v; want the parked command found a conflict", res, err)
+	if err != nil || res.Conflicts != 1 || res.Duplicates != 1 || res.Applied != 0 {
+		t.Fatalf("drop = %+v, %v; want the parked commands found a conflict and a duplicate", res, err)
 	}
 	if r := p.result(t, "d1", reused.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_CONFLICT {
 		t.Errorf("the reusing command after the drop: %v %q, want CONFLICT", r.GetStatus(), r.GetReason())

@@ -118,7 +118,8 @@ func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.
 // an account when account_id is given): conflict, with the reason, when the
 // request's consistency token names a command that reused the request ID of an
 // earlier one with other content (both share the event ID: only the token
-// tells them apart, and without it the earlier one is answered); its result
+// tells them apart, and without it the earlier one is answered; see reusedAt
+// for such a command still parked); its result
 // once the applier decided it; quarantined, parked or dropped with the reason
 // when the quarantine holds it; otherwise pending or, when the request carries
 // a consistency token that is applied, unknown (never written at or before the
@@ -138,8 +139,8 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	}
 	account := req.Msg.GetAccountId()
 	out := &ledgerv1.GetCommandResultResponse{EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_PENDING, AccountId: account}
-	if conflict, err := s.conflictAt(ctx, tok, id, account); err != nil || conflict != nil {
-		return conflict, err
+	if reused, err := s.reusedAt(ctx, tok, id, account); err != nil || reused != nil {
+		return reused, err
 	}
 	rows, err := dedup.Results(ctx, s.pool, id)
 	if err != nil {
@@ -190,32 +191,6 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 		}
 	}
 	return connect.NewResponse(out), nil
-}
-
-// conflictAt answers CONFLICT when token (applied, as await checked) names
-// the record of a command with event ID id that reused its request ID with
-// other content: the first command with the request ID shares the event ID,
-// so only the token's position tells the two apart. It returns nil when token
-// is empty or names another record.
-func (s *Service) conflictAt(ctx context.Context, token string, id uuid.UUID, account string) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
-	if token == "" {
-		return nil, nil
-	}
-	t, err := consistency.Parse(token)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
-	}
-	reason, key, ok, err := applier.ConflictAt(ctx, s.pool, s.topic, t.Partition, t.Offset, id, account)
-	if err != nil {
-		return nil, readError(err)
-	}
-	if !ok {
-		return nil, nil
-	}
-	return connect.NewResponse(&ledgerv1.GetCommandResultResponse{
-		EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_CONFLICT, AccountId: string(key),
-		Reason: reason + "; this command never applies (the first one's outcome is answered with its own consistency_token, or with none)",
-	}), nil
 }
 
 // await waits until the write named by token is applied, bounded by maxWait.
