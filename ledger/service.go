@@ -115,12 +115,16 @@ func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.
 }
 
 // GetCommandResult reads a command's outcome by request ID or event ID (within
-// an account when account_id is given): its result once the applier decided
-// it; quarantined, parked or dropped with the reason when the quarantine holds
-// it; otherwise pending or, when the request carries a consistency token that
-// is applied, unknown (never written at or before the token). A request ID
-// used for several accounts names several commands: without account_id that
-// is invalid_argument, listing them.
+// an account when account_id is given): conflict, with the reason, when the
+// request's consistency token names a command that reused the request ID of an
+// earlier one with other content (both share the event ID: only the token
+// tells them apart, and without it the earlier one is answered; see reusedAt
+// for such a command still parked); its result
+// once the applier decided it; quarantined, parked or dropped with the reason
+// when the quarantine holds it; otherwise pending or, when the request carries
+// a consistency token that is applied, unknown (never written at or before the
+// token). A request ID used for several accounts names several commands:
+// without account_id that is invalid_argument, listing them.
 func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[ledgerv1.GetCommandResultRequest]) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
 	var id uuid.UUID
 	switch ref := req.Msg.GetRef().(type) {
@@ -135,6 +139,9 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	}
 	account := req.Msg.GetAccountId()
 	out := &ledgerv1.GetCommandResultResponse{EventId: id.String(), Status: ledgerv1.CommandStatus_COMMAND_STATUS_PENDING, AccountId: account}
+	if reused, err := s.reusedAt(ctx, tok, id, account); err != nil || reused != nil {
+		return reused, err
+	}
 	rows, err := dedup.Results(ctx, s.pool, id)
 	if err != nil {
 		return nil, readError(err)

@@ -45,6 +45,11 @@ const (
 	// No such command: the consistency_token given is applied, and no command with this ID was
 	// applied, rejected, quarantined or parked. Given the command's own token, it was never written.
 	CommandStatus_COMMAND_STATUS_UNKNOWN CommandStatus = 7
+	// The command reused the request_id of an earlier command of the same account with other
+	// content (see reason): it never applies, and the earlier command stands. Answered only when
+	// the request carries this command's own consistency_token: a request_id (or event_id) alone
+	// names the first command with it, whose outcome is answered.
+	CommandStatus_COMMAND_STATUS_CONFLICT CommandStatus = 8
 )
 
 // Enum value maps for CommandStatus.
@@ -58,6 +63,7 @@ var (
 		5: "COMMAND_STATUS_PARKED",
 		6: "COMMAND_STATUS_DROPPED",
 		7: "COMMAND_STATUS_UNKNOWN",
+		8: "COMMAND_STATUS_CONFLICT",
 	}
 	CommandStatus_value = map[string]int32{
 		"COMMAND_STATUS_UNSPECIFIED": 0,
@@ -68,6 +74,7 @@ var (
 		"COMMAND_STATUS_PARKED":      5,
 		"COMMAND_STATUS_DROPPED":     6,
 		"COMMAND_STATUS_UNKNOWN":     7,
+		"COMMAND_STATUS_CONFLICT":    8,
 	}
 )
 
@@ -101,6 +108,9 @@ func (CommandStatus) EnumDescriptor() ([]byte, []int) {
 type OpenAccountRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's idempotency key: send the same value when retrying the same command.
+	// A request_id reused for the same account with other content is still acknowledged (the
+	// command RPC validates shape only), but never applies: GetCommandResult with the
+	// consistency_token it returned answers COMMAND_STATUS_CONFLICT.
 	// 1-128 characters, none of them NUL (U+0000).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'.
@@ -210,6 +220,9 @@ func (x *OpenAccountResponse) GetConsistencyToken() string {
 type DepositRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's idempotency key: send the same value when retrying the same command.
+	// A request_id reused for the same account with other content is still acknowledged (the
+	// command RPC validates shape only), but never applies: GetCommandResult with the
+	// consistency_token it returned answers COMMAND_STATUS_CONFLICT.
 	// 1-128 characters, none of them NUL (U+0000).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'.
@@ -326,6 +339,9 @@ func (x *DepositResponse) GetConsistencyToken() string {
 type WithdrawRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's idempotency key: send the same value when retrying the same command.
+	// A request_id reused for the same account with other content is still acknowledged (the
+	// command RPC validates shape only), but never applies: GetCommandResult with the
+	// consistency_token it returned answers COMMAND_STATUS_CONFLICT.
 	// 1-128 characters, none of them NUL (U+0000).
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// 1-64 characters of A-Z, a-z, 0-9, '_', '-' and '.'.
@@ -599,6 +615,9 @@ type GetCommandResultRequest struct {
 	//	*GetCommandResultRequest_EventId
 	Ref isGetCommandResultRequest_Ref `protobuf_oneof:"ref"`
 	// Optional: a token from the command response; the read waits until that command is applied.
+	// Pass it to tell apart commands that reused one request_id: with it, a command that reused
+	// the request_id with other content answers COMMAND_STATUS_CONFLICT; without it, the first
+	// command with the request_id is answered.
 	ConsistencyToken string `protobuf:"bytes,3,opt,name=consistency_token,json=consistencyToken,proto3" json:"consistency_token,omitempty"`
 	// Optional: the account the command was for. A request_id identifies a command within its
 	// account; give account_id when the same request_id was used for several accounts.
@@ -696,7 +715,7 @@ type GetCommandResultResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	Status  CommandStatus          `protobuf:"varint,2,opt,name=status,proto3,enum=heed.ledger.v1.CommandStatus" json:"status,omitempty"`
-	// Why the command was rejected, quarantined, parked or dropped; empty otherwise.
+	// Why the command was rejected, quarantined, parked, dropped or in conflict; empty otherwise.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The account's balance right after this command was decided: after it when applied, as it
 	// stayed when rejected.
@@ -831,7 +850,7 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
 	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter\x12\x1d\n" +
 	"\n" +
-	"account_id\x18\x05 \x01(\tR\taccountId*\xf7\x01\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId*\x94\x02\n" +
 	"\rCommandStatus\x12\x1e\n" +
 	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -840,7 +859,8 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x1aCOMMAND_STATUS_QUARANTINED\x10\x04\x12\x19\n" +
 	"\x15COMMAND_STATUS_PARKED\x10\x05\x12\x1a\n" +
 	"\x16COMMAND_STATUS_DROPPED\x10\x06\x12\x1a\n" +
-	"\x16COMMAND_STATUS_UNKNOWN\x10\a2\xc8\x03\n" +
+	"\x16COMMAND_STATUS_UNKNOWN\x10\a\x12\x1b\n" +
+	"\x17COMMAND_STATUS_CONFLICT\x10\b2\xc8\x03\n" +
 	"\rLedgerService\x12V\n" +
 	"\vOpenAccount\x12\".heed.ledger.v1.OpenAccountRequest\x1a#.heed.ledger.v1.OpenAccountResponse\x12J\n" +
 	"\aDeposit\x12\x1e.heed.ledger.v1.DepositRequest\x1a\x1f.heed.ledger.v1.DepositResponse\x12M\n" +

@@ -59,7 +59,8 @@ type LedgerServiceClient interface {
 	// GetAccount reads an account's balance. With a consistency_token it first waits until
 	// the command that returned the token has been applied (read-your-writes).
 	GetAccount(context.Context, *connect.Request[v1.GetAccountRequest]) (*connect.Response[v1.GetAccountResponse], error)
-	// GetCommandResult tells whether a command is pending, applied or rejected (and why).
+	// GetCommandResult tells whether a command is pending, applied or rejected (and why), or
+	// in conflict with an earlier command that had its request_id (given its consistency_token).
 	GetCommandResult(context.Context, *connect.Request[v1.GetCommandResultRequest]) (*connect.Response[v1.GetCommandResultResponse], error)
 }
 
@@ -154,7 +155,8 @@ type LedgerServiceHandler interface {
 	// GetAccount reads an account's balance. With a consistency_token it first waits until
 	// the command that returned the token has been applied (read-your-writes).
 	GetAccount(context.Context, *connect.Request[v1.GetAccountRequest]) (*connect.Response[v1.GetAccountResponse], error)
-	// GetCommandResult tells whether a command is pending, applied or rejected (and why).
+	// GetCommandResult tells whether a command is pending, applied or rejected (and why), or
+	// in conflict with an earlier command that had its request_id (given its consistency_token).
 	GetCommandResult(context.Context, *connect.Request[v1.GetCommandResultRequest]) (*connect.Response[v1.GetCommandResultResponse], error)
 }
 
