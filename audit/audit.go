@@ -264,8 +264,12 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 	if left == 0 {
 		return nil
 	}
+	// Without fetch sessions: the embedded broker (kfake), while records are
+	// written, stopped answering a session's later fetches of a partition,
+	// and the audit waited for its end for good. Every fetch naming every
+	// partition costs a few bytes per partition.
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumePartitions(want),
-		kgo.FetchMaxBytes(8 << 20), kgo.FetchMaxPartitionBytes(1 << 20)}, cfg.KafkaOpts...)...)
+		kgo.FetchMaxBytes(8 << 20), kgo.FetchMaxPartitionBytes(1 << 20), kgo.DisableFetchSessions()}, cfg.KafkaOpts...)...)
 	if err != nil {
 		return fmt.Errorf("create Kafka consumer: %w", err)
 	}
