@@ -3,6 +3,7 @@ package topic_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -143,6 +144,36 @@ func TestGuard(t *testing.T) {
 	if err := g.Check(t.Context()); !errors.Is(err, topic.ErrPartitionsChanged) || !errors.Is(g.Admit(), topic.ErrPartitionsChanged) || g.Partitions() != 2 {
 		t.Errorf("after growing to 4 partitions: Check = %v, Admit = %v, Partitions = %d; want refused, still hashing over 2", err, g.Admit(), g.Partitions())
 	}
+}
+
+// A running Guard notices, by its periodic check and not only at start, a
+// topic deleted and created again under the same name (what a wiped broker or
+// an operator's mistake leaves), and refuses commands from then on.
+func TestGuardNoticesRecreatedTopic(t *testing.T) {
+	f := newFixture(t)
+	g := topic.NewGuard(f.pool, f.cl, name, 50*time.Millisecond, testenv.Logger(t))
+	if err := g.Check(t.Context()); err != nil || g.Admit() != nil {
+		t.Fatalf("first Check = %v, Admit = %v; want a match", err, g.Admit())
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan struct{})
+	go func() { defer close(ran); g.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran })
+
+	first, _ := topic.Describe(t.Context(), f.cl, name)
+	if _, err := f.adm.DeleteTopics(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	f.create(t)
+	if again, err := topic.Describe(t.Context(), f.cl, name); err != nil || again.ID == first.ID {
+		t.Fatalf("the recreated topic is %v, %v; want another topic ID than %s", again, err, first.ID)
+	}
+	testenv.Eventually(t, 10*time.Second, func() string {
+		if err := g.Admit(); !errors.Is(err, topic.ErrOtherIncarnation) || !strings.Contains(err.Error(), "has topic ID") {
+			return fmt.Sprintf("Admit = %v, want ErrOtherIncarnation naming the new topic ID", err)
+		}
+		return ""
+	})
 }
 
 // ConfirmPartitions records a grown partition count only once the old
