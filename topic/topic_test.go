@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
 	"github.com/heed-dev/heed/schema"
@@ -124,6 +125,43 @@ func TestVerifyFirstUseAhead(t *testing.T) {
 	}
 	if _, ok, err := topic.Recorded(t.Context(), f.pool, name); ok || err != nil {
 		t.Errorf("Recorded after a refused first use = %v, %v; want nothing recorded", ok, err)
+	}
+}
+
+// Bind reads the applied positions before the end offsets: a record written
+// and applied while it reads the ends (here by the ends function itself, right
+// after its read) is not taken for a record the broker lost. Reading the ends
+// first, a position read after them lies past them and Bind refuses.
+func TestBindReadsPositionsBeforeEnds(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	live, err := topic.Describe(ctx, f.cl, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		f.produce(t, 0)
+	}
+	f.setPosition(t, 0, 3)
+	for i := range 5 {
+		ends := func(ctx context.Context) (map[int32]int64, error) {
+			ends, err := consistency.ListEndOffsets(ctx, f.cl, name)
+			if err != nil {
+				return nil, err
+			}
+			f.produce(t, 0) // written and applied once the ends are read
+			f.setPosition(t, 0, ends[0]+1)
+			return ends, nil
+		}
+		if _, err := topic.Bind(ctx, f.pool, live, ends); err != nil {
+			t.Fatalf("Bind %d with a record applied while the ends were read: %v", i, err)
+		}
+	}
+	// A real loss is still refused: the position past the end.
+	f.setPosition(t, 0, 100)
+	ends := func(ctx context.Context) (map[int32]int64, error) { return consistency.ListEndOffsets(ctx, f.cl, name) }
+	if _, err := topic.Bind(ctx, f.pool, live, ends); !errors.Is(err, topic.ErrAheadOfTopic) {
+		t.Errorf("Bind with partition 0 applied to 100, past its end = %v, want ErrAheadOfTopic", err)
 	}
 }
 
