@@ -6,8 +6,15 @@
 // topic (applied from somewhere else); outcomes by count; and whether the
 // projection is bound to this incarnation of the topic.
 //
-// It reads the topic once, from its start to the end offsets it found when
-// it began, and streams each record's partition, offset, event ID and key
+// It compares one moment of the projection with the topic: it opens a
+// REPEATABLE READ transaction (one snapshot for the whole audit, as pg_dump
+// does) and reads the applied positions in it first, then the topic's end
+// offsets. Every processed row in the snapshot belongs to a record below a
+// position read, hence below an end read after it, so records written and
+// applied while the audit runs are neither orphans nor skipped nor "ahead";
+// a position beyond an end read after it is a real loss.
+//
+// It reads the topic once, from its start to those end offsets, and streams each record's partition, offset, event ID and key
 // hash into a temporary table by COPY, in chunks; the comparisons are SQL
 // anti-joins there. Its memory is thus one chunk and the Kafka client's
 // fetch buffers, whatever the topic's size. It is domain-agnostic: it reads
@@ -143,7 +150,7 @@ func (r *Report) Diverged() bool {
 
 // Run audits the projection in pool (its search_path the projection's
 // schema) against cfg.Topic. It needs one connection of pool for its
-// temporary table.
+// temporary table, and holds one transaction open on it while it runs.
 func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	began := time.Now()
 	if cfg.ChunkRecords <= 0 {
@@ -188,6 +195,30 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 		return rep, nil
 	}
 
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `CREATE TEMPORARY TABLE IF NOT EXISTS heed_audit_records (partition int NOT NULL, "offset" bigint NOT NULL, event_id uuid, key_hash bigint NOT NULL, event_time timestamptz NOT NULL); TRUNCATE heed_audit_records`); err != nil {
+		return nil, fmt.Errorf("create the audit's temporary table: %w", err)
+	}
+	defer conn.Exec(context.Background(), `DROP TABLE IF EXISTS heed_audit_records`) //nolint:errcheck // temporary anyway
+
+	// The snapshot first, with the applied positions; the end offsets after
+	// them (see the package comment).
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		return nil, fmt.Errorf("begin the audit's snapshot: %w", err)
+	}
+	defer tx.Rollback(context.Background())                                                      //nolint:errcheck // it only read, and wrote its temporary table
+	if _, err := tx.Exec(ctx, `SET LOCAL idle_in_transaction_session_timeout = 0`); err != nil { // idle while it reads the topic
+		return nil, fmt.Errorf("begin the audit's snapshot: %w", err)
+	}
+	applied, err := applier.AppliedPositions(ctx, tx, cfg.Topic)
+	if err != nil {
+		return nil, err
+	}
 	adm := kadm.NewClient(cl)
 	ends, err := adm.ListEndOffsets(ctx, cfg.Topic)
 	if err != nil {
@@ -196,10 +227,6 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 	starts, err := adm.ListStartOffsets(ctx, cfg.Topic)
 	if err != nil {
 		return nil, fmt.Errorf("list start offsets: %w", err)
-	}
-	applied, err := applier.AppliedPositions(ctx, pool, cfg.Topic)
-	if err != nil {
-		return nil, err
 	}
 	endOf, startOf := map[int32]int64{}, map[int32]int64{}
 	ends.Each(func(o kadm.ListedOffset) { endOf[o.Partition] = o.Offset })
@@ -213,23 +240,13 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 		total += pr.End - pr.LogStart
 	}
 
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
+	if err := read(ctx, cfg, startOf, endOf, total, tx, rep); err != nil {
 		return nil, err
 	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, `CREATE TEMPORARY TABLE IF NOT EXISTS heed_audit_records (partition int NOT NULL, "offset" bigint NOT NULL, event_id uuid, key_hash bigint NOT NULL, event_time timestamptz NOT NULL); TRUNCATE heed_audit_records`); err != nil {
-		return nil, fmt.Errorf("create the audit's temporary table: %w", err)
-	}
-	defer conn.Exec(context.Background(), `DROP TABLE IF EXISTS heed_audit_records`) //nolint:errcheck // temporary anyway
-
-	if err := read(ctx, cfg, startOf, endOf, total, conn.Conn(), rep); err != nil {
-		return nil, err
-	}
-	if _, err := conn.Exec(ctx, `CREATE INDEX ON heed_audit_records (event_id); ANALYZE heed_audit_records`); err != nil {
+	if _, err := tx.Exec(ctx, `CREATE INDEX ON heed_audit_records (event_id); ANALYZE heed_audit_records`); err != nil {
 		return nil, fmt.Errorf("index the audit's temporary table: %w", err)
 	}
-	if err := compare(ctx, conn.Conn(), cfg, startOf, rep); err != nil {
+	if err := compare(ctx, tx, cfg, startOf, rep); err != nil {
 		return nil, err
 	}
 	rep.Took = time.Since(began)
@@ -238,7 +255,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Report, error) {
 
 // read consumes every partition from its start to its end and COPYs each
 // record's identity into the temporary table, a chunk at a time.
-func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total int64, conn *pgx.Conn, rep *Report) error {
+func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total int64, tx pgx.Tx, rep *Report) error {
 	want := map[string]map[int32]kgo.Offset{cfg.Topic: {}}
 	left := 0
 	for p, end := range endOf {
@@ -250,8 +267,12 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 	if left == 0 {
 		return nil
 	}
+	// Without fetch sessions: the embedded broker (kfake), while records are
+	// written, stopped answering a session's later fetches of a partition,
+	// and the audit waited for its end for good. Every fetch naming every
+	// partition costs a few bytes per partition.
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumePartitions(want),
-		kgo.FetchMaxBytes(8 << 20), kgo.FetchMaxPartitionBytes(1 << 20)}, cfg.KafkaOpts...)...)
+		kgo.FetchMaxBytes(8 << 20), kgo.FetchMaxPartitionBytes(1 << 20), kgo.DisableFetchSessions()}, cfg.KafkaOpts...)...)
 	if err != nil {
 		return fmt.Errorf("create Kafka consumer: %w", err)
 	}
@@ -261,7 +282,7 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 		if len(chunk) == 0 {
 			return nil
 		}
-		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"heed_audit_records"}, []string{"partition", "offset", "event_id", "key_hash", "event_time"}, pgx.CopyFromRows(chunk)); err != nil {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"heed_audit_records"}, []string{"partition", "offset", "event_id", "key_hash", "event_time"}, pgx.CopyFromRows(chunk)); err != nil {
 			return fmt.Errorf("copy the topic's records: %w", err)
 		}
 		chunk = chunk[:0]
@@ -318,9 +339,9 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 	return flush()
 }
 
-// compare runs the anti-joins and counts.
-func compare(ctx context.Context, conn *pgx.Conn, cfg Config, startOf map[int32]int64, rep *Report) error {
-	if err := conn.QueryRow(ctx, `SELECT count(*) - count(DISTINCT (event_id, key_hash)) FILTER (WHERE event_id IS NOT NULL) - count(*) FILTER (WHERE event_id IS NULL) FROM heed_audit_records`).Scan(&rep.Duplicates); err != nil {
+// compare runs the anti-joins and counts, in the snapshot of the positions.
+func compare(ctx context.Context, tx pgx.Tx, cfg Config, startOf map[int32]int64, rep *Report) error {
+	if err := tx.QueryRow(ctx, `SELECT count(*) - count(DISTINCT (event_id, key_hash)) FILTER (WHERE event_id IS NOT NULL) - count(*) FILTER (WHERE event_id IS NULL) FROM heed_audit_records`).Scan(&rep.Duplicates); err != nil {
 		return fmt.Errorf("count duplicates: %w", err)
 	}
 	// Skipped: below the applied position, neither quarantined (by offset)
@@ -332,19 +353,19 @@ JOIN applied_positions ap ON ap.topic = $1 AND ap.partition = r.partition AND r.
 WHERE NOT EXISTS (SELECT FROM quarantine q WHERE q.topic = $1 AND q.partition = r.partition AND q."offset" = r."offset")
   AND (r.event_id IS NULL OR NOT EXISTS (SELECT FROM processed_events p WHERE p.event_id = r.event_id AND p.key_hash IN (r.key_hash, 0)))`
 	const skipped = missing + ` AND (r.event_id IS NULL OR r.event_time >= $2)`
-	if err := conn.QueryRow(ctx, `SELECT max(cutoff) FROM heed_retention`).Scan(&rep.RetentionCutoff); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT max(cutoff) FROM heed_retention`).Scan(&rep.RetentionCutoff); err != nil {
 		return fmt.Errorf("read the retention cutoff: %w", err)
 	}
 	var cutoff time.Time // before every event when nothing was pruned
 	if rep.RetentionCutoff != nil {
 		cutoff = *rep.RetentionCutoff
 	}
-	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE r.event_id IS NULL OR r.event_time >= $2), count(*) FILTER (WHERE r.event_id IS NOT NULL AND r.event_time < $2) `+missing,
+	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE r.event_id IS NULL OR r.event_time >= $2), count(*) FILTER (WHERE r.event_id IS NOT NULL AND r.event_time < $2) `+missing,
 		cfg.Topic, cutoff).Scan(&rep.Skipped, &rep.Pruned); err != nil {
 		return fmt.Errorf("find skipped events: %w", err)
 	}
 	if rep.Skipped > 0 {
-		rows, err := conn.Query(ctx, `SELECT r.partition, r."offset", coalesce(r.event_id::text, 'none readable') `+skipped+` ORDER BY 1, 2 LIMIT $3`, cfg.Topic, cutoff, cfg.Examples)
+		rows, err := tx.Query(ctx, `SELECT r.partition, r."offset", coalesce(r.event_id::text, 'none readable') `+skipped+` ORDER BY 1, 2 LIMIT $3`, cfg.Topic, cutoff, cfg.Examples)
 		if err != nil {
 			return fmt.Errorf("list skipped events: %w", err)
 		}
@@ -353,7 +374,7 @@ WHERE NOT EXISTS (SELECT FROM quarantine q WHERE q.topic = $1 AND q.partition = 
 		}
 	}
 	const orphans = `FROM processed_events p WHERE NOT EXISTS (SELECT FROM heed_audit_records r WHERE r.event_id = p.event_id AND (p.key_hash = 0 OR p.key_hash = r.key_hash))`
-	if err := conn.QueryRow(ctx, `SELECT count(*) `+orphans).Scan(&rep.Orphans); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT count(*) `+orphans).Scan(&rep.Orphans); err != nil {
 		return fmt.Errorf("find processed events without an event: %w", err)
 	}
 	trimmed := false
@@ -366,7 +387,7 @@ WHERE NOT EXISTS (SELECT FROM quarantine q WHERE q.topic = $1 AND q.partition = 
 		rep.OrphansBeforeStart, rep.Orphans = rep.Orphans, 0
 	}
 	if rep.Orphans > 0 {
-		rows, err := conn.Query(ctx, `SELECT p.event_id::text, p.aggregate `+orphans+` ORDER BY 1 LIMIT $1`, cfg.Examples)
+		rows, err := tx.Query(ctx, `SELECT p.event_id::text, p.aggregate `+orphans+` ORDER BY 1 LIMIT $1`, cfg.Examples)
 		if err != nil {
 			return fmt.Errorf("list processed events without an event: %w", err)
 		}
@@ -374,7 +395,7 @@ WHERE NOT EXISTS (SELECT FROM quarantine q WHERE q.topic = $1 AND q.partition = 
 			return fmt.Errorf("list processed events without an event: %w", err)
 		}
 	}
-	rows, err := conn.Query(ctx, `SELECT status, count(*) FROM processed_events GROUP BY 1`)
+	rows, err := tx.Query(ctx, `SELECT status, count(*) FROM processed_events GROUP BY 1`)
 	if err != nil {
 		return fmt.Errorf("count outcomes: %w", err)
 	}
@@ -388,7 +409,7 @@ WHERE NOT EXISTS (SELECT FROM quarantine q WHERE q.topic = $1 AND q.partition = 
 	}); err != nil {
 		return fmt.Errorf("count outcomes: %w", err)
 	}
-	rows, err = conn.Query(ctx, `SELECT kind || ' ' || state, count(*) FROM quarantine WHERE topic = $1 GROUP BY 1`, cfg.Topic)
+	rows, err = tx.Query(ctx, `SELECT kind || ' ' || state, count(*) FROM quarantine WHERE topic = $1 GROUP BY 1`, cfg.Topic)
 	if err != nil {
 		return fmt.Errorf("count the quarantine: %w", err)
 	}

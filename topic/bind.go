@@ -64,16 +64,22 @@ func Verify(ctx context.Context, q Querier, cl *kgo.Client, name string) (Identi
 	if err != nil {
 		return Identity{}, err
 	}
-	ends, err := consistency.ListEndOffsets(ctx, cl, name)
-	if err != nil {
-		return Identity{}, err
-	}
-	return Bind(ctx, q, live, ends)
+	return Bind(ctx, q, live, func(ctx context.Context) (map[int32]int64, error) {
+		return consistency.ListEndOffsets(ctx, cl, name)
+	})
 }
 
-// Bind ties the projection to live, the topic as the broker has it now, whose
-// partitions end at ends, and returns the identity recorded for it. On first
-// use it records live. It fails, wrapping
+// EndsFunc reads where the topic's partitions end, from the broker, when
+// called (consistency.ListEndOffsets).
+type EndsFunc func(ctx context.Context) (map[int32]int64, error)
+
+// Bind ties the projection to live, the topic as the broker has it now, and
+// returns the identity recorded for it. On first use it records live. It
+// reads the applied positions first and the topic's end offsets (through
+// ends) after them: a partition's end only grows, and a record is applied
+// only once it is below it, so a position read first can never lie beyond an
+// end read after it, however fast records are written and applied meanwhile,
+// unless the broker lost records. It fails, wrapping
 //   - ErrOtherIncarnation when live has another topic ID than the recorded one;
 //   - ErrAheadOfTopic when a partition's applied position lies beyond its end
 //     (checked before the first record too: a projection built from another
@@ -83,7 +89,7 @@ func Verify(ctx context.Context, q Querier, cl *kgo.Client, name string) (Identi
 //     partitions it does not cover.
 //
 // Each error says what to do.
-func Bind(ctx context.Context, q Querier, live Identity, ends map[int32]int64) (Identity, error) {
+func Bind(ctx context.Context, q Querier, live Identity, ends EndsFunc) (Identity, error) {
 	rec, ok, err := Recorded(ctx, q, live.Name)
 	if err != nil {
 		return Identity{}, err
@@ -114,8 +120,10 @@ func Bind(ctx context.Context, q Querier, live Identity, ends map[int32]int64) (
 }
 
 // checkAhead fails with ErrAheadOfTopic when an applied position of the topic
-// lies beyond the end of its partition.
-func checkAhead(ctx context.Context, q Querier, name string, ends map[int32]int64) error {
+// lies beyond the end of its partition. It reads the positions before the
+// ends, in that order (see Bind): the other order reports every record
+// applied between the two reads as lost.
+func checkAhead(ctx context.Context, q Querier, name string, endsOf EndsFunc) error {
 	rows, err := q.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1 AND next_offset > 0 ORDER BY partition`, name)
 	if err != nil {
 		return fmt.Errorf("read applied positions: %w", err)
@@ -127,6 +135,10 @@ func checkAhead(ctx context.Context, q Querier, name string, ends map[int32]int6
 	positions, err := pgx.CollectRows(rows, pgx.RowToStructByPos[pos])
 	if err != nil {
 		return fmt.Errorf("read applied positions: %w", err)
+	}
+	ends, err := endsOf(ctx)
+	if err != nil {
+		return err
 	}
 	for _, p := range positions {
 		if end, ok := ends[p.P]; !ok || p.Next > end {

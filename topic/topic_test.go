@@ -3,6 +3,7 @@ package topic_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
 	"github.com/heed-dev/heed/schema"
@@ -126,6 +128,43 @@ func TestVerifyFirstUseAhead(t *testing.T) {
 	}
 }
 
+// Bind reads the applied positions before the end offsets: a record written
+// and applied while it reads the ends (here by the ends function itself, right
+// after its read) is not taken for a record the broker lost. Reading the ends
+// first, a position read after them lies past them and Bind refuses.
+func TestBindReadsPositionsBeforeEnds(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	live, err := topic.Describe(ctx, f.cl, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		f.produce(t, 0)
+	}
+	f.setPosition(t, 0, 3)
+	for i := range 5 {
+		ends := func(ctx context.Context) (map[int32]int64, error) {
+			ends, err := consistency.ListEndOffsets(ctx, f.cl, name)
+			if err != nil {
+				return nil, err
+			}
+			f.produce(t, 0) // written and applied once the ends are read
+			f.setPosition(t, 0, ends[0]+1)
+			return ends, nil
+		}
+		if _, err := topic.Bind(ctx, f.pool, live, ends); err != nil {
+			t.Fatalf("Bind %d with a record applied while the ends were read: %v", i, err)
+		}
+	}
+	// A real loss is still refused: the position past the end.
+	f.setPosition(t, 0, 100)
+	ends := func(ctx context.Context) (map[int32]int64, error) { return consistency.ListEndOffsets(ctx, f.cl, name) }
+	if _, err := topic.Bind(ctx, f.pool, live, ends); !errors.Is(err, topic.ErrAheadOfTopic) {
+		t.Errorf("Bind with partition 0 applied to 100, past its end = %v, want ErrAheadOfTopic", err)
+	}
+}
+
 // A Guard admits commands while the topic matches, and refuses them, saying
 // why, once it does not; Partitions stays the recorded count.
 func TestGuard(t *testing.T) {
@@ -143,6 +182,36 @@ func TestGuard(t *testing.T) {
 	if err := g.Check(t.Context()); !errors.Is(err, topic.ErrPartitionsChanged) || !errors.Is(g.Admit(), topic.ErrPartitionsChanged) || g.Partitions() != 2 {
 		t.Errorf("after growing to 4 partitions: Check = %v, Admit = %v, Partitions = %d; want refused, still hashing over 2", err, g.Admit(), g.Partitions())
 	}
+}
+
+// A running Guard notices, by its periodic check and not only at start, a
+// topic deleted and created again under the same name (what a wiped broker or
+// an operator's mistake leaves), and refuses commands from then on.
+func TestGuardNoticesRecreatedTopic(t *testing.T) {
+	f := newFixture(t)
+	g := topic.NewGuard(f.pool, f.cl, name, 50*time.Millisecond, testenv.Logger(t))
+	if err := g.Check(t.Context()); err != nil || g.Admit() != nil {
+		t.Fatalf("first Check = %v, Admit = %v; want a match", err, g.Admit())
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan struct{})
+	go func() { defer close(ran); g.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran })
+
+	first, _ := topic.Describe(t.Context(), f.cl, name)
+	if _, err := f.adm.DeleteTopics(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	f.create(t)
+	if again, err := topic.Describe(t.Context(), f.cl, name); err != nil || again.ID == first.ID {
+		t.Fatalf("the recreated topic is %v, %v; want another topic ID than %s", again, err, first.ID)
+	}
+	testenv.Eventually(t, 10*time.Second, func() string {
+		if err := g.Admit(); !errors.Is(err, topic.ErrOtherIncarnation) || !strings.Contains(err.Error(), "has topic ID") {
+			return fmt.Sprintf("Admit = %v, want ErrOtherIncarnation naming the new topic ID", err)
+		}
+		return ""
+	})
 }
 
 // ConfirmPartitions records a grown partition count only once the old

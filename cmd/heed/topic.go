@@ -12,6 +12,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/topic"
@@ -144,34 +145,25 @@ func (c *topicCmd) show(ctx context.Context, w io.Writer, pool topic.Querier, cl
 		return err
 	}
 	fmt.Fprintf(w, "broker: %s\n", live)
-	ends, err := consistency.ListEndOffsets(ctx, cl, c.kafka.topic)
-	if err != nil {
-		return err
+	listEnds := func(ctx context.Context) (map[int32]int64, error) {
+		return consistency.ListEndOffsets(ctx, cl, c.kafka.topic)
 	}
 	if ok { // Bind only compares once an identity is recorded
-		if _, err := topic.Bind(ctx, pool, live, ends); err != nil {
+		if _, err := topic.Bind(ctx, pool, live, listEnds); err != nil {
 			fmt.Fprintf(w, "MISMATCH: %v\n", err)
 		} else {
 			fmt.Fprintln(w, "match: serve, apply and dev run against it")
 		}
 	}
-	positions := make(map[int32]int64)
-	rows, err := pool.Query(ctx, `SELECT partition, next_offset FROM applied_positions WHERE topic = $1`, c.kafka.topic)
+	// The positions before the ends, so that records applied in between do
+	// not show as a negative lag.
+	positions, err := applier.AppliedPositions(ctx, pool, c.kafka.topic)
 	if err != nil {
-		return fmt.Errorf("read applied positions: %w", err)
+		return err
 	}
-	for rows.Next() {
-		var (
-			p   int32
-			pos int64
-		)
-		if err := rows.Scan(&p, &pos); err != nil {
-			return fmt.Errorf("read applied positions: %w", err)
-		}
-		positions[p] = pos
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read applied positions: %w", err)
+	ends, err := listEnds(ctx)
+	if err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PARTITION\tAPPLIED\tEND\tLAG\t")
