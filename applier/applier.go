@@ -114,7 +114,8 @@ type Observer interface {
 	BatchApplied(partition int32, records []*kgo.Record, took time.Duration, stats BatchStats)
 	// BatchRetried: an attempt at a batch failed and is tried again; class
 	// is why ("transient", "systemic", "event-caused", "poison",
-	// "lookup-skipped", "recorded-concurrently").
+	// "lookup-skipped", "recorded-concurrently", "quarantine-store": storing
+	// the batch's quarantined or parked records failed, retried with backoff).
 	BatchRetried(partition int32, class string)
 }
 
