@@ -205,6 +205,16 @@ func TestHugeRecordQuarantined(t *testing.T) {
 				if err != nil || got.Kind != "poison" || !bytes.Equal(got.Key, tc.key) {
 					t.Errorf("offset 3 (the junk key's next record) = %s with a key of %d bytes, err %v; want it quarantined with the junk's key", got.Kind, len(got.Key), err)
 				}
+				// An operator drops both: the key, found by its hash, is
+				// released.
+				for _, off := range []int64{1, 3} {
+					if _, err := applier.Drop(t.Context(), s.pool, hc.make(new(counter)), s.topic, 0, off, "junk"); err != nil {
+						t.Fatalf("drop offset %d: %v", off, err)
+					}
+				}
+				if n := s.value(t, `SELECT count(*) FROM parked_keys`); n != 0 {
+					t.Errorf("%d keys still parked after both records of the key were dropped, want 0", n)
+				}
 			})
 		}
 	}
