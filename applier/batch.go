@@ -169,17 +169,16 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 			}
 			w.suspect = off
 		}
-		if qe != nil && class != Systemic {
-			class = Transient
-		}
 		if !w.pause(bo, label, class, cur, attempt, err) {
 			return false
 		}
 	}
 }
 
-// pause logs a failed attempt at batch (at a bounded rate) and waits for the
-// next backoff interval; false if the worker must stop meanwhile.
+// pause logs a failed attempt at batch (at a bounded rate; as an error when
+// it needs an operator: a systemic failure, or the quarantine's store
+// failing) and waits for the next backoff interval; false if the worker must
+// stop meanwhile.
 func (w *partition) pause(bo *backoff.ExponentialBackOff, label string, class ErrorClass, batch []*kgo.Record, attempt int, err error) bool {
 	a := w.a
 	wait := bo.NextBackOff()
