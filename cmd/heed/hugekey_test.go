@@ -20,7 +20,8 @@ import (
 // failed on an index of the raw key, and the partition stopped in a hot
 // loop); the account's deposits before and after it apply and read back
 // with their consistency tokens (they answered "unavailable: not applied
-// yet"); heed quarantine lists it with its key cut short and drops it.
+// yet"); heed quarantine lists it with its key cut short, shows it whole
+// with its header, and drops it.
 func TestHugeKeyJunkDoesNotStopPartition(t *testing.T) {
 	dbURL := testenv.PostgresURL(t)
 	addrs := freeDevAddrs(t)
@@ -49,7 +50,7 @@ func TestHugeKeyJunkDoesNotStopPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	junk := &kgo.Record{Key: key, Value: value, Partition: tok.Partition}
+	junk := &kgo.Record{Key: key, Value: value, Partition: tok.Partition, Headers: []kgo.RecordHeader{{Key: "trace", Value: []byte{0xca, 0xfe}}}}
 	if err := cl.ProduceSync(ctx, junk).FirstErr(); err != nil {
 		t.Fatalf("produce: %v", err)
 	}
@@ -67,6 +68,10 @@ func TestHugeKeyJunkDoesNotStopPartition(t *testing.T) {
 		t.Errorf("quarantine list: code %d, %d bytes\n%.2000s%s\nwant the poison record, its key cut short", code, len(out), out, errOut)
 	}
 	pos := []string{"--partition", fmt.Sprint(junk.Partition), "--offset", fmt.Sprint(junk.Offset)}
+	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "show"}, db...), pos...)...)
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("%q", key)) || !strings.Contains(out, `header    "trace" = cafe (hex)`) {
+		t.Errorf("quarantine show: code %d\n%.2000s%s\nwant the whole key and the header", code, out, errOut)
+	}
 	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "drop", "--reason", "junk"}, db...), pos...)...)
 	if code != 0 || !strings.Contains(out, "the key is released") {
 		t.Errorf("quarantine drop: code %d\n%.2000s%s", code, out, errOut)
