@@ -37,6 +37,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/heed-dev/heed/internal/lograte"
+
 	"embed"
 )
 
@@ -114,7 +116,8 @@ type Observer interface {
 	BatchApplied(partition int32, records []*kgo.Record, took time.Duration, stats BatchStats)
 	// BatchRetried: an attempt at a batch failed and is tried again; class
 	// is why ("transient", "systemic", "event-caused", "poison",
-	// "lookup-skipped", "recorded-concurrently").
+	// "lookup-skipped", "recorded-concurrently", "quarantine-store": storing
+	// the batch's quarantined or parked records failed, retried with backoff).
 	BatchRetried(partition int32, class string)
 }
 
@@ -187,6 +190,9 @@ type Applier struct {
 	cl      *kgo.Client
 	clReady chan struct{}
 	stats   counters
+	// logs bounds how often the member's retry loops log (the partitions'
+	// workers have their own).
+	logs *lograte.Limiter
 	// slots holds one token per batch transaction allowed at once.
 	slots chan struct{}
 
@@ -225,7 +231,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		return nil, err
 	}
 	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition),
-		slots: make(chan struct{}, cfg.Concurrency), clReady: make(chan struct{})}
+		slots: make(chan struct{}, cfg.Concurrency), clReady: make(chan struct{}), logs: lograte.New(retryLogEvery)}
 	a.hard, a.cancelHard = context.WithCancel(context.Background())
 	a.stopped, a.stop = context.WithCancelCause(context.Background())
 	opts := []kgo.Opt{
@@ -291,18 +297,16 @@ func (a *Applier) Run(ctx context.Context) error {
 	defer cancel(nil)
 	defer context.AfterFunc(a.stopped, func() { cancel(context.Cause(a.stopped)) })()
 	a.log.Info("applier started", "topic", a.cfg.Topic, "group", a.cfg.Group, "brokers", a.cfg.Brokers)
-	var lastFetchErr time.Time
 	for {
 		fetches := a.cl.PollRecords(ctx, 2*a.cfg.MaxBatchRecords)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			break
 		}
 		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || time.Since(lastFetchErr) < 5*time.Second {
+			if errors.Is(err, context.Canceled) {
 				return
 			}
-			lastFetchErr = time.Now()
-			a.log.Warn("fetch failed; retrying", "topic", topic, "partition", p, "err", err)
+			a.logs.Log(a.log.Warn, "fetch failed; retrying", "topic", topic, "partition", p, "err", err)
 		})
 		deadline := time.Now().Add(feedWait)
 		fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {

@@ -39,7 +39,7 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 			return backoff.Permanent(err)
 		}
 		if err != nil {
-			a.log.Warn("read applied positions failed; retrying", "err", err)
+			a.logs.Log(a.log.Warn, "read applied positions failed; retrying", "err", err)
 		}
 		return err
 	}, backoff.WithContext(newBackoff(), ctx))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/dedup"
@@ -36,6 +37,8 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 	rest := batch // not committed yet
 	size := len(rest)
 	bo := newBackoff()
+	// tried holds the failures retried at once since the last commit.
+	var tried map[string]bool
 	for attempt := 1; ; attempt++ {
 		// Records below the known position were applied already (a
 		// re-fetch, or another member's work found by resync).
@@ -64,6 +67,7 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 			rest = rest[len(cur):]
 			size = len(rest) // the rest may well apply whole
 			bo.Reset()
+			tried = nil
 			continue
 		}
 		if errors.Is(err, errStale) {
@@ -73,6 +77,20 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		if w.ctx.Err() != nil {
 			return false
 		}
+		// A retry that changes what the next attempt does (the lookup no
+		// longer skipped, a record newly found poison, a smaller batch) may
+		// go at once; the same failure again waits like any other.
+		immediate := func(sig string) bool {
+			if tried[sig] {
+				return false
+			}
+			if tried == nil {
+				tried = make(map[string]bool)
+			}
+			tried[sig] = true
+			return true
+		}
+		sig := fmt.Sprintf("@%d+%d", cur[0].Offset, len(cur))
 		if skipped {
 			// The attempt skipped the lookup (see skipLookup): it may have
 			// failed on an event recorded before (a duplicate in the topic
@@ -87,59 +105,94 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 				a.log.Debug("a batch that skipped the dedup lookup failed; applying it again with the lookup", "partition", w.p,
 					"first_offset", cur[0].Offset, "records", len(cur), "err", err)
 			}
+			if immediate("lookup-skipped" + sig) {
+				continue
+			}
+			if !w.pause(bo, "lookup-skipped", Transient, cur, attempt, err) {
+				return false
+			}
 			continue
 		}
 		a.stats.retries.Add(1)
 		class := Classify(err)
-		if errors.Is(err, dedup.ErrRecordedConcurrently) {
-			a.retried(w.p, "recorded-concurrently")
-		} else {
-			a.retried(w.p, class.String())
-		}
+		var qe *quarantineError
+		label := class.String()
 		switch {
+		case errors.As(err, &qe):
+			label = "quarantine-store"
+		case errors.Is(err, dedup.ErrRecordedConcurrently):
+			label = "recorded-concurrently"
+		}
+		a.retried(w.p, label)
+		switch {
+		case qe != nil:
+			// Storing the batch's quarantined or parked records failed: no
+			// record's shape can cause that (see queueQuarantine), so it is
+			// retried with backoff, whatever its class, and splitting the
+			// batch or quarantining more would not help.
 		case errors.Is(err, dedup.ErrRecordedConcurrently):
 			// The same event ID in another partition (or topic), committed
 			// since the lookup: nothing failed, and the retry skips it.
-			a.log.Info("an event ID of the batch was recorded meanwhile by a concurrent transaction (the same ID in another partition or topic); rolled back, retrying at once",
-				"partition", w.p, "first_offset", cur[0].Offset, "records", len(cur), "err", err)
-			continue
+			if immediate(label + sig) {
+				w.logs.Log(a.log.Info, "an event ID of the batch was recorded meanwhile by a concurrent transaction (the same ID in another partition or topic); rolled back, retrying at once",
+					"partition", w.p, "first_offset", cur[0].Offset, "records", len(cur), "err", err)
+				continue
+			}
 		case class == Poison:
 			var ee *EventError
 			errors.As(err, &ee)
 			if w.markPoison(cur, ee.Offset, storable(ee.Reason)) {
-				a.log.Warn("the handler rejected an event as one that can never apply; rolled back, applying the batch again without it",
-					"partition", w.p, "offset", ee.Offset, "reason", ee.Reason)
-				continue
+				if immediate(fmt.Sprintf("poison@%d", ee.Offset)) {
+					w.logs.Log(a.log.Warn, "the handler rejected an event as one that can never apply; rolled back, applying the batch again without it",
+						"partition", w.p, "offset", ee.Offset, "reason", ee.Reason)
+					continue
+				}
+				break
 			}
 			class = Transient // an offset outside the batch: a handler bug, not a poison event
 			err = fmt.Errorf("%w (the handler named offset %d, which is not in the batch at %d..%d)", err, ee.Offset, cur[0].Offset, cur[len(cur)-1].Offset)
 		case class == EventCaused && len(cur) > 1:
 			size = len(cur) / 2
-			a.log.Warn("apply batch failed with an error an event may cause; rolled back, splitting the batch to find the event",
+			w.logs.Log(a.log.Warn, "apply batch failed with an error an event may cause; rolled back, splitting the batch to find the event",
 				"partition", w.p, "first_offset", cur[0].Offset, "records", len(cur), "next_records", size, "err", err)
 			continue
 		case class == EventCaused:
 			off := cur[0].Offset
 			if w.suspect == off {
 				w.markPoison(cur, off, failsInDatabase(err))
-				a.log.Warn("an event fails alone, twice, with an error an event may cause; quarantining it",
-					"partition", w.p, "offset", off, "err", err)
-				continue
+				if immediate(fmt.Sprintf("poison@%d", off)) {
+					w.logs.Log(a.log.Warn, "an event fails alone, twice, with an error an event may cause; quarantining it",
+						"partition", w.p, "offset", off, "err", err)
+					continue
+				}
+				break
 			}
 			w.suspect = off
 		}
-		wait := bo.NextBackOff()
-		log := a.log.Warn
-		if class == Systemic {
-			log = a.log.Error
-		}
-		log("apply batch failed; rolled back, retrying", "partition", w.p, "class", class.String(),
-			"first_offset", cur[0].Offset, "records", len(cur), "attempt", attempt, "retry_in", wait, "err", err)
-		select {
-		case <-time.After(wait):
-		case <-w.quit:
+		if !w.pause(bo, label, class, cur, attempt, err) {
 			return false
 		}
+	}
+}
+
+// pause logs a failed attempt at batch (at a bounded rate; as an error when
+// it needs an operator: a systemic failure, or the quarantine's store
+// failing) and waits for the next backoff interval; false if the worker must
+// stop meanwhile.
+func (w *partition) pause(bo *backoff.ExponentialBackOff, label string, class ErrorClass, batch []*kgo.Record, attempt int, err error) bool {
+	a := w.a
+	wait := bo.NextBackOff()
+	log := a.log.Warn
+	if class == Systemic || label == "quarantine-store" {
+		log = a.log.Error
+	}
+	w.logs.Log(log, "apply batch failed; rolled back, retrying", "partition", w.p, "class", label,
+		"first_offset", batch[0].Offset, "records", len(batch), "attempt", attempt, "retry_in", wait, "err", err)
+	select {
+	case <-time.After(wait):
+		return true
+	case <-w.quit:
+		return false
 	}
 }
 
@@ -195,7 +248,7 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 			return false
 		}
 		wait := bo.NextBackOff()
-		a.log.Warn("re-read applied position failed; retrying", "partition", w.p, "retry_in", wait, "err", err)
+		w.logs.Log(a.log.Warn, "re-read applied position failed; retrying", "partition", w.p, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):
 		case <-w.quit:

@@ -50,7 +50,7 @@ func check(h Handler, rec *kgo.Record, d *decoded) string {
 	}
 	id, err := uuid.Parse(env.GetEventId())
 	if err != nil {
-		return fmt.Sprintf("invalid event_id %q: %v", env.GetEventId(), err)
+		return fmt.Sprintf("invalid event_id %s: %v", clip(env.GetEventId()), err)
 	}
 	if err := checkText(env.GetRequestId()); err != "" {
 		return "envelope request_id " + err
@@ -64,10 +64,10 @@ func check(h Handler, rec *kgo.Record, d *decoded) string {
 		return "envelope has no payload"
 	}
 	if name := strings.TrimPrefix(env.GetPayload().GetTypeUrl(), "type.googleapis.com/"); name != env.GetType() {
-		return fmt.Sprintf("envelope type %q does not match payload type %q", env.GetType(), name)
+		return fmt.Sprintf("envelope type %q does not match payload type %s", env.GetType(), clip(name))
 	}
 	if string(rec.Key) != env.GetAggregateId() {
-		return fmt.Sprintf("record key %q does not match envelope aggregate_id %q", rec.Key, env.GetAggregateId())
+		return fmt.Sprintf("record key %s does not match envelope aggregate_id %s", clip(rec.Key), clip(env.GetAggregateId()))
 	}
 	if err := checkText(env.GetAggregateId()); err != "" {
 		return "record key (the envelope's aggregate_id) " + err
@@ -102,13 +102,25 @@ func checkText(s string) string {
 	return ""
 }
 
+// MaxReasonBytes bounds a stored reason: it may quote a Handler's words or a
+// record's bytes, and is stored, logged and shown with the record.
+const MaxReasonBytes = 4096
+
 // storable makes a poison reason (partly the Handler's words) text that
-// Postgres can store: valid UTF-8 without NUL.
+// Postgres can store: valid UTF-8 without NUL, at most about MaxReasonBytes
+// long (a longer one is cut at a character and says how long it was).
 func storable(reason string) string {
-	if utf8.ValidString(reason) && strings.IndexByte(reason, 0) < 0 {
+	if !utf8.ValidString(reason) || strings.IndexByte(reason, 0) >= 0 {
+		reason = strings.ReplaceAll(strings.ToValidUTF8(reason, "\uFFFD"), "\x00", `\x00`)
+	}
+	if len(reason) <= MaxReasonBytes {
 		return reason
 	}
-	return strings.ReplaceAll(strings.ToValidUTF8(reason, "\uFFFD"), "\x00", `\x00`)
+	cut := MaxReasonBytes
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (cut, %d bytes in all)", reason[:cut], len(reason))
 }
 
 // ProtoError is err's text with the no-break spaces protobuf-go puts at random

@@ -76,6 +76,11 @@ func TestDecodeText(t *testing.T) {
 		{"key not UTF-8", new(counter), "k\xff", envelopeValue(t, "k", "r-1", "", inc(1)), `record key "k\xff" does not match`},
 		{"NUL in event type", new(counter), "k", envelopeValue(t, "k", "r-1", "", odd), `envelope type "odd\x00type" contains a NUL`},
 		{"handler's reason with NUL and bad UTF-8", failingHandler{err: errors.New("bad \x00 and \xff")}, "k", envelopeValue(t, "k", "r-1", "", inc(1)), `bad \x00 and ` + "\uFFFD"},
+		// Reasons that quote a record's bytes, or a handler's words about
+		// them, are cut: a key may be a MiB long.
+		{"handler's reason of a MiB", failingHandler{err: errors.New(strings.Repeat("é", 1<<19))}, "k", envelopeValue(t, "k", "r-1", "", inc(1)), "... (cut, 1048576 bytes in all)"},
+		{"key of a MiB not its aggregate_id", new(counter), strings.Repeat("\xff", 1<<20), envelopeValue(t, "k", "r-1", "", inc(1)), `... (1048576 bytes) does not match envelope aggregate_id "k"`},
+		{"event_id of a MiB", new(counter), "k", bigEventID(t), "invalid event_id"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -95,8 +100,21 @@ func TestDecodeText(t *testing.T) {
 			if !storable(poison) {
 				t.Errorf("poison reason %q is not text Postgres can store", poison)
 			}
+			if len(poison) > applier.MaxReasonBytes+64 {
+				t.Errorf("poison reason of %d bytes, want at most about %d", len(poison), applier.MaxReasonBytes)
+			}
 		})
 	}
+}
+
+// bigEventID is an envelope whose event_id is a MiB of text.
+func bigEventID(tb testing.TB) []byte {
+	tb.Helper()
+	b, err := proto.Marshal(&envelopev1.Envelope{EventId: strings.Repeat("e", 1<<20), Type: "t", RequestId: "r", AggregateId: "k"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
 }
 
 // storable reports whether s is text Postgres can store: UTF-8 without NUL.

@@ -1,10 +1,73 @@
 package applier
 
-import "github.com/twmb/franz-go/pkg/kgo"
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/pgarray"
+)
 
 // DecodeRecord is decode for the black-box tests: the event rec holds, or the
 // reason it is poison ("" when it is not).
 func DecodeRecord(h Handler, rec *kgo.Record) (Event, string) {
 	d := decode(h, rec)
 	return d.event, d.poison
+}
+
+// QuarantineRaw runs recs (of one partition of topic, in log order) through
+// what a batch does with them before applying anything, in one transaction
+// it commits: decode, read the partition's parked keys, sort (every
+// decodable record counts as new: no lookup), and store the quarantined and
+// parked records and the keys they park. It returns how many it stored.
+func QuarantineRaw(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, recs []*kgo.Record) (int, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Release()
+	pgarray.Register(conn.Conn().TypeMap())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after COMMIT a no-op
+	p := recs[0].Partition
+	rows, err := tx.Query(ctx, parkedKeysSQL, topic, p)
+	if err != nil {
+		return 0, err
+	}
+	hashes, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return 0, err
+	}
+	parked := map[string]bool{}
+	for _, h := range hashes {
+		parked[string(h)] = true
+	}
+	decs := make([]decoded, len(recs))
+	var items []dedup.Item
+	for i, r := range recs {
+		decs[i] = decode(h, r)
+		if decs[i].poison == "" {
+			ev := &decs[i].event
+			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID)})
+		}
+	}
+	out, err := sortBatch(decs, dedup.SkipLookup(items), parked)
+	if err != nil {
+		return 0, err
+	}
+	b := &pgx.Batch{}
+	queueQuarantine(b, topic, p, out.bad, out.blocked)
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return 0, fmt.Errorf("store: %w", err)
+		}
+	}
+	return len(out.bad), tx.Commit(ctx)
 }

@@ -84,7 +84,7 @@ func newStackPartitions(t *testing.T, partitions int32) *stack {
 
 // record is an event adding inc to key's counter, with the event ID derived
 // from requestID. An increment below 1 makes it poison.
-func record(t *testing.T, key, requestID string, inc int64) *kgo.Record {
+func record(t testing.TB, key, requestID string, inc int64) *kgo.Record {
 	t.Helper()
 	payload, err := anypb.New(wrapperspb.Int64(inc))
 	if err != nil {
@@ -122,10 +122,13 @@ func (s *stack) start(t *testing.T, h applier.Handler, grace time.Duration) *run
 }
 
 // startConfig is start with cfg's settings; it fills in the stack's broker,
-// topic, group and a logger.
+// topic, group and, unless cfg has one, a logger.
 func (s *stack) startConfig(t *testing.T, h applier.Handler, cfg applier.Config) *running {
 	t.Helper()
-	cfg.Brokers, cfg.Topic, cfg.Group, cfg.Logger = s.broker, s.topic, "counters", testenv.Logger(t)
+	cfg.Brokers, cfg.Topic, cfg.Group = s.broker, s.topic, "counters"
+	if cfg.Logger == nil {
+		cfg.Logger = testenv.Logger(t)
+	}
 	a, err := applier.New(cfg, s.pool, h)
 	if err != nil {
 		t.Fatalf("applier: %v", err)

@@ -33,7 +33,7 @@ func (a *Applier) bindTopic(ctx context.Context) error {
 			return err
 		}
 		wait := bo.NextBackOff()
-		a.log.Warn("cannot check the topic's identity; retrying", "topic", a.cfg.Topic, "retry_in", wait, "err", err)
+		a.logs.Log(a.log.Warn, "cannot check the topic's identity; retrying", "topic", a.cfg.Topic, "retry_in", wait, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // QuarantinedRecord is a record of the quarantine: a poison record, a
@@ -22,8 +23,11 @@ type QuarantinedRecord struct {
 	Reason string
 	// EventID is the envelope's event ID, when it had a valid one.
 	EventID *uuid.UUID
-	// Key and Value are the record's raw bytes.
+	// Key and Value are the record's raw bytes, whole.
 	Key, Value []byte
+	// Headers are the record's headers, whole (none for records stored
+	// before headers were).
+	Headers []kgo.RecordHeader
 }
 
 // Querier is what the quarantine's readers need: a pool, a connection or a
@@ -51,8 +55,8 @@ func ListQuarantine(ctx context.Context, q Querier, topic string, f QuarantineFi
 	if f.Limit <= 0 {
 		f.Limit = 1000
 	}
-	rows, err := q.Query(ctx, `SELECT topic, partition, "offset", kind, state, reason, event_id, key, value FROM quarantine
-WHERE topic = $1 AND ($2::int IS NULL OR partition = $2) AND ($3::bytea IS NULL OR key = $3) AND ($4 OR state = 'open')
+	rows, err := q.Query(ctx, `SELECT topic, partition, "offset", kind, state, reason, event_id, key, value, headers FROM quarantine
+WHERE topic = $1 AND ($2::int IS NULL OR partition = $2) AND ($3::bytea IS NULL OR key_hash = sha256($3) AND key = $3) AND ($4 OR state = 'open')
 ORDER BY partition, "offset" LIMIT $5`, topic, f.Partition, f.Key, f.All, f.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("read quarantine: %w", err)
@@ -67,7 +71,7 @@ ORDER BY partition, "offset" LIMIT $5`, topic, f.Partition, f.Key, f.All, f.Limi
 // GetQuarantined returns the quarantine's record at partition/offset of
 // topic, or an error wrapping pgx.ErrNoRows when there is none.
 func GetQuarantined(ctx context.Context, q Querier, topic string, partition int32, offset int64) (QuarantinedRecord, error) {
-	rows, err := q.Query(ctx, `SELECT topic, partition, "offset", kind, state, reason, event_id, key, value FROM quarantine
+	rows, err := q.Query(ctx, `SELECT topic, partition, "offset", kind, state, reason, event_id, key, value, headers FROM quarantine
 WHERE topic = $1 AND partition = $2 AND "offset" = $3`, topic, partition, offset)
 	if err != nil {
 		return QuarantinedRecord{}, fmt.Errorf("read quarantine: %w", err)
@@ -81,12 +85,18 @@ WHERE topic = $1 AND partition = $2 AND "offset" = $3`, topic, partition, offset
 
 func scanQuarantined(row pgx.CollectableRow) (QuarantinedRecord, error) {
 	var (
-		r  QuarantinedRecord
-		id *[16]byte
+		r       QuarantinedRecord
+		id      *[16]byte
+		headers []byte
 	)
-	if err := row.Scan(&r.Topic, &r.Partition, &r.Offset, &r.Kind, &r.State, &r.Reason, &id, &r.Key, &r.Value); err != nil {
+	if err := row.Scan(&r.Topic, &r.Partition, &r.Offset, &r.Kind, &r.State, &r.Reason, &id, &r.Key, &r.Value, &headers); err != nil {
 		return r, err
 	}
+	hs, err := decodeHeaders(headers)
+	if err != nil {
+		return r, fmt.Errorf("headers of offset %d: %w", r.Offset, err)
+	}
+	r.Headers = hs
 	if id != nil {
 		u := uuid.UUID(*id)
 		r.EventID = &u
@@ -121,7 +131,7 @@ func QuarantineOutcome(ctx context.Context, q Querier, topic string, eventID uui
 		keyArg = []byte(key)
 	}
 	err := q.QueryRow(ctx, `SELECT kind, state, reason FROM quarantine WHERE event_id = $1 AND topic = $2 AND kind <> 'conflict'
-AND ($3::bytea IS NULL OR key = $3)
+AND ($3::bytea IS NULL OR key_hash = sha256($3) AND key = $3)
 ORDER BY state = 'open' DESC, "offset" LIMIT 1`, [16]byte(eventID), topic, keyArg).Scan(&kind, &state, &reason)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return NotQuarantined, "", nil

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/heed-dev/heed/internal/lograte"
 )
 
 // partition is the worker that applies one assigned partition.
@@ -57,7 +59,14 @@ type partition struct {
 	// lookups is how many more batches look their event IDs up before the
 	// worker skips the lookup again (see skipLookup).
 	lookups int
+	// logs bounds how often the worker's retries are logged.
+	logs *lograte.Limiter
 }
+
+// retryLogEvery is how often a worker logs a retry of one kind at most: a
+// batch that keeps failing the same way writes a few lines a minute, each
+// saying how many it stands for.
+const retryLogEvery = 20 * time.Second
 
 func startPartition(a *Applier, p int32, pos int64) *partition {
 	ctx, cancel := context.WithCancel(a.hard)
@@ -74,6 +83,7 @@ func startPartition(a *Applier, p int32, pos int64) *partition {
 		next:    pos,
 		poison:  make(map[int64]string),
 		suspect: -1,
+		logs:    lograte.New(retryLogEvery),
 	}
 	go w.run()
 	return w

@@ -1,6 +1,9 @@
 package applier
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -58,7 +61,10 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 	j := 0
 	for i := range decs {
 		d := &decs[i]
-		key := string(d.rec.Key)
+		var key string // the key's hash, when it matters: most batches meet no parked key
+		if d.poison != "" || len(parked) > 0 {
+			key = parkKey(d.rec.Key)
+		}
 		if d.poison != "" {
 			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindPoison, reason: d.poison, eventID: d.idOrNil()})
 			out.poison++
@@ -74,7 +80,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		if parked[key] {
 			lookup.Exclude(j)
 			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindParked, eventID: d.idOrNil(),
-				reason: fmt.Sprintf("parked behind a quarantined record of key %q in partition %d: re-drive or drop it (heed quarantine)", d.rec.Key, d.rec.Partition)})
+				reason: fmt.Sprintf("parked behind a quarantined record of key %s in partition %d: re-drive or drop it (heed quarantine)", clip(d.rec.Key), d.rec.Partition)})
 			out.parkedN++
 		}
 		j++
@@ -109,7 +115,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 // conflictReason is why a command whose request ID was used before with other
 // content is quarantined.
 func conflictReason(requestID string) string {
-	return fmt.Sprintf("request_id %q was reused with different content; the first command with it stands", requestID)
+	return fmt.Sprintf("request_id %s was reused with different content; the first command with it stands", clip(requestID))
 }
 
 // failsInDatabase is why a record that fails alone in Postgres, with an error
@@ -128,9 +134,13 @@ func (d *decoded) idOrNil() *uuid.UUID {
 }
 
 // queueQuarantine queues onto b the statements that store quarantined and
-// parked records with their raw bytes, position and reason, and that park the
-// keys newly blocked; b must be sent in the batch's transaction. It queues
-// nothing when there is nothing to store.
+// parked records with their raw bytes (key, value and headers, whole),
+// position and reason, and that park the keys newly blocked; b must be sent in
+// the batch's transaction. It queues nothing when there is nothing to store.
+// No record's shape can make them fail: the indexes hold the keys' hashes
+// (migration 00004), never the raw bytes, and the reasons are storable text of
+// bounded length. A failure of either is returned wrapped in a
+// *quarantineError, which the batch retries with backoff like a transient one.
 func queueQuarantine(b *pgx.Batch, topic string, partition int32, qs []quarantined, blocked [][]byte) {
 	if len(blocked) > 0 {
 		keys := make([][]byte, len(blocked))
@@ -138,7 +148,7 @@ func queueQuarantine(b *pgx.Batch, topic string, partition int32, qs []quarantin
 			keys[i] = nonNil(k)
 		}
 		b.Queue(`INSERT INTO parked_keys (topic, partition, key) SELECT $1, $2, * FROM unnest($3::bytea[])
-ON CONFLICT DO NOTHING`, topic, partition, keys)
+ON CONFLICT DO NOTHING`, topic, partition, keys).Fn = storeQuarantine("park the keys of poison records")
 	}
 	if len(qs) == 0 {
 		return
@@ -151,18 +161,42 @@ ON CONFLICT DO NOTHING`, topic, partition, keys)
 		ids     = make([]*[16]byte, len(qs))
 		keys    = make([][]byte, len(qs))
 		values  = make([][]byte, len(qs))
+		headers = make([][]byte, len(qs))
 	)
 	for i, q := range qs {
-		parts[i], offsets[i], kinds[i], reasons[i] = q.rec.Partition, q.rec.Offset, q.kind, q.reason
-		keys[i], values[i] = nonNil(q.rec.Key), q.rec.Value
+		parts[i], offsets[i], kinds[i], reasons[i] = q.rec.Partition, q.rec.Offset, q.kind, storable(q.reason)
+		keys[i], values[i], headers[i] = nonNil(q.rec.Key), q.rec.Value, encodeHeaders(q.rec.Headers)
 		if q.eventID != nil {
 			id := [16]byte(*q.eventID)
 			ids[i] = &id
 		}
 	}
-	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value)
-SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[])
-ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values)
+	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value, headers)
+SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[], $9::bytea[])
+ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values, headers).Fn = storeQuarantine("store quarantined records")
+}
+
+// quarantineError is a failure to store quarantined or parked records: never
+// the records' fault (nothing about their shape can make it fail), so the
+// batch is retried with backoff, whatever the error's class, and counted
+// apart ("quarantine-store").
+type quarantineError struct {
+	what string
+	err  error
+}
+
+func (e *quarantineError) Error() string { return e.what + ": " + e.err.Error() }
+func (e *quarantineError) Unwrap() error { return e.err }
+
+// storeQuarantine is the callback of a quarantine statement: it wraps the
+// statement's failure in a *quarantineError.
+func storeQuarantine(what string) func(pgx.BatchResults) error {
+	return func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return &quarantineError{what: what, err: err}
+		}
+		return nil
+	}
 }
 
 // nonNil is k, or an empty key for a record without one: parking treats all
@@ -172,4 +206,80 @@ func nonNil(k []byte) []byte {
 		return []byte{}
 	}
 	return k
+}
+
+// parkKey is what parking knows a key by: its SHA-256, as Postgres computes
+// parked_keys.key_hash (a record without a key has the empty key's).
+func parkKey(k []byte) string {
+	sum := sha256.Sum256(k)
+	return string(sum[:])
+}
+
+// encodeHeaders encodes hs as Kafka encodes a record's headers (without their
+// count): for each, the key's length as a zigzag varint, the key, the value's
+// length (-1 for a null value) and the value. nil when there are none.
+func encodeHeaders(hs []kgo.RecordHeader) []byte {
+	if len(hs) == 0 {
+		return nil
+	}
+	n := 0
+	for _, h := range hs {
+		n += 2*binary.MaxVarintLen64 + len(h.Key) + len(h.Value)
+	}
+	b := make([]byte, 0, n)
+	for _, h := range hs {
+		b = binary.AppendVarint(b, int64(len(h.Key)))
+		b = append(b, h.Key...)
+		if h.Value == nil {
+			b = binary.AppendVarint(b, -1)
+			continue
+		}
+		b = binary.AppendVarint(b, int64(len(h.Value)))
+		b = append(b, h.Value...)
+	}
+	return b
+}
+
+// decodeHeaders is encodeHeaders' inverse; it reports malformed input.
+func decodeHeaders(b []byte) ([]kgo.RecordHeader, error) {
+	var hs []kgo.RecordHeader
+	for len(b) > 0 {
+		k, rest, err := field(b, false)
+		if err != nil {
+			return nil, fmt.Errorf("header %d key: %w", len(hs), err)
+		}
+		v, rest, err := field(rest, true)
+		if err != nil {
+			return nil, fmt.Errorf("header %d value: %w", len(hs), err)
+		}
+		hs = append(hs, kgo.RecordHeader{Key: string(k), Value: v})
+		b = rest
+	}
+	return hs, nil
+}
+
+// field reads one length-prefixed field of encoded headers.
+func field(b []byte, nullable bool) (f, rest []byte, err error) {
+	n, w := binary.Varint(b)
+	switch {
+	case w <= 0:
+		return nil, nil, errors.New("bad length")
+	case n == -1 && nullable:
+		return nil, b[w:], nil
+	case n < 0 || n > int64(len(b)-w):
+		return nil, nil, fmt.Errorf("length %d out of range", n)
+	}
+	return b[w : w+int(n) : w+int(n)], b[w+int(n):], nil
+}
+
+// clipBytes is how many bytes of a record's text (a key, a request ID) a
+// reason quotes.
+const clipBytes = 256
+
+// clip quotes s for a reason, up to clipBytes of it: a key may be a MiB long.
+func clip[T ~string | ~[]byte](s T) string {
+	if len(s) <= clipBytes {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", s[:clipBytes], len(s))
 }

@@ -138,7 +138,11 @@ AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).
 			return res, markPoison(ctx, tx, topic, partition, r.offset, reason)
 		}
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM parked_keys WHERE topic = $1 AND partition = $2 AND key = $3`, topic, partition, key); err != nil {
+	// Parking knows the key by its hash: another key with the same hash
+	// (a collision) and open records of its own keeps it parked.
+	if _, err := tx.Exec(ctx, `DELETE FROM parked_keys WHERE topic = $1 AND partition = $2 AND key_hash = sha256($3)
+AND NOT EXISTS (SELECT FROM quarantine WHERE topic = $1 AND partition = $2 AND key_hash = sha256($3) AND key <> $3
+AND state = 'open' AND kind IN ('poison', 'parked'))`, topic, partition, key); err != nil {
 		return res, fmt.Errorf("release the key: %w", err)
 	}
 	return res, nil
@@ -147,7 +151,8 @@ AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).
 // openRecords reads the open poison and parked records of key, in log order.
 func openRecords(ctx context.Context, tx pgx.Tx, topic string, partition int32, key []byte) ([]openRecord, error) {
 	rows, err := tx.Query(ctx, `SELECT "offset", value FROM quarantine
-WHERE topic = $1 AND partition = $2 AND key = $3 AND state = 'open' AND kind IN ('poison', 'parked') ORDER BY "offset"`, topic, partition, key)
+WHERE topic = $1 AND partition = $2 AND key_hash = sha256($3) AND key = $3 AND state = 'open' AND kind IN ('poison', 'parked')
+ORDER BY "offset"`, topic, partition, key)
 	if err != nil {
 		return nil, fmt.Errorf("read the key's quarantined records: %w", err)
 	}

@@ -48,13 +48,15 @@ type txn struct {
 	// loaded is what a BatchHandler's Load read; nil for a plain Handler or a
 	// batch with no decodable event.
 	loaded Loaded
-	// parked holds the partition's parked keys, read in begin.
+	// parked holds the partition's parked keys by hash (see parkKey), read
+	// in begin.
 	parked map[string]bool
 }
 
 // parkedKeysSQL reads a partition's parked keys: those with a poison record
-// that no operator has re-driven or dropped yet. There are few, often none.
-const parkedKeysSQL = `SELECT key FROM parked_keys WHERE topic = $1 AND partition = $2`
+// that no operator has re-driven or dropped yet, by hash: a key may be a MiB
+// long. There are few, often none.
+const parkedKeysSQL = `SELECT key_hash FROM parked_keys WHERE topic = $1 AND partition = $2`
 
 // begin sends the batch's first round trip on conn: BEGIN, the compare-and-set
 // of the applied position from w.next to next, the partition's parked keys,

@@ -40,6 +40,7 @@ import (
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/dedup"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
+	"github.com/heed-dev/heed/internal/lograte"
 	"github.com/heed-dev/heed/topic"
 )
 
@@ -290,6 +291,7 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 	}
 	began, last := time.Now(), time.Now()
 	var lastRead int64
+	logs := lograte.New(20 * time.Second)
 	done := map[int32]bool{}
 	for len(done) < left {
 		fetches := cl.PollFetches(ctx)
@@ -297,7 +299,7 @@ func read(ctx context.Context, cfg Config, startOf, endOf map[int32]int64, total
 			return err
 		}
 		fetches.EachError(func(_ string, p int32, err error) { // the client retries
-			cfg.Logger.Warn("fetch failed; retrying", "partition", p, "err", err)
+			logs.Log(cfg.Logger.Warn, "fetch failed; retrying", "partition", p, "err", err)
 		})
 		var stop error
 		fetches.EachRecord(func(r *kgo.Record) {

@@ -62,13 +62,13 @@ func NewMetrics() *Metrics {
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heed_apply_records_total",
 			Help: "Records the applier committed, by what became of them: applied, duplicate (suppressed), conflict, quarantined, parked."}, []string{"outcome"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "heed_apply_retries_total",
-			Help: "Failed apply attempts tried again, by class (transient, systemic, event-caused, poison, lookup-skipped, recorded-concurrently)."}, []string{"class"}),
+			Help: "Failed apply attempts tried again, by class (transient, systemic, event-caused, poison, lookup-skipped, recorded-concurrently, quarantine-store)."}, []string{"class"}),
 	}
 	reg.MustRegister(m.rpcs, m.rpcSeconds, m.produceSeconds, m.produceErrors, m.batchRecords, m.batchSeconds, m.records, m.retries)
 	for _, o := range []string{"applied", "duplicate", "conflict", "quarantined", "parked"} {
 		m.records.WithLabelValues(o)
 	}
-	for _, c := range []string{"transient", "systemic", "event-caused", "poison"} {
+	for _, c := range []string{"transient", "systemic", "event-caused", "poison", "quarantine-store"} {
 		m.retries.WithLabelValues(c)
 	}
 	return m

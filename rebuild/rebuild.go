@@ -34,6 +34,7 @@ import (
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/internal/lograte"
 	"github.com/heed-dev/heed/schema"
 	"github.com/heed-dev/heed/topic"
 )
@@ -287,10 +288,11 @@ func (r *Rebuilder) reach(ctx context.Context, targets map[int32]int64, timeout 
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	lastReport := time.Time{}
+	logs := lograte.New(20 * time.Second) // the ticker retries every 250ms
 	for {
 		pos, err := r.positions(ctx)
 		if err != nil && ctx.Err() == nil {
-			r.log.Warn("read the rebuild's positions failed; retrying", "err", err)
+			logs.Log(r.log.Warn, "read the rebuild's positions failed; retrying", "err", err)
 		}
 		if err == nil {
 			done, reached := total(pos), true

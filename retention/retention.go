@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/internal/lograte"
 )
 
 // DefaultRetention is how long processed events are kept by default.
@@ -194,24 +196,52 @@ func Once(ctx context.Context, pool *pgxpool.Pool, cfg Config) (time.Time, int64
 }
 
 // Run prunes every interval until ctx ends, logging what it did; failures
-// are logged and tried again at the next interval.
+// are logged (at most once per failLogEvery) and tried again at the next
+// interval, or later: failures in a row back off, jittered, up to
+// failWaitMax, whatever the interval.
 func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config, interval time.Duration) {
 	cfg.setDefaults()
+	logs := lograte.New(failLogEvery)
+	failures := 0
 	for {
 		cutoff, n, err := Once(ctx, pool, cfg)
+		wait := interval
 		switch {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrBusy):
 		case err != nil:
-			cfg.Logger.Warn("pruning processed events failed; trying again later", "retry_in", interval, "err", err)
+			failures++
+			wait = max(interval, failWait(failures))
+			logs.Log(cfg.Logger.Warn, "pruning processed events failed; trying again later", "retry_in", wait, "err", err)
 		case n > 0:
 			cfg.Logger.Info("pruned processed events", "rows", n, "older_than", cutoff.Format(time.RFC3339))
+		}
+		if err == nil {
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(interval):
+		case <-time.After(wait):
 		}
 	}
+}
+
+// failLogEvery bounds how often Run logs a failure; failWaitMax bounds how
+// long it waits after failures in a row.
+const (
+	failLogEvery = time.Minute
+	failWaitMax  = time.Minute
+)
+
+// failWait is how long Run waits at least after its n-th failure in a row:
+// from 1s doubling up to failWaitMax, with up to a quarter of it added at
+// random so that the appliers of a group spread out.
+func failWait(n int) time.Duration {
+	d := failWaitMax
+	if n < 7 {
+		d = min(failWaitMax, time.Second<<(n-1))
+	}
+	return d + rand.N(d/4+1)
 }

@@ -192,7 +192,7 @@ func redriveError(err error) error {
 }
 
 func printRedrive(w io.Writer, did string, res applier.RedriveResult) {
-	fmt.Fprintf(w, "%s key %q: %d applied, %d duplicates, %d conflicts\n", did, res.Key, res.Applied, res.Duplicates, res.Conflicts)
+	fmt.Fprintf(w, "%s key %s: %d applied, %d duplicates, %d conflicts\n", did, quoteKey(res.Key), res.Applied, res.Duplicates, res.Conflicts)
 	if res.Poison >= 0 {
 		fmt.Fprintf(w, "offset %d still cannot apply: %s\n%d records stay parked behind it\n", res.Poison, res.Reason, res.Parked)
 		return
@@ -211,6 +211,13 @@ type quarantineJSON struct {
 	Reason    string          `json:"reason"`
 	Envelope  json.RawMessage `json:"envelope,omitempty"`
 	ValueHex  string          `json:"value_hex,omitempty"`
+	Headers   []headerJSON    `json:"headers,omitempty"`
+}
+
+// headerJSON is a record header as --json prints it.
+type headerJSON struct {
+	Key      string `json:"key"`
+	ValueHex string `json:"value_hex"`
 }
 
 func toJSON(r applier.QuarantinedRecord, withValue bool) quarantineJSON {
@@ -219,6 +226,9 @@ func toJSON(r applier.QuarantinedRecord, withValue bool) quarantineJSON {
 		j.EventID = r.EventID.String()
 	}
 	if withValue {
+		for _, h := range r.Headers {
+			j.Headers = append(j.Headers, headerJSON{Key: h.Key, ValueHex: hex.EncodeToString(h.Value)})
+		}
 		if env, ok := envelopeJSON(r.Value); ok {
 			j.Envelope = env
 		} else {
@@ -262,7 +272,7 @@ func printQuarantine(w io.Writer, recs []applier.QuarantinedRecord, asJSON bool)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PARTITION\tOFFSET\tKIND\tSTATE\tKEY\tREASON")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%q\t%s\n", r.Partition, r.Offset, r.Kind, r.State, r.Key, r.Reason)
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", r.Partition, r.Offset, r.Kind, r.State, quoteKey(r.Key), r.Reason)
 	}
 	return tw.Flush()
 }
@@ -285,5 +295,20 @@ func showQuarantined(w io.Writer, r applier.QuarantinedRecord, asJSON bool) erro
 	} else {
 		fmt.Fprintf(w, "value     %s (hex; not an envelope this binary can read)\n", j.ValueHex)
 	}
+	for _, h := range j.Headers {
+		fmt.Fprintf(w, "header    %q = %s (hex)\n", h.Key, h.ValueHex)
+	}
 	return nil
+}
+
+// listKeyBytes is how much of a key heed quarantine list and redrive print: a
+// key may be a MiB long (show prints it whole).
+const listKeyBytes = 64
+
+// quoteKey quotes k, up to listKeyBytes of it.
+func quoteKey(k []byte) string {
+	if len(k) <= listKeyBytes {
+		return fmt.Sprintf("%q", k)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", k[:listKeyBytes], len(k))
 }
