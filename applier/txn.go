@@ -87,9 +87,9 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 		return rows.Err()
 	})
 	if skipLookup {
-		t.lookup = dedup.SkipLookup(items)
+		t.lookup = dedup.SkipLookup(items, 0)
 	} else {
-		t.lookup = dedup.QueueLookup(b, items)
+		t.lookup = dedup.QueueLookup(b, items, 0)
 	}
 	if bh, ok := a.handler.(BatchHandler); ok && len(events) > 0 {
 		t.loaded = bh.Load(b, events)
