@@ -57,6 +57,10 @@ type partition struct {
 	// lookups is how many more batches look their event IDs up before the
 	// worker skips the lookup again (see skipLookup).
 	lookups int
+	// recTime is the effective time of the record before next (see
+	// recordTimes), read from the database when timed is not set.
+	recTime time.Time
+	timed   bool
 }
 
 func startPartition(a *Applier, p int32, pos int64) *partition {

@@ -2,6 +2,7 @@ package applier
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -28,7 +29,9 @@ const (
 
 // quarantined is a record that will not be applied now, and why.
 type quarantined struct {
-	rec     *kgo.Record
+	rec *kgo.Record
+	// at is the record's effective time (see recordTimes).
+	at      time.Time
 	kind    string
 	reason  string
 	eventID *uuid.UUID
@@ -40,6 +43,10 @@ type sorted struct {
 	// dedup items.
 	fresh []Event
 	items []dedup.Item
+	// superseded marks, by index in fresh, the new events whose event is
+	// new again later in the batch (see dedup.Lookup.Superseded): applied,
+	// but only the later one's processed row is recorded.
+	superseded map[int]bool
 	// bad are the records to quarantine or park.
 	bad []quarantined
 	// blocked are the keys that a poison record of this batch parks from now
@@ -60,7 +67,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		d := &decs[i]
 		key := string(d.rec.Key)
 		if d.poison != "" {
-			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindPoison, reason: d.poison, eventID: d.idOrNil()})
+			out.bad = append(out.bad, quarantined{rec: d.rec, at: d.at, kind: kindPoison, reason: d.poison, eventID: d.idOrNil()})
 			out.poison++
 			if !parked[key] {
 				if parked == nil {
@@ -73,7 +80,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		}
 		if parked[key] {
 			lookup.Exclude(j)
-			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindParked, eventID: d.idOrNil(),
+			out.bad = append(out.bad, quarantined{rec: d.rec, at: d.at, kind: kindParked, eventID: d.idOrNil(),
 				reason: fmt.Sprintf("parked behind a quarantined record of key %q in partition %d: re-drive or drop it (heed quarantine)", d.rec.Key, d.rec.Partition)})
 			out.parkedN++
 		}
@@ -92,13 +99,19 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		}
 		switch statuses[j] {
 		case dedup.New:
+			if lookup.Superseded(j) {
+				if out.superseded == nil {
+					out.superseded = make(map[int]bool)
+				}
+				out.superseded[len(out.fresh)] = true
+			}
 			out.fresh = append(out.fresh, d.event)
 			out.items = append(out.items, lookup.Item(j))
 		case dedup.Duplicate:
 			out.dups++
 		case dedup.Conflict:
 			out.conflicts++
-			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindConflict, eventID: &d.event.ID,
+			out.bad = append(out.bad, quarantined{rec: d.rec, at: d.at, kind: kindConflict, eventID: &d.event.ID,
 				reason: conflictReason(d.event.RequestID)})
 		}
 		j++
@@ -151,18 +164,22 @@ ON CONFLICT DO NOTHING`, topic, partition, keys)
 		ids     = make([]*[16]byte, len(qs))
 		keys    = make([][]byte, len(qs))
 		values  = make([][]byte, len(qs))
+		times   = make([]*time.Time, len(qs))
 	)
 	for i, q := range qs {
 		parts[i], offsets[i], kinds[i], reasons[i] = q.rec.Partition, q.rec.Offset, q.kind, q.reason
 		keys[i], values[i] = nonNil(q.rec.Key), q.rec.Value
+		if !q.at.IsZero() {
+			times[i] = &qs[i].at
+		}
 		if q.eventID != nil {
 			id := [16]byte(*q.eventID)
 			ids[i] = &id
 		}
 	}
-	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value)
-SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[])
-ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values)
+	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value, record_time)
+SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[], $9::timestamptz[])
+ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values, times)
 }
 
 // nonNil is k, or an empty key for a record without one: parking treats all
