@@ -31,8 +31,8 @@ var ErrWindowChanged = errors.New("the dedup window differs from the one the pro
 // another. Other errors are the database's, wrapped.
 func BindWindow(ctx context.Context, q Querier, window time.Duration) error {
 	var us int64
-	err := q.QueryRow(ctx, `WITH ins AS (INSERT INTO dedup_window (window_us) VALUES ($1) ON CONFLICT (singleton) DO NOTHING RETURNING window_us)
-SELECT window_us FROM ins UNION ALL SELECT window_us FROM dedup_window LIMIT 1`, window.Microseconds()).Scan(&us)
+	err := q.QueryRow(ctx, `WITH ins AS (INSERT INTO heed_dedup_window (window_us) VALUES ($1) ON CONFLICT (singleton) DO NOTHING RETURNING window_us)
+SELECT window_us FROM ins UNION ALL SELECT window_us FROM heed_dedup_window LIMIT 1`, window.Microseconds()).Scan(&us)
 	if err != nil {
 		return fmt.Errorf("record the dedup window: %w", err)
 	}
@@ -46,7 +46,7 @@ SELECT window_us FROM ins UNION ALL SELECT window_us FROM dedup_window LIMIT 1`,
 // is recorded yet (or the projection's schema predates it).
 func RecordedWindow(ctx context.Context, q Querier) (window time.Duration, ok bool, err error) {
 	var us int64
-	err = q.QueryRow(ctx, `SELECT window_us FROM dedup_window`).Scan(&us)
+	err = q.QueryRow(ctx, `SELECT window_us FROM heed_dedup_window`).Scan(&us)
 	var pgErr *pgconn.PgError
 	if errors.Is(err, pgx.ErrNoRows) || errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
 		return 0, false, nil

@@ -42,6 +42,8 @@ type pipelineOpts struct {
 	// readWaitMax is the longest a read with a consistency token waits
 	// (default 10s).
 	readWaitMax time.Duration
+	// window is the appliers' dedup window (default 0: none).
+	window time.Duration
 }
 
 // pipeline is heed wired in-process the way cmd/heed wires it: a fresh
@@ -60,6 +62,8 @@ type pipeline struct {
 	grpc ledgerv1connect.LedgerServiceClient
 	// admin is a plain Kafka client on the test broker, for kadm and raw produce.
 	admin *kgo.Client
+	// window is the appliers' dedup window.
+	window time.Duration
 }
 
 func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
@@ -78,7 +82,7 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	logger := testenv.Logger(t)
 	ctx := t.Context()
 
-	p := &pipeline{broker: b.Addrs(), topic: "heed.ledger", group: "heed-applier"}
+	p := &pipeline{broker: b.Addrs(), topic: "heed.ledger", group: "heed-applier", window: opts.window}
 	pool, err := schema.Connect(ctx, dbURL, testSchema, 8)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
@@ -177,6 +181,7 @@ func (p *pipeline) newApplier(t *testing.T) *applier.Applier {
 		Topic:           p.topic,
 		Group:           p.group,
 		MaxBatchRecords: 16,
+		DedupWindow:     p.window,
 		Logger:          testenv.Logger(t),
 	}, p.pool, ledger.Applier{})
 	if err != nil {

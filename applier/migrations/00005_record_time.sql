@@ -18,13 +18,13 @@ ALTER TABLE quarantine ADD COLUMN record_time timestamptz;
 -- decision depends on it, so every applier of the projection, and its
 -- rebuild, must use the same one. window_us is in microseconds; 0: none (a
 -- processed event stands forever).
-CREATE TABLE dedup_window (
+CREATE TABLE heed_dedup_window (
     singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     window_us   bigint      NOT NULL CHECK (window_us >= 0),
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- +goose Down
-DROP TABLE dedup_window;
+DROP TABLE heed_dedup_window;
 ALTER TABLE quarantine DROP COLUMN record_time;
 ALTER TABLE applied_positions DROP COLUMN record_time;

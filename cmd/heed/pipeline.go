@@ -73,6 +73,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 		RebalanceTimeout: af.rebalanceTimeout,
 		InstanceID:       af.instanceID,
 		ServerSideGroup:  af.groupProtocol == "consumer",
+		DedupWindow:      af.retention,
 		Logger:           logger,
 	}
 }
@@ -146,6 +147,8 @@ func topicError(db dbFlags, err error) error {
 	switch {
 	case errors.Is(err, topic.ErrPartitionsChanged):
 		return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
+	case errors.Is(err, applier.ErrWindowChanged):
+		return fmt.Errorf("refusing to start on schema %s: %w; --retention is also the dedup window, fixed for a projection's life: start with the projection's --retention (HEED_RETENTION), or build a new projection with the new one (heed apply --schema NEW --group NEW --retention ..., which replays the topic)", db.schema, err)
 	case errors.Is(err, topic.ErrOtherIncarnation), errors.Is(err, topic.ErrAheadOfTopic):
 		return fmt.Errorf("refusing to start on schema %s: %w (to start over instead, if the old topic is gone for good: drop schema %s, the projection of that topic)", db.schema, err, db.schema)
 	}
@@ -173,11 +176,7 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	x.applyChecks(kafka, pool, adminCl, readyMaxLag)
 	warnDurability(ctx, adminCl, kafka.topic, logger)
 	if af.retention > 0 {
-		sec, err := kafka.sec.Opts()
-		if err != nil {
-			return err
-		}
-		go retention.Run(ctx, pool, retention.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, KafkaOpts: sec, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
+		go retention.Run(ctx, pool, retention.Config{Topic: kafka.topic, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
 	}
 	if err := a.Run(ctx); err != nil {
 		return fmt.Errorf("applier: %w", topicError(db, err))
