@@ -79,15 +79,15 @@ func windowScenario(t *testing.T, claim windowClaim) {
 		aTime time.Duration
 	}{
 		{"first", W, []dedup.Item{at(a, 1, 0)}, S(New), 0},
-		{"a retry within the window", W, []dedup.Item{at(a, 1, 30 * time.Minute)}, S(Dup), 0},
+		{"a retry within the window", W, []dedup.Item{at(a, 1, 30*time.Minute)}, S(Dup), 0},
 		{"at the window's edge", W, []dedup.Item{at(a, 1, W)}, S(Dup), 0},
-		{"other content within the window", W, []dedup.Item{at(a, 2, 59 * time.Minute)}, S(Conflict), 0},
-		{"no window: a row stands forever", 0, []dedup.Item{at(a, 1, 10 * W)}, S(Dup), 0},
-		{"past the window: new, replacing the row", W, []dedup.Item{at(a, 1, W + time.Millisecond)}, S(New), W + time.Millisecond},
-		{"within the window of the replacement", W, []dedup.Item{at(a, 2, 2 * W)}, S(Conflict), W + time.Millisecond},
+		{"other content within the window", W, []dedup.Item{at(a, 2, 59*time.Minute)}, S(Conflict), 0},
+		{"no window: a row stands forever", 0, []dedup.Item{at(a, 1, 10*W)}, S(Dup), 0},
+		{"past the window: new, replacing the row", W, []dedup.Item{at(a, 1, W+time.Millisecond)}, S(New), W + time.Millisecond},
+		{"within the window of the replacement", W, []dedup.Item{at(a, 2, 2*W)}, S(Conflict), W + time.Millisecond},
 		{"twice in one claim, past the window of each other", W,
-			[]dedup.Item{at(b, 1, 0), at(b, 1, 3 * W), at(b, 1, 3*W + time.Minute), at(c, 1, 0)}, S(New, New, Dup, New), W + time.Millisecond},
-		{"a row without a time is always within the window", W, []dedup.Item{at(legacy, 7, 100 * W)}, S(Dup), W + time.Millisecond},
+			[]dedup.Item{at(b, 1, 0), at(b, 1, 3*W), at(b, 1, 3*W+time.Minute), at(c, 1, 0)}, S(New, New, Dup, New), W + time.Millisecond},
+		{"a row without a time is always within the window", W, []dedup.Item{at(legacy, 7, 100*W)}, S(Dup), W + time.Millisecond},
 	}
 	for _, s := range steps {
 		var got []dedup.Status
