@@ -1,10 +1,12 @@
 package ledger_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/heed-dev/heed/audit"
+	"github.com/heed-dev/heed/consistency"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/retention"
@@ -23,7 +25,7 @@ func TestRetention(t *testing.T) {
 	live := p.startApplier(t)
 	cfg := retention.Config{Topic: p.topic, Logger: testenv.Logger(t)}
 	threeHoursAgo := time.Now().Add(-3 * time.Hour)
-	old := func(rid, account string, amount int64) {
+	old := func(rid, account string, amount int64) string {
 		t.Helper()
 		var msg = rawRecord(t, rid, account, &ledgerv1.AccountOpened{AccountId: account})
 		if amount > 0 {
@@ -31,10 +33,11 @@ func TestRetention(t *testing.T) {
 		}
 		msg.Timestamp = threeHoursAgo
 		p.produceRaw(t, msg)
+		return consistency.Token{Partition: msg.Partition, Offset: msg.Offset}.String()
 	}
 	// carl's account and deposit, written three hours ago.
 	old("o-carl", "carl", 0)
-	old("carl-d1", "carl", 10)
+	carlD1 := old("carl-d1", "carl", 10)
 	p.waitCaughtUp(t)
 	if n, err := prune(t, p, cfg); err != nil || n != 0 {
 		t.Fatalf("prune with only records of 3h ago applied: %d, %v; want nothing (the partition's record time is 3h ago)", n, err)
@@ -63,6 +66,19 @@ func TestRetention(t *testing.T) {
 	p.waitCaughtUp(t)
 	if b := p.balances(t)["alice"]; b != 10 {
 		t.Fatalf("alice's balance %d after the old duplicate, want 10: the duplicate was applied", b)
+	}
+
+	// carl-d1's outcome is gone: with its token, GetCommandResult says
+	// expired; without, pending with a reason that says to pass it; with
+	// another command's token, unknown.
+	if r := p.result(t, "carl-d1", carlD1); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_EXPIRED || !strings.Contains(r.GetReason(), "dedup window (1h0m0s") {
+		t.Errorf("carl-d1 with its token after pruning: %v %q, want EXPIRED naming the window", r.GetStatus(), r.GetReason())
+	}
+	if r := p.result(t, "carl-d1", ""); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_PENDING || !strings.Contains(r.GetReason(), "pass the command's consistency token") {
+		t.Errorf("carl-d1 without a token after pruning: %v %q, want PENDING saying to pass the token", r.GetStatus(), r.GetReason())
+	}
+	if r := p.result(t, "carl-d1", d1.GetConsistencyToken()); r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_UNKNOWN {
+		t.Errorf("carl-d1 with alice's token: %v %q, want UNKNOWN", r.GetStatus(), r.GetReason())
 	}
 
 	// carl's deposit retried now, 3h after its record: past the window, a

@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
@@ -128,7 +129,12 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 		opts = append(opts, ingest.WithTLS(sec.tls))
 	}
 	srv := ingest.NewServer(logger, opts...)
-	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
+	readerOpts, err := kafka.sec.Opts()
+	if err != nil {
+		return err
+	}
+	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)),
+		ledger.WithRecordReader(recordReader(kafka, readerOpts)))
 	hopts := append(x.tracing.HandlerOptions(), connect.WithInterceptors(x.metrics.Interceptor()))
 	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions(hopts...)...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
@@ -182,4 +188,30 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 		return fmt.Errorf("applier: %w", topicError(db, err))
 	}
 	return nil
+}
+
+// recordReader reads one record of kafka's topic with a client of its own:
+// GetCommandResult reads one only to tell an expired command (rare).
+func recordReader(kafka kafkaFlags, opts []kgo.Opt) ledger.RecordReader {
+	return func(ctx context.Context, partition int32, offset int64) ([]byte, []byte, error) {
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(kafka.brokerList()...),
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{kafka.topic: {partition: kgo.NewOffset().At(offset)}})}, opts...)...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("create Kafka consumer: %w", err)
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		for {
+			fs := cl.PollFetches(ctx)
+			if err := ctx.Err(); err != nil {
+				return nil, nil, fmt.Errorf("read the record at %d/%d: %w", partition, offset, err)
+			}
+			for it := fs.RecordIter(); !it.Done(); {
+				if r := it.Next(); r.Offset == offset {
+					return r.Key, r.Value, nil
+				}
+			}
+		}
+	}
 }
