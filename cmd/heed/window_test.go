@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/heed-dev/heed/consistency"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/internal/testenv"
@@ -130,4 +131,109 @@ func TestRetentionKeepsWhatParkedRecordsNeed(t *testing.T) {
 			t.Errorf("%s's balance %d, want %d: the retry of its deposit was applied again", acct, got, want)
 		}
 	}
+}
+
+// TestLateRetryLiveEqualsRebuild is issue 26's hole 2, through the binaries:
+// a deposit written 3 hours ago and retried now through serve, past the
+// one-hour window, is a new command, applied again (20): live, and in the
+// replay of heed rebuild --verify, which reports no difference. Once without
+// pruning (carl), once after apply pruned the deposit's row (dora).
+func TestLateRetryLiveEqualsRebuild(t *testing.T) {
+	bin := testenv.BuildHeed(t)
+	ps := startParts(t, bin)
+	ctx := t.Context()
+	startHeedLog(t, bin, "serving Connect", append([]string{"serve", "--listen", ps.listen}, ps.common...)...)
+	client := ledgerClient(ps.listen)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(ps.brokerAddr), kgo.DefaultProduceTopic(defaultTopic), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	pool, err := schema.Connect(ctx, ps.dbURL, schema.Default, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	// written3hAgo writes account's open and deposit d1 of 10, 3 hours ago,
+	// where serve would have, and returns their partition.
+	written3hAgo := func(account string) int32 {
+		t.Helper()
+		var part int32
+		for i, msg := range []proto.Message{&ledgerv1.AccountOpened{AccountId: account}, &ledgerv1.FundsDeposited{AccountId: account, Amount: 10}} {
+			env, err := ingest.NewEnvelope(account, fmt.Sprintf("%s-%d", account, i), msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := ingest.NewRecord(env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Timestamp = time.Now().Add(-3 * time.Hour)
+			if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+			part = r.Partition
+		}
+		return part
+	}
+	// fill sends commands now until one lands on partition part, so that
+	// its record time is now, and waits until it is applied.
+	fill := func(name string, part int32) {
+		t.Helper()
+		for i := 0; ; i++ {
+			id := fmt.Sprintf("%s-fill-%d", name, i)
+			res, err := client.OpenAccount(ctx, connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: id, AccountId: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok := res.Msg.GetConsistencyToken()
+			if p, err := consistency.Parse(tok); err == nil && p.Partition == part {
+				balance(t, client, id, tok)
+				return
+			}
+			if i > 200 {
+				t.Fatalf("no command landed on partition %d", part)
+			}
+		}
+	}
+	retry := func(account string) {
+		t.Helper()
+		res, err := client.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{RequestId: account + "-1", AccountId: account, Amount: 10}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := balance(t, client, account, res.Msg.GetConsistencyToken()); got != 20 {
+			t.Errorf("%s's balance %d after the deposit's retry 3 h after it, past the 1h window: want 20 (a new command)", account, got)
+		}
+	}
+	verify := func(when string) {
+		t.Helper()
+		out := runTool(t, 2*time.Minute, false, bin, append([]string{"rebuild", "--verify"}, ps.common...)...)
+		if !strings.Contains(out, "verified: heed_rebuild equals heed at positions") {
+			t.Errorf("heed rebuild --verify %s:\n%s", when, out)
+		}
+	}
+
+	// Both accounts' records come first on their partitions: their
+	// record times are 3 hours ago.
+	carl, dora := written3hAgo("carl"), written3hAgo("dora")
+	apply := startHeedLog(t, bin, "partitions assigned", append([]string{"apply", "--retention", "1h", "--retention-interval", "1h"}, ps.common...)...)
+	fill("carl", carl)
+	retry("carl")
+	verify("without pruning")
+
+	apply.interrupt(t)
+	startHeedLog(t, bin, "partitions assigned", append([]string{"apply", "--retention", "1h", "--retention-interval", "200ms"}, ps.common...)...)
+	fill("dora", dora)
+	testenv.Eventually(t, 30*time.Second, func() string {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM processed_events WHERE aggregate = 'dora'`).Scan(&n); err != nil || n != 0 {
+			var state string
+			_ = pool.QueryRow(ctx, `SELECT string_agg(partition || ':' || next_offset || '@' || coalesce(record_time::text, 'null'), ' ') || ' / ' || coalesce((SELECT cutoff::text FROM heed_retention), 'never') FROM applied_positions`).Scan(&state)
+			return fmt.Sprintf("dora's rows not pruned yet (%d, %v); positions and cutoff: %s", n, err, state)
+		}
+		return ""
+	})
+	retry("dora")
+	verify("after pruning")
 }
