@@ -236,4 +236,10 @@ func TestLateRetryLiveEqualsRebuild(t *testing.T) {
 	})
 	retry("dora")
 	verify("after pruning")
+
+	// The window is the projection's: an applier with another refuses.
+	out := runTool(t, time.Minute, true, bin, append([]string{"apply", "--retention", "2h"}, ps.common...)...)
+	if !strings.Contains(out, "the projection's is 1h0m0s, this one 2h0m0s") || !strings.Contains(out, "start with the projection's --retention") {
+		t.Errorf("heed apply --retention 2h on a projection built with 1h:\n%s\nwant a refusal naming both and what to change", out)
+	}
 }
