@@ -98,6 +98,13 @@ type Config struct {
 	// group-wide rebalance. The session timeout is then the broker's
 	// (group.consumer.session.timeout.ms), not SessionTimeout.
 	ServerSideGroup bool
+	// DedupWindow is how far back in record time a processed event makes
+	// a later one with its ID a duplicate (see package dedup): further
+	// back, the later one is a new command, applied again. 0: no window,
+	// processed events stand forever. It is recorded in the projection at
+	// first use, and an applier with another one refuses to start
+	// (ErrWindowChanged): retention prunes by it (see package retention).
+	DedupWindow time.Duration
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
@@ -204,6 +211,9 @@ type Applier struct {
 	// skipLookup): the processed-event table holds no row without a key.
 	// keylessChecked is set once that was looked up.
 	optimistic, keylessChecked atomic.Bool
+	// windowBound is set once the dedup window is checked against the
+	// projection's (BindWindow).
+	windowBound atomic.Bool
 
 	mu    sync.Mutex
 	parts map[int32]*partition

@@ -267,7 +267,7 @@ func (w *partition) resync(rest []*kgo.Record) bool {
 	} else {
 		a.log.Warn("applied position moved by another consumer; batch rolled back, going on from there", "partition", w.p, "expected", w.next, "found", pos)
 	}
-	w.next = pos
+	w.next, w.timed = pos, false
 	w.putBack(rest)
 	return true
 }
@@ -289,16 +289,22 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 	next := batch[len(batch)-1].Offset + 1
 
 	decs := make([]decoded, len(batch))
+	var newest time.Time // the batch's latest record timestamp
+	for i, r := range batch {
+		decs[i] = decode(a.handler, r)
+		if r.Timestamp.After(newest) {
+			newest = r.Timestamp
+		}
+	}
 	items := make([]dedup.Item, 0, len(batch))
 	events := make([]Event, 0, len(batch))
 	for i, r := range batch {
-		decs[i] = decode(a.handler, r)
 		if reason, ok := w.poison[r.Offset]; ok && decs[i].poison == "" {
 			decs[i].poison = reason
 		}
 		if decs[i].poison == "" {
 			ev := &decs[i].event
-			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID), Time: r.Timestamp})
+			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID)})
 			events = append(events, decs[i].event)
 		}
 	}
@@ -309,9 +315,20 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 	}
 	defer release(conn) // rolls back unless COMMIT went through
 	pgarray.Register(conn.Conn().TypeMap())
-	t, err := w.begin(ctx, conn, next, items, events, skipLookup)
+	t, err := w.begin(ctx, conn, next, newest, items, events, skipLookup)
 	if err != nil {
 		return err
+	}
+	// The partition's record time is known now (begin read it, if the
+	// worker did not know it): the items get their records' times before
+	// the lookup's statuses are worked out, which compare them.
+	last := recordTimes(decs, w.recTime)
+	k := 0
+	for i := range decs {
+		if decs[i].poison == "" {
+			items[k].Time = decs[i].at
+			k++
+		}
 	}
 	failpoint.Hit("apply/after-lookup")
 	out, err := sortBatch(decs, t.lookup, t.parked)
@@ -322,7 +339,7 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 		return err
 	}
 
-	w.next = next
+	w.next, w.recTime = next, last
 	for off := range w.poison {
 		if off < next {
 			delete(w.poison, off)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -165,7 +166,8 @@ func (w *partition) applyControl(ctx context.Context, rec *kgo.Record) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	tag, err := tx.Exec(ctx, casSQL, next, a.cfg.Topic, w.p, w.next)
+	// A control record is not an event: its time moves no dedup window.
+	tag, err := tx.Exec(ctx, casSQL, next, a.cfg.Topic, w.p, w.next, (*time.Time)(nil))
 	if err != nil {
 		return fmt.Errorf("move applied position: %w", err)
 	}

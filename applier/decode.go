@@ -3,6 +3,7 @@ package applier
 import (
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -28,6 +29,8 @@ type decoded struct {
 	// fingerprint with it: the ID is stored with a quarantined record, for
 	// GetCommandResult, and a dropped one is recorded as processed.
 	hasID bool
+	// at is the record's effective time (see recordTimes).
+	at time.Time
 }
 
 // decode turns a record into an Event through h, or says why it can never apply.

@@ -58,7 +58,7 @@ func QuarantineRaw(ctx context.Context, pool *pgxpool.Pool, h Handler, topic str
 			items = append(items, dedup.Item{ID: ev.ID, Key: ev.AggregateID, Fingerprint: decs[i].fingerprint, KeyHash: dedup.KeyHash(ev.AggregateID)})
 		}
 	}
-	out, err := sortBatch(decs, dedup.SkipLookup(items), parked)
+	out, err := sortBatch(decs, dedup.SkipLookup(items, 0), parked)
 	if err != nil {
 		return 0, err
 	}

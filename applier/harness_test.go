@@ -245,13 +245,14 @@ WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS
 // roundTrips counts what a pool sends: batches (one round trip each, once
 // their statements are prepared), COPYs (two) and single statements, leaving
 // out those the applier runs when it starts and when partitions are assigned
-// (on applied_positions and topic_identity, and the look for keyless rows).
+// (on applied_positions, topic_identity and heed_dedup_window, and the look for
+// keyless rows).
 type roundTrips struct {
 	batches, queries, copies atomic.Int64
 }
 
 func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	if !strings.Contains(d.SQL, "applied_positions") && !strings.Contains(d.SQL, "topic_identity") && !strings.Contains(d.SQL, "key_hash = 0") {
+	if !strings.Contains(d.SQL, "applied_positions") && !strings.Contains(d.SQL, "topic_identity") && !strings.Contains(d.SQL, "key_hash = 0") && !strings.Contains(d.SQL, "heed_dedup_window") {
 		r.queries.Add(1)
 	}
 	return ctx

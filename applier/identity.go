@@ -29,7 +29,7 @@ func (a *Applier) bindTopic(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err == nil || errors.Is(err, topic.ErrOtherIncarnation) || errors.Is(err, topic.ErrAheadOfTopic) {
+		if err == nil || errors.Is(err, topic.ErrOtherIncarnation) || errors.Is(err, topic.ErrAheadOfTopic) || errors.Is(err, ErrWindowChanged) {
 			return err
 		}
 		wait := bo.NextBackOff()
@@ -55,6 +55,12 @@ func (a *Applier) bindTopicOnce(ctx context.Context) error {
 		if keyless {
 			a.log.Info("the processed-event table holds rows recorded before rows carried keys; every batch looks its event IDs up")
 		}
+	}
+	if !a.windowBound.Load() {
+		if err := BindWindow(ctx, a.pool, a.cfg.DedupWindow); err != nil {
+			return err
+		}
+		a.windowBound.Store(true)
 	}
 	rec, err := topic.Verify(ctx, a.pool, a.cl, a.cfg.Topic)
 	switch {

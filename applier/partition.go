@@ -61,6 +61,10 @@ type partition struct {
 	lookups int
 	// logs bounds how often the worker's retries are logged.
 	logs *lograte.Limiter
+	// recTime is the effective time of the record before next (see
+	// recordTimes), read from the database when timed is not set.
+	recTime time.Time
+	timed   bool
 }
 
 // retryLogEvery is how often a worker logs a retry of one kind at most: a

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -31,7 +32,9 @@ const (
 
 // quarantined is a record that will not be applied now, and why.
 type quarantined struct {
-	rec     *kgo.Record
+	rec *kgo.Record
+	// at is the record's effective time (see recordTimes).
+	at      time.Time
 	kind    string
 	reason  string
 	eventID *uuid.UUID
@@ -43,6 +46,10 @@ type sorted struct {
 	// dedup items.
 	fresh []Event
 	items []dedup.Item
+	// superseded marks, by index in fresh, the new events whose event is
+	// new again later in the batch (see dedup.Lookup.Superseded): applied,
+	// but only the later one's processed row is recorded.
+	superseded map[int]bool
 	// bad are the records to quarantine or park.
 	bad []quarantined
 	// blocked are the keys that a poison record of this batch parks from now
@@ -66,7 +73,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 			key = parkKey(d.rec.Key)
 		}
 		if d.poison != "" {
-			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindPoison, reason: d.poison, eventID: d.idOrNil()})
+			out.bad = append(out.bad, quarantined{rec: d.rec, at: d.at, kind: kindPoison, reason: d.poison, eventID: d.idOrNil()})
 			out.poison++
 			if !parked[key] {
 				if parked == nil {
@@ -79,7 +86,7 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		}
 		if parked[key] {
 			lookup.Exclude(j)
-			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindParked, eventID: d.idOrNil(),
+			out.bad = append(out.bad, quarantined{rec: d.rec, at: d.at, kind: kindParked, eventID: d.idOrNil(),
 				reason: fmt.Sprintf("parked behind a quarantined record of key %s in partition %d: re-drive or drop it (heed quarantine)", clip(d.rec.Key), d.rec.Partition)})
 			out.parkedN++
 		}
@@ -98,13 +105,19 @@ func sortBatch(decs []decoded, lookup *dedup.Lookup, parked map[string]bool) (so
 		}
 		switch statuses[j] {
 		case dedup.New:
+			if lookup.Superseded(j) {
+				if out.superseded == nil {
+					out.superseded = make(map[int]bool)
+				}
+				out.superseded[len(out.fresh)] = true
+			}
 			out.fresh = append(out.fresh, d.event)
 			out.items = append(out.items, lookup.Item(j))
 		case dedup.Duplicate:
 			out.dups++
 		case dedup.Conflict:
 			out.conflicts++
-			out.bad = append(out.bad, quarantined{rec: d.rec, kind: kindConflict, eventID: &d.event.ID,
+			out.bad = append(out.bad, quarantined{rec: d.rec, at: d.at, kind: kindConflict, eventID: &d.event.ID,
 				reason: conflictReason(d.event.RequestID)})
 		}
 		j++
@@ -162,18 +175,22 @@ ON CONFLICT DO NOTHING`, topic, partition, keys).Fn = storeQuarantine("park the 
 		keys    = make([][]byte, len(qs))
 		values  = make([][]byte, len(qs))
 		headers = make([][]byte, len(qs))
+		times   = make([]*time.Time, len(qs))
 	)
 	for i, q := range qs {
 		parts[i], offsets[i], kinds[i], reasons[i] = q.rec.Partition, q.rec.Offset, q.kind, storable(q.reason)
 		keys[i], values[i], headers[i] = nonNil(q.rec.Key), q.rec.Value, encodeHeaders(q.rec.Headers)
+		if !q.at.IsZero() {
+			times[i] = &qs[i].at
+		}
 		if q.eventID != nil {
 			id := [16]byte(*q.eventID)
 			ids[i] = &id
 		}
 	}
-	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value, headers)
-SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[], $9::bytea[])
-ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values, headers).Fn = storeQuarantine("store quarantined records")
+	b.Queue(`INSERT INTO quarantine (topic, partition, "offset", kind, reason, event_id, key, value, headers, record_time)
+SELECT $1, * FROM unnest($2::int[], $3::int8[], $4::text[], $5::text[], $6::uuid[], $7::bytea[], $8::bytea[], $9::bytea[], $10::timestamptz[])
+ON CONFLICT (topic, partition, "offset") DO NOTHING`, topic, parts, offsets, kinds, reasons, ids, keys, values, headers, times).Fn = storeQuarantine("store quarantined records")
 }
 
 // quarantineError is a failure to store quarantined or parked records: never

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -77,6 +78,9 @@ type openRecord struct {
 	offset int64
 	key    []byte
 	value  []byte
+	// at is the record's effective time as the applier stored it; zero for
+	// a record quarantined before record times were stored.
+	at time.Time
 }
 
 // record is r as the record it was read from.
@@ -121,15 +125,21 @@ AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).
 	if err != nil {
 		return res, err
 	}
+	// Decide as the applier would have, with the projection's window
+	// and each record's own time.
+	window, _, err := RecordedWindow(ctx, tx)
+	if err != nil {
+		return res, err
+	}
 	if dropNote != "" {
-		if err := drop(ctx, tx, h, topic, partition, offset, dropNote, recs); err != nil {
+		if err := drop(ctx, tx, h, topic, partition, offset, dropNote, recs, window); err != nil {
 			return res, err
 		}
 		res.Dropped = offset
 		recs = without(recs, offset)
 	}
 	for i, r := range recs {
-		reason, err := redriveOne(ctx, tx, h, topic, partition, r, &res)
+		reason, err := redriveOne(ctx, tx, h, topic, partition, r, window, &res)
 		if err != nil {
 			return res, err
 		}
@@ -150,7 +160,7 @@ AND state = 'open' AND kind IN ('poison', 'parked'))`, topic, partition, key); e
 
 // openRecords reads the open poison and parked records of key, in log order.
 func openRecords(ctx context.Context, tx pgx.Tx, topic string, partition int32, key []byte) ([]openRecord, error) {
-	rows, err := tx.Query(ctx, `SELECT "offset", value FROM quarantine
+	rows, err := tx.Query(ctx, `SELECT "offset", value, record_time FROM quarantine
 WHERE topic = $1 AND partition = $2 AND key_hash = sha256($3) AND key = $3 AND state = 'open' AND kind IN ('poison', 'parked')
 ORDER BY "offset"`, topic, partition, key)
 	if err != nil {
@@ -158,7 +168,11 @@ ORDER BY "offset"`, topic, partition, key)
 	}
 	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (openRecord, error) {
 		r := openRecord{key: key}
-		err := row.Scan(&r.offset, &r.value)
+		var at *time.Time
+		err := row.Scan(&r.offset, &r.value, &at)
+		if at != nil {
+			r.at = *at
+		}
 		return r, err
 	})
 	if err != nil {
@@ -179,7 +193,7 @@ func without(recs []openRecord, offset int64) []openRecord {
 
 // redriveOne applies r in a savepoint of tx and marks it redriven; it returns
 // a reason, and applies nothing, when r still cannot apply.
-func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, r openRecord, res *RedriveResult) (string, error) {
+func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, r openRecord, window time.Duration, res *RedriveResult) (string, error) {
 	d := decode(h, r.record(topic, partition))
 	if d.poison != "" {
 		return d.poison, nil
@@ -188,8 +202,8 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 	if err != nil {
 		return "", fmt.Errorf("savepoint: %w", err)
 	}
-	item := dedup.Item{ID: d.event.ID, Key: d.event.AggregateID, Fingerprint: d.fingerprint}
-	statuses, err := dedup.Claim(ctx, sp, []dedup.Item{item})
+	item := dedup.Item{ID: d.event.ID, Key: d.event.AggregateID, Fingerprint: d.fingerprint, Time: r.at}
+	statuses, err := dedup.ClaimWithin(ctx, sp, []dedup.Item{item}, window)
 	if err == nil && statuses[0] == dedup.New {
 		var results []Result
 		if results, err = h.Apply(ctx, sp, []Event{d.event}); err == nil && results != nil {
@@ -247,15 +261,15 @@ func markPoison(ctx context.Context, tx pgx.Tx, topic string, partition int32, o
 
 // drop marks the record at offset dropped and records its event ID, if its
 // envelope has a valid one, as processed.
-func drop(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, offset int64, note string, recs []openRecord) error {
+func drop(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, offset int64, note string, recs []openRecord, window time.Duration) error {
 	for _, r := range recs {
 		if r.offset != offset {
 			continue
 		}
 		d := decode(h, r.record(topic, partition))
 		if key := string(r.key); d.hasID && checkText(key) == "" {
-			item := dedup.Item{ID: d.event.ID, Key: key, Fingerprint: d.fingerprint}
-			st, err := dedup.Claim(ctx, tx, []dedup.Item{item})
+			item := dedup.Item{ID: d.event.ID, Key: key, Fingerprint: d.fingerprint, Time: r.at}
+			st, err := dedup.ClaimWithin(ctx, tx, []dedup.Item{item}, window)
 			if err == nil && st[0] == dedup.New {
 				err = dedup.SetOutcome(ctx, tx, dedup.Row{Item: item, Outcome: dedup.Dropped, Reason: storable(note)})
 			}

@@ -27,7 +27,15 @@ import (
 
 // casSQL moves a partition's applied position by compare-and-set. A retired
 // projection's positions (heed rebuild --swap) never match.
-const casSQL = `UPDATE applied_positions SET next_offset = $1 WHERE topic = $2 AND partition = $3 AND next_offset = $4 AND retired_at IS NULL`
+// It moves the partition's record time with it ($5: the batch's latest
+// record timestamp; greatest ignores a NULL), which is then the effective
+// time of the batch's last record (see recordTimes).
+const casSQL = `UPDATE applied_positions SET next_offset = $1, record_time = greatest(record_time, $5) WHERE topic = $2 AND partition = $3 AND next_offset = $4 AND retired_at IS NULL`
+
+// recordTimeSQL reads a partition's record time, before the compare-and-set:
+// when that succeeds, nothing moved the row in between, so the time read is
+// the one that goes with the position.
+const recordTimeSQL = `SELECT record_time FROM applied_positions WHERE topic = $1 AND partition = $2`
 
 // rollbackTimeout bounds the ROLLBACK of a failed batch; a connection that
 // cannot roll back within it is closed instead.
@@ -65,7 +73,12 @@ const parkedKeysSQL = `SELECT key_hash FROM parked_keys WHERE topic = $1 AND par
 // position row, which an operator's re-drive locks too, so they are current.
 // It returns errStale when the position moved, and any other failure
 // wrapped; release rolls back.
-func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, items []dedup.Item, events []Event, skipLookup bool) (*txn, error) {
+//
+// newest is the batch's latest record timestamp, which moves the partition's
+// record time. When the worker does not know the partition's record time
+// (after an assignment or a resync), begin reads it into w.recTime; items'
+// Times may be set after begin returns, before the lookup's Statuses.
+func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, newest time.Time, items []dedup.Item, events []Event, skipLookup bool) (*txn, error) {
 	a := w.a
 	t := &txn{conn: conn}
 	b := &pgx.Batch{}
@@ -73,7 +86,15 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 	// The compare-and-set comes first: it locks the position row, so a
 	// competing member of the same partition waits here, then finds the
 	// position moved (and rolls back what it queued after it).
-	b.Queue(casSQL, next, a.cfg.Topic, w.p, w.next)
+	var recTime *time.Time
+	if !w.timed {
+		b.Queue(recordTimeSQL, a.cfg.Topic, w.p) // read by hand, after BEGIN's
+	}
+	var at *time.Time
+	if !newest.IsZero() {
+		at = &newest
+	}
+	b.Queue(casSQL, next, a.cfg.Topic, w.p, w.next, at)
 	b.Queue(parkedKeysSQL, a.cfg.Topic, w.p).Query(func(rows pgx.Rows) error {
 		defer rows.Close()
 		var key []byte
@@ -89,9 +110,9 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 		return rows.Err()
 	})
 	if skipLookup {
-		t.lookup = dedup.SkipLookup(items)
+		t.lookup = dedup.SkipLookup(items, a.cfg.DedupWindow)
 	} else {
-		t.lookup = dedup.QueueLookup(b, items)
+		t.lookup = dedup.QueueLookup(b, items, a.cfg.DedupWindow)
 	}
 	if bh, ok := a.handler.(BatchHandler); ok && len(events) > 0 {
 		t.loaded = bh.Load(b, events)
@@ -101,6 +122,12 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 	if _, err := br.Exec(); err != nil {
 		br.Close() //nolint:errcheck // reports the error just returned
 		return nil, fmt.Errorf("begin: %w", err)
+	}
+	if !w.timed {
+		if err := br.QueryRow().Scan(&recTime); err != nil {
+			br.Close() //nolint:errcheck // reports the error just returned
+			return nil, fmt.Errorf("read the partition's record time: %w", err)
+		}
 	}
 	tag, err := br.Exec()
 	if err != nil {
@@ -113,6 +140,12 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, i
 	}
 	if err := br.Close(); err != nil {
 		return nil, fmt.Errorf("claim and read the batch's state: %w", err)
+	}
+	if !w.timed {
+		w.recTime, w.timed = time.Time{}, true
+		if recTime != nil {
+			w.recTime = *recTime
+		}
 	}
 	return t, nil
 }
@@ -141,6 +174,19 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 		}
 		rows, err := processedRows(out.items, results)
 		if err != nil {
+			return err
+		}
+		if len(out.superseded) > 0 {
+			kept := rows[:0]
+			for i, r := range rows {
+				if !out.superseded[i] {
+					kept = append(kept, r)
+				}
+			}
+			rows = kept
+		}
+		// Rows that expired (see DedupWindow) make way for the new ones.
+		if err := t.lookup.Replace(ctx, t.conn); err != nil {
 			return err
 		}
 		if len(rows) < copyMinRows {

@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/heed-dev/heed/pgarray"
 )
@@ -73,8 +74,11 @@ type Item struct {
 	// KeyHash is KeyHash(Key) when the caller has it already, or 0: then
 	// it is computed where needed.
 	KeyHash int64
-	// Time is when the event was written to the topic (its record's
-	// timestamp), by which retention prunes; zero: unknown, never pruned.
+	// Time is the event's record time: the partition's effective time at
+	// its record (the latest record timestamp up to it, in log order, so
+	// that it never goes backwards), the same on every replay. The dedup
+	// window is measured in it, and retention prunes by it; zero: unknown,
+	// always within the window and never pruned.
 	Time time.Time
 }
 
@@ -151,44 +155,104 @@ type Querier interface {
 }
 
 // claimSQL inserts the events not recorded yet, under their key or under no
-// key (a row recorded before rows carried keys).
-const claimSQL = `INSERT INTO processed_events (event_id, key_hash, aggregate, fingerprint)
-SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[]) AS u(event_id, key_hash, aggregate, fingerprint)
+// key (a row recorded before rows carried keys), and replaces a row of the
+// same event that expired: whose event_time is more than $6 microseconds
+// before the event's ($6 <= 0: no window).
+const claimSQL = `INSERT INTO processed_events AS p (event_id, key_hash, aggregate, fingerprint, event_time)
+SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::timestamptz[]) AS u(event_id, key_hash, aggregate, fingerprint, event_time)
 WHERE NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = u.event_id AND p.key_hash = 0)
-ON CONFLICT (event_id, key_hash) DO NOTHING
+ON CONFLICT (event_id, key_hash) DO UPDATE SET aggregate = excluded.aggregate, fingerprint = excluded.fingerprint,
+  status = 2, reason = '', result = NULL, event_time = excluded.event_time
+WHERE $6::int8 > 0 AND excluded.event_time - p.event_time > $6::int8 * interval '1 microsecond'
 RETURNING event_id, key_hash`
 
 // fingerprintsSQL reads what the table holds for a batch's IDs, under any key:
 // the primary key's first column finds them.
-const fingerprintsSQL = `SELECT event_id, key_hash, fingerprint FROM processed_events WHERE event_id = ANY($1::uuid[])`
+const fingerprintsSQL = `SELECT event_id, key_hash, fingerprint, event_time FROM processed_events WHERE event_id = ANY($1::uuid[])`
 
-// Claim records items as processed, with the outcome Applied, in one statement
-// and returns, for each item in order, whether it is New, a Duplicate or a
-// Conflict. When an event occurs twice in items, the first occurrence is the
-// one that can be New. Only when some items are not new does it run a second
-// statement to compare fingerprints. A transaction claiming an event that a
-// concurrent one claimed waits for it and then finds it processed; no retry is
-// needed. SetOutcome records another outcome later in the transaction.
-// QueueLookup and Record do the same work cheaper for Postgres (the applier's
-// hot path), but a concurrent claim of the same event fails them.
+// Claim is ClaimWithin with no window: a processed row stands forever.
+func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
+	return ClaimWithin(ctx, q, items, 0)
+}
+
+// ClaimWithin records items as processed, with the outcome Applied, and
+// returns, for each item in order, whether it is New, a Duplicate or a
+// Conflict, by the rule of Lookup.Statuses with window (0: none): a row
+// recorded more than window before an item's Time is replaced by the item's.
+// When an event occurs twice in items, the first occurrence is the one that
+// can be New, and a later one compares with it. Only when some items are not
+// new does it run a second statement to compare fingerprints. A transaction
+// claiming an event that a concurrent one claimed waits for it and then finds
+// it processed; no retry is needed. SetOutcome records another outcome later
+// in the transaction. QueueLookup and Record do the same work cheaper for
+// Postgres (the applier's hot path), but a concurrent claim of the same event
+// fails them.
 //
 // q must be the transaction that applies the new items: if it rolls back, the
 // claim rolls back too. Errors are wrapped with what failed; the transaction
-// must then be rolled back. Claim is as safe for concurrent use as q is.
-func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
+// must then be rolled back. ClaimWithin is as safe for concurrent use as q is.
+func ClaimWithin(ctx context.Context, q Querier, items []Item, window time.Duration) ([]Status, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
-	ids := make(pgarray.UUIDs, len(items))
-	keys := make(pgarray.Int8s, len(items))
-	aggs := make(pgarray.Texts, len(items))
-	fps := make(pgarray.Int8s, len(items))
-	for i, it := range items {
-		ids[i], keys[i], aggs[i], fps[i] = it.ID, it.hash(), it.Key, it.Fingerprint
+	keys := make([]int64, len(items))
+	for i := range items {
+		keys[i] = items[i].hash()
 	}
-	rows, err := q.Query(ctx, claimSQL, ids, keys, aggs, fps)
+	out := make([]Status, len(items))
+	// An event that occurs again in items is claimed in a later round, a
+	// statement of its own, which finds the earlier occurrence's row.
+	for todo := allIndexes(len(items)); len(todo) > 0; {
+		round, later := splitRound(items, keys, todo)
+		if err := claimRound(ctx, q, items, keys, round, window, out); err != nil {
+			return nil, err
+		}
+		todo = later
+	}
+	return out, nil
+}
+
+func allIndexes(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// splitRound splits todo into the first occurrence of each event and the
+// rest.
+func splitRound(items []Item, keys []int64, todo []int) (round, later []int) {
+	seen := make(map[ref]bool, len(todo))
+	for _, i := range todo {
+		r := ref{items[i].ID, keys[i]}
+		if seen[r] {
+			later = append(later, i)
+			continue
+		}
+		seen[r] = true
+		round = append(round, i)
+	}
+	return round, later
+}
+
+// claimRound claims items[round], which hold each event once, into out.
+func claimRound(ctx context.Context, q Querier, items []Item, keys []int64, round []int, window time.Duration, out []Status) error {
+	ids := make(pgarray.UUIDs, len(round))
+	hashes := make(pgarray.Int8s, len(round))
+	aggs := make(pgarray.Texts, len(round))
+	fps := make(pgarray.Int8s, len(round))
+	times := make([]*time.Time, len(round))
+	for j, i := range round {
+		it := &items[i]
+		ids[j], hashes[j], aggs[j], fps[j] = it.ID, keys[i], it.Key, it.Fingerprint
+		if !it.Time.IsZero() {
+			times[j] = &it.Time
+		}
+	}
+	rows, err := q.Query(ctx, claimSQL, ids, hashes, aggs, fps, times, window.Microseconds())
 	if err != nil {
-		return nil, fmt.Errorf("claim event ids: %w", err)
+		return fmt.Errorf("claim event ids: %w", err)
 	}
 	inserted, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ref, error) {
 		var (
@@ -199,44 +263,43 @@ func Claim(ctx context.Context, q Querier, items []Item) ([]Status, error) {
 		return ref{id, key}, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim event ids: %w", err)
+		return fmt.Errorf("claim event ids: %w", err)
 	}
 	isNew := make(map[ref]bool, len(inserted))
 	for _, r := range inserted {
 		isNew[r] = true
 	}
-	out := make([]Status, len(items))
 	var seen pgarray.UUIDs
-	for i, it := range items {
-		if r := (ref{it.ID, keys[i]}); isNew[r] {
-			delete(isNew, r) // a second occurrence of the event is not new
+	for _, i := range round {
+		if isNew[ref{items[i].ID, keys[i]}] {
 			out[i] = New
 			continue
 		}
-		seen = append(seen, it.ID)
+		seen = append(seen, items[i].ID)
 	}
 	if len(seen) == 0 {
-		return out, nil
+		return nil
 	}
 	stored, err := collectFingerprints(ctx, q, seen)
 	if err != nil {
-		return nil, fmt.Errorf("read fingerprints of processed events: %w", err)
+		return fmt.Errorf("read fingerprints of processed events: %w", err)
 	}
-	for i, it := range items {
+	for _, i := range round {
+		it := &items[i]
 		if out[i] == New {
 			continue
 		}
-		fp, ok := stored.find(it.ID, keys[i])
+		e, ok := stored.find(it.ID, keys[i])
 		switch {
 		case !ok:
-			return nil, fmt.Errorf("claim event ids: %s (key %q) neither inserted nor found", it.ID, it.Key)
-		case fp == it.Fingerprint:
+			return fmt.Errorf("claim event ids: %s (key %q) neither inserted nor found", it.ID, it.Key)
+		case e.fp == it.Fingerprint:
 			out[i] = Duplicate
 		default:
 			out[i] = Conflict
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Execer is what SetOutcome needs: the transaction that claimed the event.
@@ -282,16 +345,16 @@ WHERE event_id = $1 ORDER BY aggregate`, [16]byte(id))
 }
 
 // stored is what the table holds for a batch's IDs.
-type stored map[ref]int64
+type stored map[ref]entry
 
-// find returns the fingerprint recorded for id under the key hashed to key,
-// or under no key (a row recorded before keys were).
-func (s stored) find(id uuid.UUID, key int64) (int64, bool) {
-	if fp, ok := s[ref{id, key}]; ok {
-		return fp, true
+// find returns what is recorded for id under the key hashed to key, or under
+// no key (a row recorded before keys were).
+func (s stored) find(id uuid.UUID, key int64) (entry, bool) {
+	if e, ok := s[ref{id, key}]; ok {
+		return e, true
 	}
-	fp, ok := s[ref{id, 0}]
-	return fp, ok
+	e, ok := s[ref{id, 0}]
+	return e, ok
 }
 
 // collectFingerprints reads the stored fingerprints of ids.
@@ -309,14 +372,18 @@ func scanFingerprints(rows pgx.Rows, n int) (stored, error) {
 	defer rows.Close()
 	got := make(stored, n)
 	var (
-		id      [16]byte
-		key, fp int64
+		id  [16]byte
+		key int64
+		e   entry
+		ts  pgtype.Timestamptz
 	)
 	for rows.Next() {
-		if err := rows.Scan(&id, &key, &fp); err != nil {
+		e = entry{}
+		if err := rows.Scan(&id, &key, &e.fp, &ts); err != nil {
 			return nil, err
 		}
-		got[ref{id, key}] = fp
+		e.scanTime(ts)
+		got[ref{id, key}] = e
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -35,6 +35,8 @@ var ErrRecordedConcurrently = errors.New("an event id was recorded by a concurre
 // concurrent use.
 type Lookup struct {
 	items []Item
+	// window is the dedup window (see Replace); 0: none.
+	window time.Duration
 	// keys holds the items' key hashes, in order.
 	keys []int64
 	// stored holds the fingerprints found for the items' IDs; nil until the
@@ -44,6 +46,11 @@ type Lookup struct {
 	statuses []Status
 	// excluded marks the items taken out with Exclude.
 	excluded map[int]bool
+	// expiredRows are the rows of the table that New items replace (see
+	// Replace); superseded marks New items whose event is New again later
+	// in the lookup (see Superseded).
+	expiredRows []ref
+	superseded  map[int]bool
 }
 
 // Exclude takes item i (in the order given to QueueLookup) out of the claim:
@@ -59,15 +66,16 @@ func (l *Lookup) Exclude(i int) {
 }
 
 // QueueLookup queues onto b the statement that reads which of items' IDs were
-// processed before, with their fingerprints, and returns the lookup, whose
+// processed before, with their fingerprints and times, and returns the lookup,
+// deciding within window (0: none; see Replace), whose
 // Statuses are known once b has been sent and its results closed without
 // error. It queues nothing for no items. Its errors come out of b's results,
 // wrapped with "look up event ids".
 //
 // b must be sent inside the transaction that applies the new items and
 // records them with Record.
-func QueueLookup(b *pgx.Batch, items []Item) *Lookup {
-	l := &Lookup{items: items}
+func QueueLookup(b *pgx.Batch, items []Item, window time.Duration) *Lookup {
+	l := &Lookup{items: items, window: window}
 	if len(items) > 0 {
 		ids := make(pgarray.UUIDs, len(items))
 		l.keys = make([]int64, len(items))
@@ -91,8 +99,8 @@ func (l *Lookup) Item(i int) Item { return l.items[i] }
 // then be rolled back and retried with QueueLookup. It is only sound while
 // the table holds no row recorded before rows carried keys (see
 // HasKeylessRows), which a lookup matches and the primary key does not.
-func SkipLookup(items []Item) *Lookup {
-	l := &Lookup{items: items, keys: make([]int64, len(items)), stored: make(stored, len(items))}
+func SkipLookup(items []Item, window time.Duration) *Lookup {
+	l := &Lookup{items: items, window: window, keys: make([]int64, len(items)), stored: make(stored, len(items))}
 	for i, it := range items {
 		l.keys[i] = it.hash()
 	}
@@ -114,9 +122,13 @@ func HasKeylessRows(ctx context.Context, q Querier) (bool, error) {
 }
 
 // Statuses returns, for each item in the order given to QueueLookup, whether it
-// is New, a Duplicate or a Conflict, without touching the database. When an
-// event (an ID under one key) occurs twice in the items, the first occurrence
-// is the one that can be New, and later ones compare with its fingerprint. It returns an error when the
+// is New, a Duplicate or a Conflict, without touching the database: a
+// Duplicate or a Conflict (by fingerprint) of a row within the window before
+// it, New otherwise; a New item whose row expired replaces it (Replace). When
+// an event (an ID under one key) occurs twice in the items, a later
+// occurrence compares with the earlier one as with a row: within the window
+// it is a Duplicate or a Conflict, further it is New again and the earlier
+// one is Superseded. It returns an error when the
 // batch was not sent or failed before the lookup's result was read; the
 // transaction must then be rolled back.
 func (l *Lookup) Statuses() ([]Status, error) {
@@ -135,12 +147,23 @@ func (l *Lookup) Statuses() ([]Status, error) {
 			out[i] = Excluded
 			continue
 		}
-		fp, ok := l.stored.find(it.ID, l.keys[i])
+		e, ok := l.stored.find(it.ID, l.keys[i])
+		if ok && e.expired(l.window, it.Time) {
+			if e.batch > 0 {
+				if l.superseded == nil {
+					l.superseded = make(map[int]bool)
+				}
+				l.superseded[e.batch-1] = true
+			} else {
+				l.expiredRows = append(l.expiredRows, ref{it.ID, l.keys[i]})
+			}
+			ok = false
+		}
 		switch {
 		case !ok:
 			out[i] = New
-			l.stored[ref{it.ID, l.keys[i]}] = it.Fingerprint // a later occurrence compares with this one
-		case fp == it.Fingerprint:
+			l.stored[ref{it.ID, l.keys[i]}] = itemEntry(&l.items[i], i+1) // a later occurrence compares with this one
+		case e.fp == it.Fingerprint:
 			out[i] = Duplicate
 		default:
 			out[i] = Conflict

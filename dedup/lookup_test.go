@@ -35,7 +35,7 @@ func lookupClaim(t *testing.T, pool *pgxpool.Pool, commit bool, items ...dedup.I
 // second, as the applier does, in tx.
 func lookupAndRecord(ctx context.Context, tx pgx.Tx, items []dedup.Item) ([]dedup.Status, error) {
 	b := &pgx.Batch{}
-	l := dedup.QueueLookup(b, items)
+	l := dedup.QueueLookup(b, items, 0)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
@@ -61,7 +61,7 @@ func newRows(items []dedup.Item, st []dedup.Status) []dedup.Row {
 func lookup(t *testing.T, tx pgx.Tx, items ...dedup.Item) []dedup.Status {
 	t.Helper()
 	b := &pgx.Batch{}
-	l := dedup.QueueLookup(b, items)
+	l := dedup.QueueLookup(b, items, 0)
 	if err := tx.SendBatch(t.Context(), b).Close(); err != nil {
 		t.Fatalf("lookup: %v", err)
 	}
@@ -140,7 +140,7 @@ func TestLookupBatchFailed(t *testing.T) {
 	pool := newPool(t)
 	items := []dedup.Item{{ID: uuid.New(), Key: "k", Fingerprint: 1}}
 
-	notSent := dedup.QueueLookup(&pgx.Batch{}, items)
+	notSent := dedup.QueueLookup(&pgx.Batch{}, items, 0)
 	if st, err := notSent.Statuses(); err == nil {
 		t.Errorf("Statuses of a lookup whose batch was never sent = %v, want an error", st)
 	}
@@ -153,7 +153,7 @@ func TestLookupBatchFailed(t *testing.T) {
 	defer tx.Rollback(ctx) //nolint:errcheck // the transaction failed; rolling back is all that is left
 	b := &pgx.Batch{}
 	b.Queue(`SELECT 1/0`)
-	l := dedup.QueueLookup(b, items)
+	l := dedup.QueueLookup(b, items, 0)
 	if err := tx.SendBatch(ctx, b).Close(); err == nil {
 		t.Fatal("a batch with a division by zero succeeded")
 	}

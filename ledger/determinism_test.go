@@ -11,12 +11,14 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/applier"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
 	"github.com/heed-dev/heed/rebuild"
+	"github.com/heed-dev/heed/retention"
 )
 
 // genCommand is one command of a generated stream.
@@ -25,13 +27,60 @@ type genCommand struct {
 	requestID string
 	account   string
 	amount    int64
+	// at is the record's timestamp, as an offset from the stream's start,
+	// in a windowed stream (see genTimes): producer clocks jump and go
+	// backwards.
+	at time.Duration
 }
 
 func (c genCommand) String() string {
 	if c.kind == "open" {
 		return fmt.Sprintf("open(%s,%s)", c.requestID, c.account)
 	}
-	return fmt.Sprintf("%s(%s,%s,%d)", c.kind, c.requestID, c.account, c.amount)
+	return fmt.Sprintf("%s(%s,%s,%d)@%v", c.kind, c.requestID, c.account, c.amount, c.at)
+}
+
+// testWindow is the dedup window of windowed streams: small, so that the
+// stream's clock passes it often.
+const testWindow = time.Hour
+
+// genTimes gives each command of stream a record timestamp: mostly a few
+// minutes after the one before, sometimes about the window later, sometimes
+// hours later (a retry past the window), sometimes hours earlier (a
+// producer's clock behind the others'), so that duplicates fall both inside
+// and past the window.
+func genTimes(rng *rand.Rand, stream []genCommand) {
+	var at time.Duration
+	for i := range stream {
+		switch r := rng.IntN(100); {
+		case r < 65:
+			at += time.Duration(rng.Int64N(int64(5 * time.Minute)))
+		case r < 80:
+			at += testWindow/2 + time.Duration(rng.Int64N(int64(testWindow)))
+		case r < 90:
+			at += 2*testWindow + time.Duration(rng.Int64N(int64(2*testWindow)))
+		default:
+			at -= time.Duration(rng.Int64N(int64(3 * testWindow)))
+		}
+		stream[i].at = at
+	}
+}
+
+// produceAt writes c straight to the topic with timestamp start+c.at.
+func (p *pipeline) produceAt(t *testing.T, start time.Time, c genCommand) {
+	t.Helper()
+	var msg proto.Message
+	switch c.kind {
+	case "open":
+		msg = &ledgerv1.AccountOpened{AccountId: c.account}
+	case "deposit":
+		msg = &ledgerv1.FundsDeposited{AccountId: c.account, Amount: c.amount}
+	case "withdraw":
+		msg = &ledgerv1.FundsWithdrawn{AccountId: c.account, Amount: c.amount}
+	}
+	rec := rawRecord(t, c.requestID, c.account, msg)
+	rec.Timestamp = start.Add(c.at)
+	p.produceRaw(t, rec)
 }
 
 // genStream draws n commands over accounts: opens (some accounts never
@@ -92,14 +141,23 @@ func (p *pipeline) send(ctx context.Context, c genCommand) error {
 // replayDiffers applies stream live, restarting the applier with another
 // batch size at random points, then rebuilds from the topic with yet another
 // batch size and compares: "" when the two are identical, else the
-// difference. Setup failures fail t.
-func replayDiffers(t *testing.T, seed uint64, stream []genCommand) string {
+// difference. Setup failures fail t. With windowed set, the commands are
+// written straight to the topic with their timestamps (genTimes), the
+// appliers' dedup window is testWindow, and the live projection is pruned
+// at random moments (package retention), concurrently with the applier:
+// the processed events it still holds must equal the replay's.
+func replayDiffers(t *testing.T, seed uint64, stream []genCommand, windowed bool) string {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 1))
 	p := newPipeline(t, pipelineOpts{partitions: 3})
+	var window time.Duration
+	if windowed {
+		window = testWindow
+	}
+	start := time.Now().Add(-1000 * time.Hour)
 	startLive := func() (context.CancelFunc, chan error) {
 		a, err := applier.New(applier.Config{Brokers: p.broker, Topic: p.topic, Group: p.group,
-			MaxBatchRecords: 1 + rng.IntN(40), Logger: testenv.Logger(t)}, p.pool, ledger.Applier{})
+			MaxBatchRecords: 1 + rng.IntN(40), DedupWindow: window, Logger: testenv.Logger(t)}, p.pool, ledger.Applier{})
 		if err != nil {
 			t.Fatalf("applier: %v", err)
 		}
@@ -109,8 +167,18 @@ func replayDiffers(t *testing.T, seed uint64, stream []genCommand) string {
 		return cancel, done
 	}
 	stop, done := startLive()
+	var pruned int64
 	for i, c := range stream {
-		if err := p.send(t.Context(), c); err != nil {
+		if windowed {
+			p.produceAt(t, start, c)
+			if rng.IntN(8) == 0 {
+				_, n, err := retention.Once(t.Context(), p.pool, retention.Config{Topic: p.topic})
+				if err != nil {
+					t.Fatalf("prune: %v", err)
+				}
+				pruned += n
+			}
+		} else if err := p.send(t.Context(), c); err != nil {
 			t.Fatalf("command %d %v: %v", i, c, err)
 		}
 		if rng.IntN(len(stream)/3+1) == 0 { // a few restarts per stream, at random points
@@ -122,6 +190,13 @@ func replayDiffers(t *testing.T, seed uint64, stream []genCommand) string {
 		}
 	}
 	p.waitCaughtUp(t)
+	if windowed {
+		_, n, err := retention.Once(t.Context(), p.pool, retention.Config{Topic: p.topic})
+		if err != nil {
+			t.Fatalf("prune: %v", err)
+		}
+		t.Logf("pruned %d processed events in all", pruned+n)
+	}
 	stop()
 	if err := <-done; err != nil {
 		t.Fatalf("applier: %v", err)
@@ -154,7 +229,10 @@ func replayDiffers(t *testing.T, seed uint64, stream []genCommand) string {
 // or for another account, overdrafts, unknown accounts, 12 accounts over 3
 // partitions), the state built live, through applier restarts with random
 // batch sizes, equals the state a rebuild replays from the topic with
-// another batch size, table by table. A failing stream is shrunk (chunks
+// another batch size, table by table. Each stream runs twice: through the
+// RPC, and written to the topic with record timestamps that jump and go
+// backwards, a small dedup window (retries inside and past it) and pruning
+// at random moments (the window mode; issue 26). A failing stream is shrunk (chunks
 // removed while it still fails) and printed with its seed.
 // HEED_PROPERTY_CASES sets the number of streams (default 3),
 // HEED_PROPERTY_SEED replays one.
@@ -177,30 +255,37 @@ func TestReplayDeterministic(t *testing.T) {
 	}
 	for i := range cases {
 		seed := base + uint64(i)
-		stream := genStream(rand.New(rand.NewPCG(seed, 0)), 120, 12)
-		var diff string
-		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { diff = replayDiffers(t, seed, stream) })
-		if diff == "" {
-			continue
-		}
-		// Shrink: remove chunks, halving their size, while it still fails.
-		for size := len(stream) / 2; size >= 1; size /= 2 {
-			for start := 0; start+size <= len(stream); {
-				cand := append(append([]genCommand{}, stream[:start]...), stream[start+size:]...)
-				var d string
-				t.Run(fmt.Sprintf("shrink-%d", len(cand)), func(t *testing.T) { d = replayDiffers(t, seed, cand) })
-				if d != "" {
-					stream, diff = cand, d
-				} else {
-					start += size
+		for _, windowed := range []bool{false, true} {
+			stream := genStream(rand.New(rand.NewPCG(seed, 0)), 120, 12)
+			mode := "rpc"
+			if windowed {
+				mode = "window"
+				genTimes(rand.New(rand.NewPCG(seed, 2)), stream)
+			}
+			var diff string
+			t.Run(fmt.Sprintf("seed=%d/%s", seed, mode), func(t *testing.T) { diff = replayDiffers(t, seed, stream, windowed) })
+			if diff == "" {
+				continue
+			}
+			// Shrink: remove chunks, halving their size, while it still fails.
+			for size := len(stream) / 2; size >= 1; size /= 2 {
+				for start := 0; start+size <= len(stream); {
+					cand := append(append([]genCommand{}, stream[:start]...), stream[start+size:]...)
+					var d string
+					t.Run(fmt.Sprintf("shrink-%d", len(cand)), func(t *testing.T) { d = replayDiffers(t, seed, cand, windowed) })
+					if d != "" {
+						stream, diff = cand, d
+					} else {
+						start += size
+					}
 				}
 			}
+			var lines []string
+			for _, c := range stream {
+				lines = append(lines, c.String())
+			}
+			t.Fatalf("seed %d (HEED_PROPERTY_SEED=%d), %s: live and replayed state differ: %s\nshrunk stream (%d commands): %s",
+				seed, seed, mode, diff, len(stream), strings.Join(lines, " "))
 		}
-		var lines []string
-		for _, c := range stream {
-			lines = append(lines, c.String())
-		}
-		t.Fatalf("seed %d (HEED_PROPERTY_SEED=%d): live and replayed state differ: %s\nshrunk stream (%d commands): %s",
-			seed, seed, diff, len(stream), strings.Join(lines, " "))
 	}
 }

@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -42,6 +43,8 @@ type pipelineOpts struct {
 	// readWaitMax is the longest a read with a consistency token waits
 	// (default 10s).
 	readWaitMax time.Duration
+	// window is the appliers' dedup window (default 0: none).
+	window time.Duration
 }
 
 // pipeline is heed wired in-process the way cmd/heed wires it: a fresh
@@ -60,6 +63,8 @@ type pipeline struct {
 	grpc ledgerv1connect.LedgerServiceClient
 	// admin is a plain Kafka client on the test broker, for kadm and raw produce.
 	admin *kgo.Client
+	// window is the appliers' dedup window.
+	window time.Duration
 }
 
 func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
@@ -78,7 +83,7 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	logger := testenv.Logger(t)
 	ctx := t.Context()
 
-	p := &pipeline{broker: b.Addrs(), topic: "heed.ledger", group: "heed-applier"}
+	p := &pipeline{broker: b.Addrs(), topic: "heed.ledger", group: "heed-applier", window: opts.window}
 	pool, err := schema.Connect(ctx, dbURL, testSchema, 8)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
@@ -119,7 +124,14 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 	}
 
 	srv := ingest.NewServer(logger)
-	svc := ledger.NewService(pub, pool, p.topic, opts.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
+	svc := ledger.NewService(pub, pool, p.topic, opts.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)),
+		ledger.WithRecordReader(func(ctx context.Context, partition int32, offset int64) ([]byte, []byte, error) {
+			r, err := readRecord(ctx, p.broker, p.topic, consistency.Token{Partition: partition, Offset: offset})
+			if err != nil {
+				return nil, nil, err
+			}
+			return r.Key, r.Value, nil
+		}))
 	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, ingest.HandlerOptions()...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
 	ln, err := ingest.Listen("127.0.0.1:0")
@@ -177,6 +189,7 @@ func (p *pipeline) newApplier(t *testing.T) *applier.Applier {
 		Topic:           p.topic,
 		Group:           p.group,
 		MaxBatchRecords: 16,
+		DedupWindow:     p.window,
 		Logger:          testenv.Logger(t),
 	}, p.pool, ledger.Applier{})
 	if err != nil {
@@ -355,19 +368,28 @@ func (p *pipeline) produceRaw(t *testing.T, recs ...*kgo.Record) []*kgo.Record {
 // fetchRecord reads the record at tok from the topic.
 func (p *pipeline) fetchRecord(t *testing.T, tok consistency.Token) *kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(p.broker...), kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{
-		p.topic: {tok.Partition: kgo.NewOffset().At(tok.Offset)},
+	r, err := readRecord(t.Context(), p.broker, p.topic, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// readRecord reads the record at tok from topic.
+func readRecord(ctx context.Context, brokers []string, topic string, tok consistency.Token) (*kgo.Record, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{
+		topic: {tok.Partition: kgo.NewOffset().At(tok.Offset)},
 	}))
 	if err != nil {
-		t.Fatalf("consumer: %v", err)
+		return nil, fmt.Errorf("consumer: %w", err)
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for {
 		fs := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			t.Fatalf("fetch record at %d/%d: %v", tok.Partition, tok.Offset, err)
+			return nil, fmt.Errorf("fetch record at %d/%d: %w", tok.Partition, tok.Offset, err)
 		}
 		var got *kgo.Record
 		fs.EachRecord(func(r *kgo.Record) {
@@ -376,7 +398,7 @@ func (p *pipeline) fetchRecord(t *testing.T, tok consistency.Token) *kgo.Record 
 			}
 		})
 		if got != nil {
-			return got
+			return got, nil
 		}
 	}
 }

@@ -36,6 +36,8 @@ type Service struct {
 	topic   string
 	maxWait time.Duration
 	ends    *consistency.Ends
+	// readRecord, if set, reads a record at a token (WithRecordReader).
+	readRecord RecordReader
 }
 
 var _ ledgerv1connect.LedgerServiceHandler = (*Service)(nil)
@@ -185,12 +187,42 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	case applier.OutcomeDropped:
 		out.Status, out.Reason = ledgerv1.CommandStatus_COMMAND_STATUS_DROPPED, reason
 	case applier.NotQuarantined:
-		if tok != "" { // await returned: the token's position is applied
-			out.Status = ledgerv1.CommandStatus_COMMAND_STATUS_UNKNOWN
-			out.Reason = "no command with this ID was applied, rejected, quarantined or parked at or before the consistency token's position: if the token is the command's own, the command was never written"
+		if err := s.notFound(ctx, out, tok, id, account); err != nil {
+			return nil, err
 		}
 	}
 	return connect.NewResponse(out), nil
+}
+
+// notFound fills in out for a command of which neither the processed events
+// nor the quarantine know anything: with a consistency token (whose position
+// is applied), expired when the record at the token is the command's and
+// retention pruned, else unknown; without one, pending.
+func (s *Service) notFound(ctx context.Context, out *ledgerv1.GetCommandResultResponse, tok string, id uuid.UUID, account string) error {
+	pr, err := s.pruned(ctx)
+	if err != nil {
+		return readError(err)
+	}
+	if tok == "" {
+		if pr.ok {
+			out.Reason = pr.pendingReason()
+		}
+		return nil
+	}
+	if pr.ok {
+		t, _ := consistency.Parse(tok) // await parsed it
+		expired, err := s.expired(ctx, t, id, account)
+		if err != nil {
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("read the record at the consistency token: %w", err))
+		}
+		if expired {
+			out.Status, out.Reason = ledgerv1.CommandStatus_COMMAND_STATUS_EXPIRED, pr.expiredReason()
+			return nil
+		}
+	}
+	out.Status = ledgerv1.CommandStatus_COMMAND_STATUS_UNKNOWN
+	out.Reason = "no command with this ID was applied, rejected, quarantined or parked at or before the consistency token's position: if the token is the command's own, the command was never written"
+	return nil
 }
 
 // await waits until the write named by token is applied, bounded by maxWait.

@@ -52,7 +52,9 @@ type Config struct {
 	Handler applier.Handler
 	// Applier configures the replay's applier: Brokers and Topic are
 	// required; Group is the live group's name, which the rebuild's own
-	// group is named after. MaxBatchRecords defaults to 20000 here.
+	// group is named after. MaxBatchRecords defaults to 20000 here. Its
+	// DedupWindow is replaced by the live projection's, when it has one
+	// recorded: the replay must decide duplicates as the live applier did.
 	Applier applier.Config
 	// Progress, if set, is called about once a second while the rebuild
 	// catches up.
@@ -154,6 +156,12 @@ func Open(ctx context.Context, cfg Config) (*Rebuilder, error) {
 	if err := schema.Migrate(ctx, r.into, cfg.Into, cfg.Sets, cfg.Logger); err != nil {
 		r.Close()
 		return nil, err
+	}
+	if w, ok, err := applier.RecordedWindow(ctx, r.live); err != nil {
+		r.Close()
+		return nil, err
+	} else if ok {
+		ac.DedupWindow = w
 	}
 	if retired, err := isRetired(ctx, r.into, cfg.Into); err != nil {
 		r.Close()

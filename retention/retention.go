@@ -1,24 +1,36 @@
 // Package retention prunes the processed-event table, which otherwise grows
-// with every event forever, without ever removing an event ID that could
-// still be needed to suppress a duplicate.
+// with every event forever, without ever changing a decision.
 //
-// A duplicate of an event reaches the topic when a client retries a command
-// (same request ID, same event ID) or a producer retries a write: within the
-// client's retry horizon after the original. So a row may go once both
-//   - its event was written to the topic (its event_time, the record's
-//     timestamp) more than Retention ago, Retention being longer than any
-//     client retries (the default, 7 days, is far beyond the minutes clients
-//     retry for); and
-//   - every record written up to Retention after it is applied, so that no
-//     duplicate still waiting in the topic meets an empty table: the cutoff
-//     is Retention before the oldest record not applied yet (the record at
-//     each lagging partition's applied position), or before now when none
-//     lags.
+// Whether an event is a duplicate is decided by the topic alone (see package
+// dedup's window): an event with record time T is a duplicate of a processed
+// row with time t only when T - t <= W, the dedup window (the retention,
+// --retention, recorded in the projection at first use). Record time is a
+// partition's effective time: the latest record timestamp up to the record,
+// in log order (see package applier), so it never goes backwards. A row may
+// go once no decision still to be made can find it within the window:
+//   - the records a partition has not applied yet have record times at or
+//     after its high-water (the effective time of its last applied record,
+//     applied_positions.record_time), and
+//   - its open quarantined and parked records, which a re-drive or a drop
+//     decides later, each with its own stored record time,
 //
-// After the horizon a retried command is a new command: applied again. A
-// GetCommandResult for a pruned request finds nothing, as for an unknown
-// one. A rebuild replays every event, old ones included, and records them
-// all; the pruning job of the live applier prunes them again on its next run.
+// so with bound(p) the earlier of the two for partition p, a row with time
+// t is not needed once t < bound(p) - W for every partition p. Processed
+// rows do not carry their partition, so the cutoff is the earliest bound over
+// the partitions that applied anything, minus W: nothing is read from Kafka.
+//
+// Consequences an operator sees:
+//   - an idle partition (no new records) holds the cutoff at its last
+//     record's time; so does a partition with an open quarantined record,
+//     until it is re-driven or dropped;
+//   - a partition whose position was applied before record times were kept
+//     (a projection migrated from an older heed), or an open quarantined
+//     record from then, blocks pruning (ErrBlocked) until the partition
+//     applies a batch or the record is resolved;
+//   - a command retried more than W after its first record is a new command,
+//     applied again, whether or not its row was pruned: live, resumed and
+//     rebuilt projections decide it alike; GetCommandResult for a pruned
+//     command says so (expired) when given its consistency token.
 package retention
 
 import (
@@ -30,14 +42,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
-	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/internal/lograte"
 )
 
-// DefaultRetention is how long processed events are kept by default.
+// DefaultRetention is how long processed events are kept by default, and the
+// default dedup window.
 const DefaultRetention = 7 * 24 * time.Hour
 
 // lockSQL takes the advisory lock that lets one pruner run per projection
@@ -49,11 +60,11 @@ const (
 
 // Config configures Cutoff, Prune and Run.
 type Config struct {
-	Brokers   []string
-	Topic     string
-	KafkaOpts []kgo.Opt
-	// Retention is how long after its event a processed row is kept at
-	// least (default DefaultRetention).
+	// Topic is the topic whose partitions' record times bound the cutoff.
+	Topic string
+	// Retention is the dedup window when the projection has none recorded
+	// yet (default DefaultRetention); the projection's recorded one (see
+	// applier.BindWindow) wins.
 	Retention time.Duration
 	// Chunk is how many rows one DELETE removes (default 10000), so that
 	// no transaction holds many rows' locks for long.
@@ -73,71 +84,71 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Cutoff is the safe cutoff at now: Retention before the oldest record not
-// applied yet, or before now when every partition is applied to its end.
-func Cutoff(ctx context.Context, pool *pgxpool.Pool, cfg Config, now time.Time) (time.Time, error) {
-	cfg.setDefaults()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.KafkaOpts...)...)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("create Kafka client: %w", err)
-	}
-	defer cl.Close()
-	ends, err := consistency.ListEndOffsets(ctx, cl, cfg.Topic)
-	if err != nil {
-		return time.Time{}, err
-	}
-	applied, err := applier.AppliedPositions(ctx, pool, cfg.Topic)
-	if err != nil {
-		return time.Time{}, err
-	}
-	oldest := now
-	lagging := map[int32]kgo.Offset{}
-	for p, end := range ends {
-		if applied[p] < end {
-			lagging[p] = kgo.NewOffset().At(applied[p])
-		}
-	}
-	if len(lagging) > 0 {
-		t, err := firstTimestamps(ctx, cfg, lagging)
-		if err != nil {
-			return time.Time{}, err
-		}
-		if t.Before(oldest) {
-			oldest = t
-		}
-	}
-	return oldest.Add(-cfg.Retention), nil
-}
+// ErrBlocked is in Cutoff's error when a partition's record time is not
+// known (see the package doc): nothing may be pruned until it is.
+var ErrBlocked = errors.New("pruning is blocked")
 
-// firstTimestamps reads the record at each partition's offset in at and
-// returns the oldest timestamp among them.
-func firstTimestamps(ctx context.Context, cfg Config, at map[int32]kgo.Offset) (time.Time, error) {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{cfg.Topic: at})}, cfg.KafkaOpts...)...)
+// boundsSQL reads, for each partition of the topic that applied anything,
+// its record time and the earliest record time of its open quarantined and
+// parked records, and whether one of those has none.
+const boundsSQL = `SELECT p.partition, p.record_time,
+  (SELECT min(q.record_time) FROM quarantine q WHERE q.topic = p.topic AND q.partition = p.partition AND q.state = 'open' AND q.kind IN ('poison', 'parked')),
+  EXISTS (SELECT 1 FROM quarantine q WHERE q.topic = p.topic AND q.partition = p.partition AND q.state = 'open' AND q.kind IN ('poison', 'parked') AND q.record_time IS NULL)
+FROM applied_positions p WHERE p.topic = $1 AND p.next_offset > 0 AND p.retired_at IS NULL ORDER BY p.partition`
+
+// Cutoff is the safe cutoff: the dedup window before the earliest bound over
+// the partitions (see the package doc). ok is false when nothing may be
+// pruned: no partition applied anything, or the projection has no window
+// (processed events kept forever). An error wrapping ErrBlocked says which
+// partition blocks pruning and why; others are the database's, wrapped.
+func Cutoff(ctx context.Context, pool *pgxpool.Pool, cfg Config) (cutoff time.Time, ok bool, err error) {
+	cfg.setDefaults()
+	window, recorded, err := applier.RecordedWindow(ctx, pool)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("create Kafka consumer: %w", err)
+		return time.Time{}, false, err
 	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var oldest time.Time
-	seen := map[int32]bool{}
-	for len(seen) < len(at) {
-		fetches := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return time.Time{}, fmt.Errorf("read the oldest records not applied yet: %w", ctx.Err())
+	if !recorded {
+		window = cfg.Retention
+	}
+	if window <= 0 {
+		return time.Time{}, false, nil
+	}
+	rows, err := pool.Query(ctx, boundsSQL, cfg.Topic)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read the partitions' record times: %w", err)
+	}
+	defer rows.Close()
+	var earliest time.Time
+	for rows.Next() {
+		var (
+			p           int32
+			high, open  *time.Time
+			openUntimed bool
+		)
+		if err := rows.Scan(&p, &high, &open, &openUntimed); err != nil {
+			return time.Time{}, false, fmt.Errorf("read the partitions' record times: %w", err)
 		}
-		fetches.EachRecord(func(r *kgo.Record) {
-			if seen[r.Partition] {
-				return
-			}
-			seen[r.Partition] = true
-			if oldest.IsZero() || r.Timestamp.Before(oldest) {
-				oldest = r.Timestamp
-			}
-		})
+		switch {
+		case high == nil:
+			return time.Time{}, false, fmt.Errorf("%w: partition %d was applied before record times were kept; it is known once the partition applies a batch", ErrBlocked, p)
+		case openUntimed:
+			return time.Time{}, false, fmt.Errorf("%w: partition %d has an open quarantined record from before record times were kept; re-drive or drop it (heed quarantine)", ErrBlocked, p)
+		}
+		bound := *high
+		if open != nil && open.Before(bound) {
+			bound = *open
+		}
+		if earliest.IsZero() || bound.Before(earliest) {
+			earliest = bound
+		}
 	}
-	return oldest, nil
+	if err := rows.Err(); err != nil {
+		return time.Time{}, false, fmt.Errorf("read the partitions' record times: %w", err)
+	}
+	if earliest.IsZero() {
+		return time.Time{}, false, nil
+	}
+	return earliest.Add(-window), true, nil
 }
 
 // Prune deletes the processed events whose event_time is before cutoff, a
@@ -170,8 +181,8 @@ ON CONFLICT (singleton) DO UPDATE SET cutoff = greatest(heed_retention.cutoff, e
 var ErrBusy = errors.New("another heed process is pruning this projection")
 
 // Once prunes what is safe to prune now, unless another process is pruning
-// the same projection (ErrBusy). It returns the cutoff used and the rows
-// removed.
+// the same projection (ErrBusy). It returns the cutoff used (zero when
+// nothing may be pruned) and the rows removed.
 func Once(ctx context.Context, pool *pgxpool.Pool, cfg Config) (time.Time, int64, error) {
 	cfg.setDefaults()
 	conn, err := pool.Acquire(ctx)
@@ -187,8 +198,8 @@ func Once(ctx context.Context, pool *pgxpool.Pool, cfg Config) (time.Time, int64
 		return time.Time{}, 0, ErrBusy
 	}
 	defer conn.Exec(context.Background(), unlockSQL) //nolint:errcheck // the session ends the lock anyway
-	cutoff, err := Cutoff(ctx, pool, cfg, time.Now())
-	if err != nil {
+	cutoff, ok, err := Cutoff(ctx, pool, cfg)
+	if err != nil || !ok {
 		return time.Time{}, 0, err
 	}
 	n, err := Prune(ctx, pool, cutoff, cfg.Chunk)
@@ -203,13 +214,22 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config, interval time.Dura
 	cfg.setDefaults()
 	logs := lograte.New(failLogEvery)
 	failures := 0
+	var blocked string // logged once while it lasts
 	for {
 		cutoff, n, err := Once(ctx, pool, cfg)
 		wait := interval
+		if !errors.Is(err, ErrBlocked) {
+			blocked = ""
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrBusy):
+		case errors.Is(err, ErrBlocked):
+			if err.Error() != blocked {
+				blocked = err.Error()
+				cfg.Logger.Warn("not pruning processed events", "err", err)
+			}
 		case err != nil:
 			failures++
 			wait = max(interval, failWait(failures))

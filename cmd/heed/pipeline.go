@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/consistency"
@@ -73,6 +74,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 		RebalanceTimeout: af.rebalanceTimeout,
 		InstanceID:       af.instanceID,
 		ServerSideGroup:  af.groupProtocol == "consumer",
+		DedupWindow:      af.retention,
 		Logger:           logger,
 	}
 }
@@ -127,7 +129,12 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 		opts = append(opts, ingest.WithTLS(sec.tls))
 	}
 	srv := ingest.NewServer(logger, opts...)
-	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)))
+	readerOpts, err := kafka.sec.Opts()
+	if err != nil {
+		return err
+	}
+	svc := ledger.NewService(pub, pool, kafka.topic, sf.readWaitMax, ledger.WithTopicEnds(consistency.NewEnds(pub, time.Second)),
+		ledger.WithRecordReader(recordReader(kafka, readerOpts)))
 	hopts := append(x.tracing.HandlerOptions(), connect.WithInterceptors(x.metrics.Interceptor()))
 	path, h := ledgerv1connect.NewLedgerServiceHandler(svc, srv.HandlerOptions(hopts...)...)
 	srv.Mount(ledgerv1connect.LedgerServiceName, path, h)
@@ -146,6 +153,8 @@ func topicError(db dbFlags, err error) error {
 	switch {
 	case errors.Is(err, topic.ErrPartitionsChanged):
 		return fmt.Errorf("refusing to start on schema %s: %w", db.schema, err)
+	case errors.Is(err, applier.ErrWindowChanged):
+		return fmt.Errorf("refusing to start on schema %s: %w; --retention is also the dedup window, fixed for a projection's life: start with the projection's --retention (HEED_RETENTION), or build a new projection with the new one (heed apply --schema NEW --group NEW --retention ..., which replays the topic)", db.schema, err)
 	case errors.Is(err, topic.ErrOtherIncarnation), errors.Is(err, topic.ErrAheadOfTopic):
 		return fmt.Errorf("refusing to start on schema %s: %w (to start over instead, if the old topic is gone for good: drop schema %s, the projection of that topic)", db.schema, err, db.schema)
 	}
@@ -173,14 +182,36 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	x.applyChecks(kafka, pool, adminCl, readyMaxLag)
 	warnDurability(ctx, adminCl, kafka.topic, logger)
 	if af.retention > 0 {
-		sec, err := kafka.sec.Opts()
-		if err != nil {
-			return err
-		}
-		go retention.Run(ctx, pool, retention.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, KafkaOpts: sec, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
+		go retention.Run(ctx, pool, retention.Config{Topic: kafka.topic, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)
 	}
 	if err := a.Run(ctx); err != nil {
 		return fmt.Errorf("applier: %w", topicError(db, err))
 	}
 	return nil
+}
+
+// recordReader reads one record of kafka's topic with a client of its own:
+// GetCommandResult reads one only to tell an expired command (rare).
+func recordReader(kafka kafkaFlags, opts []kgo.Opt) ledger.RecordReader {
+	return func(ctx context.Context, partition int32, offset int64) ([]byte, []byte, error) {
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(kafka.brokerList()...),
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{kafka.topic: {partition: kgo.NewOffset().At(offset)}})}, opts...)...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("create Kafka consumer: %w", err)
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		for {
+			fs := cl.PollFetches(ctx)
+			if err := ctx.Err(); err != nil {
+				return nil, nil, fmt.Errorf("read the record at %d/%d: %w", partition, offset, err)
+			}
+			for it := fs.RecordIter(); !it.Done(); {
+				if r := it.Next(); r.Offset == offset {
+					return r.Key, r.Value, nil
+				}
+			}
+		}
+	}
 }

@@ -124,7 +124,7 @@ func (a *applyFlags) validateRetention() error {
 		return fmt.Errorf("--retention %v: use 0 to keep processed events forever, or a positive duration such as 168h", a.retention)
 	}
 	if a.retention > 0 && a.retention < time.Hour {
-		return fmt.Errorf("--retention %v: under an hour, a client's retry could meet a pruned ID and apply twice; use at least 1h (default 168h), or 0 to keep them forever", a.retention)
+		return fmt.Errorf("--retention %v: under an hour, a client retrying later than that would have its command applied again; use at least 1h (default 168h), or 0 to keep them forever", a.retention)
 	}
 	return positive("retention-interval", a.retentionInterval)
 }

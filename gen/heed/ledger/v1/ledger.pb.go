@@ -50,6 +50,10 @@ const (
 	// the request carries this command's own consistency_token: a request_id (or event_id) alone
 	// names the first command with it, whose outcome is answered.
 	CommandStatus_COMMAND_STATUS_CONFLICT CommandStatus = 8
+	// Decided, and its outcome is no longer kept: the command's record is older than the dedup
+	// window (`heed apply --retention`) before the records applied since, and its processed-event
+	// row was pruned (see reason). A retry of it now is a new command.
+	CommandStatus_COMMAND_STATUS_EXPIRED CommandStatus = 9
 )
 
 // Enum value maps for CommandStatus.
@@ -64,6 +68,7 @@ var (
 		6: "COMMAND_STATUS_DROPPED",
 		7: "COMMAND_STATUS_UNKNOWN",
 		8: "COMMAND_STATUS_CONFLICT",
+		9: "COMMAND_STATUS_EXPIRED",
 	}
 	CommandStatus_value = map[string]int32{
 		"COMMAND_STATUS_UNSPECIFIED": 0,
@@ -75,6 +80,7 @@ var (
 		"COMMAND_STATUS_DROPPED":     6,
 		"COMMAND_STATUS_UNKNOWN":     7,
 		"COMMAND_STATUS_CONFLICT":    8,
+		"COMMAND_STATUS_EXPIRED":     9,
 	}
 )
 
@@ -850,7 +856,7 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
 	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter\x12\x1d\n" +
 	"\n" +
-	"account_id\x18\x05 \x01(\tR\taccountId*\x94\x02\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId*\xb0\x02\n" +
 	"\rCommandStatus\x12\x1e\n" +
 	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -860,7 +866,8 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x15COMMAND_STATUS_PARKED\x10\x05\x12\x1a\n" +
 	"\x16COMMAND_STATUS_DROPPED\x10\x06\x12\x1a\n" +
 	"\x16COMMAND_STATUS_UNKNOWN\x10\a\x12\x1b\n" +
-	"\x17COMMAND_STATUS_CONFLICT\x10\b2\xc8\x03\n" +
+	"\x17COMMAND_STATUS_CONFLICT\x10\b\x12\x1a\n" +
+	"\x16COMMAND_STATUS_EXPIRED\x10\t2\xc8\x03\n" +
 	"\rLedgerService\x12V\n" +
 	"\vOpenAccount\x12\".heed.ledger.v1.OpenAccountRequest\x1a#.heed.ledger.v1.OpenAccountResponse\x12J\n" +
 	"\aDeposit\x12\x1e.heed.ledger.v1.DepositRequest\x1a\x1f.heed.ledger.v1.DepositResponse\x12M\n" +
