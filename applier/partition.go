@@ -40,6 +40,11 @@ type partition struct {
 	queueBytes int
 	// paused is set while the poll loop has paused fetching the partition.
 	paused bool
+	// released is set once the worker's partition was released (release):
+	// feed must not pause it any more, since nothing of this worker would
+	// resume it. The poll loop may still be feeding a worker that a
+	// concurrent assignment (which runs beside the poll loop) replaced.
+	released bool
 	// fed: offsets below it were queued already. Only feed uses it.
 	fed int64
 
@@ -135,7 +140,7 @@ func (w *partition) feed(recs []*kgo.Record, deadline time.Time) {
 		}
 		t.Stop()
 		w.mu.Lock()
-		if full = w.full(); full && !time.Now().Before(deadline) && !w.paused {
+		if full = w.full(); full && !time.Now().Before(deadline) && !w.paused && !w.released && !isDone(w.quit) {
 			w.paused = true
 			w.a.cl.PauseFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
 			w.a.log.Debug("partition's worker does not keep up; fetching paused", "partition", w.p, "records", len(w.queue), "bytes", w.queueBytes)
@@ -305,6 +310,7 @@ func (w *partition) putBack(recs []*kgo.Record) {
 // worker has stopped.
 func (w *partition) release() {
 	w.mu.Lock()
+	w.released = true
 	w.resume()
 	w.queue, w.queueBytes = nil, 0
 	w.mu.Unlock()
