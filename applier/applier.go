@@ -197,12 +197,13 @@ type Applier struct {
 	// again when the member rejoins the group (rejoin), with opts; the
 	// client's callbacks, which may run before cl is set, wait for the
 	// client's ready channel first (see newClient). Only Run's goroutine
-	// writes cl, while no worker runs.
+	// writes cl, while no worker runs, and under clMu, which the watchdog
+	// reads it under (client).
 	cl   *kgo.Client
+	clMu sync.Mutex
 	opts []kgo.Opt
-	// dog watches for stalled partitions, with its own client (admin).
+	// dog watches for stalled partitions.
 	dog   *watchdog
-	admin *kgo.Client
 	stats counters
 	// slots holds one token per batch transaction allowed at once.
 	slots chan struct{}
@@ -279,13 +280,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 	if err := a.newClient(); err != nil {
 		return nil, err
 	}
-	admin, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, cfg.KafkaOpts...)...)
-	if err != nil {
-		a.cl.Close()
-		return nil, fmt.Errorf("create Kafka client: %w", err)
-	}
-	a.admin = admin
-	a.dog = newWatchdog(a, admin)
+	a.dog = newWatchdog(a)
 	return a, nil
 }
 
@@ -305,9 +300,19 @@ func (a *Applier) newClient() error {
 	if err != nil {
 		return fmt.Errorf("create Kafka consumer: %w", err)
 	}
+	a.clMu.Lock()
 	a.cl = cl
+	a.clMu.Unlock()
 	close(ready)
 	return nil
+}
+
+// client is the member's Kafka client, for goroutines other than Run's and
+// the workers'.
+func (a *Applier) client() *kgo.Client {
+	a.clMu.Lock()
+	defer a.clMu.Unlock()
+	return a.cl
 }
 
 // Run consumes and applies until ctx ends or the client fails. When ctx ends it
@@ -323,7 +328,6 @@ func (a *Applier) newClient() error {
 // confirms it, while the others apply.
 func (a *Applier) Run(ctx context.Context) error {
 	defer a.cancelHard()
-	defer a.admin.Close()
 	if err := a.bindTopic(ctx); err != nil {
 		a.cl.Close()
 		return err

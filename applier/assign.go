@@ -66,6 +66,9 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	// an earlier worker of it left behind.
 	a.cl.ResumeFetchPartitions(map[string][]int32{a.cfg.Topic: ids})
 	a.log.Info("partitions assigned", "topic", a.cfg.Topic, "positions", positions)
+	if failpoint.Fire("apply/drop-assigned") {
+		delete(offsets, a.cfg.Topic) // owned, and never fetched
+	}
 	return offsets, nil
 }
 

@@ -52,8 +52,7 @@ func (s Stall) String() string {
 
 // watchdog holds what the watchdog saw of each owned partition.
 type watchdog struct {
-	a     *Applier
-	admin *kadm.Client
+	a *Applier
 
 	mu      sync.Mutex
 	seen    map[*partition]*progress
@@ -76,8 +75,8 @@ type progress struct {
 	kickAt  time.Time
 }
 
-func newWatchdog(a *Applier, admin *kgo.Client) *watchdog {
-	return &watchdog{a: a, admin: kadm.NewClient(admin), seen: make(map[*partition]*progress)}
+func newWatchdog(a *Applier) *watchdog {
+	return &watchdog{a: a, seen: make(map[*partition]*progress)}
 }
 
 // run samples every watchInterval until ctx ends.
@@ -101,7 +100,7 @@ func (d *watchdog) sample(ctx context.Context) {
 	a := d.a
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	listed, err := d.admin.ListEndOffsets(cctx, a.cfg.Topic)
+	listed, err := kadm.NewClient(a.client()).ListEndOffsets(cctx, a.cfg.Topic)
 	if err != nil || listed.Error() != nil {
 		return
 	}
