@@ -140,10 +140,15 @@ func (w *partition) feed(recs []*kgo.Record, deadline time.Time) {
 		}
 		t.Stop()
 		w.mu.Lock()
-		if full = w.full(); full && !time.Now().Before(deadline) && !w.paused && !w.released && !isDone(w.quit) {
-			w.paused = true
-			w.a.cl.PauseFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
-			w.a.log.Debug("partition's worker does not keep up; fetching paused", "partition", w.p, "records", len(w.queue), "bytes", w.queueBytes)
+		if full = w.full(); full && !time.Now().Before(deadline) {
+			// A worker that is stopping, or whose partition was released,
+			// does not pause it: nothing of it would resume the fetch.
+			if !w.paused && !w.released && !isDone(w.quit) {
+				w.paused = true
+				w.a.cl.PauseFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
+				w.a.log.Debug("partition's worker does not keep up; fetching paused", "partition", w.p, "records", len(w.queue), "bytes", w.queueBytes)
+			}
+			full = false
 		}
 		if w.paused || isDone(w.done) {
 			full = false
@@ -213,7 +218,23 @@ func (w *partition) run() {
 		// Cut the batch only now: what arrived while this partition waited
 		// for a slot (other partitions' transactions) joins it, instead of
 		// waiting for a transaction of its own.
-		if !w.applyBatch(w.take()) {
+		batch := w.take()
+		// Records below the known position were applied by another member
+		// (a resync put them back): no transaction for them. A batch of
+		// nothing else gives its slot back here; applyBatch would return
+		// at once holding it, and each such batch lost one of the
+		// Concurrency slots for good, until none was left and no partition
+		// of the member applied again (issue 26, hole 7: after a broker
+		// restart both members of a KIP-848 group applied the same
+		// partitions for a moment, and one of them stopped).
+		for len(batch) > 0 && batch[0].Offset < w.next {
+			batch = batch[1:]
+		}
+		if len(batch) == 0 {
+			<-a.slots
+			continue
+		}
+		if !w.applyBatch(batch) {
 			return
 		}
 	}

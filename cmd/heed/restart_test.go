@@ -138,5 +138,11 @@ func testBrokerRestart(t *testing.T, bin, protocol string, dropFetch bool) {
 	if dropFetch && !strings.Contains(applies[1].stderr.String(), "failpoint apply/drop-assigned: firing") {
 		t.Errorf("the armed applier never dropped an assignment's fetch: the case tested nothing")
 	}
-	t.Logf("group protocol %s: %d deposits acknowledged through two broker SIGKILLs; every partition applied %v after the last restart", protocol, acked, time.Since(restarted).Round(100*time.Millisecond))
+	recovered, rejoined := 0, 0
+	for _, a := range applies {
+		recovered += strings.Count(a.stderr.String(), "resuming and re-seeking their fetch")
+		rejoined += strings.Count(a.stderr.String(), "leaving the group and joining it again")
+	}
+	t.Logf("group protocol %s: %d deposits acknowledged through two broker SIGKILLs; every partition applied %v after the last restart; the watchdogs recovered stalled fetches %d times and rejoined %d times",
+		protocol, acked, time.Since(restarted).Round(100*time.Millisecond), recovered, rejoined)
 }
