@@ -105,6 +105,14 @@ type Config struct {
 	// first use, and an applier with another one refuses to start
 	// (ErrWindowChanged): retention prunes by it (see package retention).
 	DedupWindow time.Duration
+	// StallTimeout is how long an assigned partition that has records
+	// waiting in the topic may go without its applied position moving
+	// before it counts as stalled (Stalled; metrics and readiness). A
+	// stalled partition whose worker got nothing to apply has its fetching
+	// recovered: resumed and re-seeked, then, if it still does not move
+	// within another StallTimeout, the member rejoins the group (default
+	// 5s).
+	StallTimeout time.Duration
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
@@ -162,6 +170,9 @@ func (c *Config) setDefaults() {
 	if c.RebalanceTimeout <= 0 {
 		c.RebalanceTimeout = c.ShutdownGrace + 20*time.Second
 	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 5 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -192,11 +203,18 @@ type Applier struct {
 	pool    *pgxpool.Pool
 	handler Handler
 	log     *slog.Logger
-	// cl is set once New has created it; the client's callbacks, which may
-	// run before that, wait for clReady first.
-	cl      *kgo.Client
-	clReady chan struct{}
-	stats   counters
+	// cl is the group member's client. New creates it and Run creates it
+	// again when the member rejoins the group (rejoin), with opts; the
+	// client's callbacks, which may run before cl is set, wait for the
+	// client's ready channel first (see newClient). Only Run's goroutine
+	// writes cl, while no worker runs, and under clMu, which the watchdog
+	// reads it under (client).
+	cl   *kgo.Client
+	clMu sync.Mutex
+	opts []kgo.Opt
+	// dog watches for stalled partitions.
+	dog   *watchdog
+	stats counters
 	// logs bounds how often the member's retry loops log (the partitions'
 	// workers have their own).
 	logs *lograte.Limiter
@@ -241,7 +259,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		return nil, err
 	}
 	a := &Applier{cfg: cfg, pool: pool, handler: h, log: cfg.Logger, parts: make(map[int32]*partition),
-		slots: make(chan struct{}, cfg.Concurrency), clReady: make(chan struct{}), logs: lograte.New(retryLogEvery)}
+		slots: make(chan struct{}, cfg.Concurrency), logs: lograte.New(retryLogEvery)}
 	a.hard, a.cancelHard = context.WithCancel(context.Background())
 	a.stopped, a.stop = context.WithCancelCause(context.Background())
 	opts := []kgo.Opt{
@@ -264,7 +282,6 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/4)),
-		kgo.AdjustFetchOffsetsFn(a.assigned),
 		kgo.OnPartitionsRevoked(a.revoked),
 		kgo.OnPartitionsLost(a.lost),
 		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka"))),
@@ -275,13 +292,43 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 	if cfg.ServerSideGroup {
 		opts = append(opts, kgo.ServerSideBalancer(), kgo.Balancers(kgo.StickyBalancer()))
 	}
-	cl, err := kgo.NewClient(append(opts, cfg.KafkaOpts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("create Kafka consumer: %w", err)
+	a.opts = append(opts, cfg.KafkaOpts...)
+	if err := a.newClient(); err != nil {
+		return nil, err
 	}
-	a.cl = cl
-	close(a.clReady)
+	a.dog = newWatchdog(a)
 	return a, nil
+}
+
+// newClient creates the group member's Kafka client and sets a.cl. Its
+// assignment callback waits until a.cl is set.
+func (a *Applier) newClient() error {
+	ready := make(chan struct{})
+	assigned := func(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return a.assigned(ctx, offsets)
+	}
+	cl, err := kgo.NewClient(append(a.opts, kgo.AdjustFetchOffsetsFn(assigned))...)
+	if err != nil {
+		return fmt.Errorf("create Kafka consumer: %w", err)
+	}
+	a.clMu.Lock()
+	a.cl = cl
+	a.clMu.Unlock()
+	close(ready)
+	return nil
+}
+
+// client is the member's Kafka client, for goroutines other than Run's and
+// the workers'.
+func (a *Applier) client() *kgo.Client {
+	a.clMu.Lock()
+	defer a.clMu.Unlock()
+	return a.cl
 }
 
 // Run consumes and applies until ctx ends or the client fails. When ctx ends it
@@ -301,6 +348,9 @@ func (a *Applier) Run(ctx context.Context) error {
 		a.cl.Close()
 		return err
 	}
+	dogCtx, stopDog := context.WithCancel(ctx)
+	defer stopDog()
+	go a.dog.run(dogCtx)
 
 	outer := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -308,12 +358,16 @@ func (a *Applier) Run(ctx context.Context) error {
 	defer context.AfterFunc(a.stopped, func() { cancel(context.Cause(a.stopped)) })()
 	a.log.Info("applier started", "topic", a.cfg.Topic, "group", a.cfg.Group, "brokers", a.cfg.Brokers)
 	for {
-		fetches := a.cl.PollRecords(ctx, 2*a.cfg.MaxBatchRecords)
+		// The poll returns at least every pollWait, so that the loop can
+		// recover stalled partitions when nothing is fetched at all.
+		pctx, pcancel := context.WithTimeout(ctx, pollWait)
+		fetches := a.cl.PollRecords(pctx, 2*a.cfg.MaxBatchRecords)
+		pcancel()
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			break
 		}
 		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return
 			}
 			a.logs.Log(a.log.Warn, "fetch failed; retrying", "topic", topic, "partition", p, "err", err)
@@ -330,6 +384,15 @@ func (a *Applier) Run(ctx context.Context) error {
 				w.feed(ftp.Records, deadline)
 			}
 		})
+		if ps, rejoin := a.dog.takeKicks(); rejoin {
+			if err := a.rejoin(); err != nil {
+				cancel(err)
+				break
+			}
+			continue
+		} else if len(ps) > 0 {
+			a.recoverStalls(ps)
+		}
 		a.cl.AllowRebalance()
 	}
 	a.shutdown()
@@ -341,9 +404,20 @@ func (a *Applier) Run(ctx context.Context) error {
 	return nil
 }
 
+// pollWait bounds one poll of the Run loop.
+const pollWait = time.Second
+
 // shutdown stops every worker (finishing or rolling back in-flight batches),
 // commits the marked offsets and closes the client.
 func (a *Applier) shutdown() {
+	a.closeClient()
+	a.log.Info("applier stopped")
+}
+
+// closeClient stops every worker (finishing or rolling back in-flight
+// batches), commits the marked offsets and closes the client, which leaves
+// the group.
+func (a *Applier) closeClient() {
 	a.mu.Lock()
 	all := make([]*partition, 0, len(a.parts))
 	for p, w := range a.parts {
@@ -355,11 +429,21 @@ func (a *Applier) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := a.cl.CommitMarkedOffsets(ctx); err != nil {
-		a.log.Warn("commit offsets at shutdown failed; the next owner resumes from the database position", "err", err)
+		a.log.Warn("commit offsets failed; the next owner resumes from the database position", "err", err)
 	}
 	a.cl.AllowRebalance()
 	a.cl.Close()
-	a.log.Info("applier stopped")
+}
+
+// rejoin leaves the group and joins it again as a new member, with a new
+// client: the watchdog's last resort for a partition that stays stalled
+// after its fetch was resumed and re-seeked. Run calls it from the poll loop.
+func (a *Applier) rejoin() error {
+	a.log.Warn("partitions with records waiting still do not move; leaving the group and joining it again as a new member",
+		"topic", a.cfg.Topic, "group", a.cfg.Group, "stalled", a.Stalled())
+	a.stats.rejoins.Add(1)
+	a.closeClient()
+	return a.newClient()
 }
 
 // SetLimits bounds what the applier applies: partition p applies only the

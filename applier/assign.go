@@ -24,12 +24,6 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	if len(parts) == 0 {
 		return offsets, nil
 	}
-	// The client may join the group before New has stored it in a.cl.
-	select {
-	case <-a.clReady:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 	ids := slices.Sorted(maps.Keys(parts))
 	var positions map[int32]int64
 	err := backoff.Retry(func() error {
@@ -62,13 +56,19 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 	defer a.mu.Unlock()
 	for _, p := range ids {
 		pos := positions[p]
-		if old := a.parts[p]; old != nil { // not revoked in between: should not happen
+		if old := a.parts[p]; old != nil { // re-assigned without a revocation in between (a KIP-848 session restarted)
 			a.stopAll([]*partition{old})
 		}
 		a.parts[p] = startPartition(a, p, pos)
 		parts[p] = kgo.NewOffset().At(pos).WithEpoch(-1)
 	}
+	// A new worker starts with its partition's fetch not paused, whatever
+	// an earlier worker of it left behind.
+	a.cl.ResumeFetchPartitions(map[string][]int32{a.cfg.Topic: ids})
 	a.log.Info("partitions assigned", "topic", a.cfg.Topic, "positions", positions)
+	if failpoint.Fire("apply/drop-assigned") {
+		delete(offsets, a.cfg.Topic) // owned, and never fetched
+	}
 	return offsets, nil
 }
 

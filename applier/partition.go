@@ -42,6 +42,11 @@ type partition struct {
 	queueBytes int
 	// paused is set while the poll loop has paused fetching the partition.
 	paused bool
+	// released is set once the worker's partition was released (release):
+	// feed must not pause it any more, since nothing of this worker would
+	// resume it. The poll loop may still be feeding a worker that a
+	// concurrent assignment (which runs beside the poll loop) replaced.
+	released bool
 	// fed: offsets below it were queued already. Only feed uses it.
 	fed int64
 
@@ -149,10 +154,15 @@ func (w *partition) feed(recs []*kgo.Record, deadline time.Time) {
 		}
 		t.Stop()
 		w.mu.Lock()
-		if full = w.full(); full && !time.Now().Before(deadline) && !w.paused {
-			w.paused = true
-			w.a.cl.PauseFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
-			w.a.log.Debug("partition's worker does not keep up; fetching paused", "partition", w.p, "records", len(w.queue), "bytes", w.queueBytes)
+		if full = w.full(); full && !time.Now().Before(deadline) {
+			// A worker that is stopping, or whose partition was released,
+			// does not pause it: nothing of it would resume the fetch.
+			if !w.paused && !w.released && !isDone(w.quit) {
+				w.paused = true
+				w.a.cl.PauseFetchPartitions(map[string][]int32{w.a.cfg.Topic: {w.p}})
+				w.a.log.Debug("partition's worker does not keep up; fetching paused", "partition", w.p, "records", len(w.queue), "bytes", w.queueBytes)
+			}
+			full = false
 		}
 		if w.paused || isDone(w.done) {
 			full = false
@@ -222,7 +232,23 @@ func (w *partition) run() {
 		// Cut the batch only now: what arrived while this partition waited
 		// for a slot (other partitions' transactions) joins it, instead of
 		// waiting for a transaction of its own.
-		if !w.applyBatch(w.take()) {
+		batch := w.take()
+		// Records below the known position were applied by another member
+		// (a resync put them back): no transaction for them. A batch of
+		// nothing else gives its slot back here; applyBatch would return
+		// at once holding it, and each such batch lost one of the
+		// Concurrency slots for good, until none was left and no partition
+		// of the member applied again (issue 26, hole 7: after a broker
+		// restart both members of a KIP-848 group applied the same
+		// partitions for a moment, and one of them stopped).
+		for len(batch) > 0 && batch[0].Offset < w.next {
+			batch = batch[1:]
+		}
+		if len(batch) == 0 {
+			<-a.slots
+			continue
+		}
+		if !w.applyBatch(batch) {
 			return
 		}
 	}
@@ -327,6 +353,7 @@ func (w *partition) putBack(recs []*kgo.Record) {
 // worker has stopped.
 func (w *partition) release() {
 	w.mu.Lock()
+	w.released = true
 	w.resume()
 	w.queue, w.queueBytes = nil, 0
 	w.mu.Unlock()

@@ -24,22 +24,29 @@ type Stats struct {
 	// the dedup lookup and failed (most often on an event recorded before, a
 	// duplicate), retried at once with the lookup.
 	LookupRetries int64
+	// StallRecoveries is how many times the watchdog resumed and re-seeked
+	// the fetch of a stalled partition whose worker got nothing to apply;
+	// Rejoins how many times it left the group and joined it again because
+	// one stayed stalled (see Config.StallTimeout).
+	StallRecoveries, Rejoins int64
 }
 
 type counters struct {
-	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale, lookupRetries atomic.Int64
+	batches, applied, duplicates, conflicts, quarantined, parked, retries, stale, lookupRetries, stallRecoveries, rejoins atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
-		Batches:       c.batches.Load(),
-		Applied:       c.applied.Load(),
-		Duplicates:    c.duplicates.Load(),
-		Conflicts:     c.conflicts.Load(),
-		Quarantined:   c.quarantined.Load(),
-		Parked:        c.parked.Load(),
-		Retries:       c.retries.Load(),
-		Stale:         c.stale.Load(),
-		LookupRetries: c.lookupRetries.Load(),
+		Batches:         c.batches.Load(),
+		Applied:         c.applied.Load(),
+		Duplicates:      c.duplicates.Load(),
+		Conflicts:       c.conflicts.Load(),
+		Quarantined:     c.quarantined.Load(),
+		Parked:          c.parked.Load(),
+		Retries:         c.retries.Load(),
+		Stale:           c.stale.Load(),
+		LookupRetries:   c.lookupRetries.Load(),
+		StallRecoveries: c.stallRecoveries.Load(),
+		Rejoins:         c.rejoins.Load(),
 	}
 }

@@ -28,13 +28,7 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds heed and runs it as processes for a minute")
 	}
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("HEED_CHAOS_SEED"); v != "" {
-		var err error
-		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
-			t.Fatalf("HEED_CHAOS_SEED=%q: want a number", v)
-		}
-	}
+	seed := chaosSeed(t)
 	duration, gap := 30*time.Second, 1500*time.Millisecond
 	if os.Getenv("HEED_CHAOS_LONG") != "" {
 		duration, gap = 10*time.Minute, time.Second
@@ -102,4 +96,17 @@ func TestChaos(t *testing.T) {
 	}
 	t.Logf("seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault; %s",
 		seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls)
+}
+
+// chaosSeed is HEED_CHAOS_SEED, or a new seed.
+func chaosSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("HEED_CHAOS_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("HEED_CHAOS_SEED=%q: want a number", v)
+		}
+	}
+	return seed
 }

@@ -50,7 +50,7 @@ func (s *stack) clearFailpoints() {
 // records the topic holds.
 func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration, int64) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(s.broker.Addrs()...))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokerAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ type progress struct {
 func watchPartitions(ctx context.Context, s *stack, start time.Time) *progress {
 	pr := &progress{}
 	go func() {
-		cl, err := kgo.NewClient(kgo.SeedBrokers(s.broker.Addrs()...))
+		cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokerAddr))
 		if err != nil {
 			return
 		}

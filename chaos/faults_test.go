@@ -130,7 +130,7 @@ var faults = []fault{
 		// heed rebuild --verify --swap under the load, killed at a failpoint
 		// mid-replay half the time (the next run resumes), with an applier
 		// SIGKILLed while it runs; then --drop-old.
-		args := []string{"rebuild", "--brokers", s.broker.Addrs()[0], "--database-url", s.dbURL, "--batch-records", "500", "--hold-timeout", "30s", "--log-level", "warn"}
+		args := []string{"rebuild", "--brokers", s.brokerAddr, "--database-url", s.dbURL, "--batch-records", "500", "--hold-timeout", "30s", "--log-level", "warn"}
 		var did []string
 		if rng.IntN(2) == 0 {
 			at := 1 + rng.IntN(5)

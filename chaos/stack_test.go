@@ -21,18 +21,22 @@ import (
 )
 
 // stack is what a chaos run drives: a private Postgres cluster it can crash,
-// the embedded broker in this process (so that faults reach it through
-// kfake's control hooks), and heed serve and heed apply processes built with
+// the embedded broker, and heed serve and heed apply processes built with
 // failpoints, kept alive by the run: a process that died is started again.
+// The broker runs in this process (broker, so that faults reach it through
+// kfake's control hooks) or, for the broker restarts, as a heed broker
+// process (brokerProc) on a fixed address and data dir.
 type stack struct {
-	t       *testing.T
-	bin     string
-	pg      *devstack.Cluster
-	dbURL   string
-	broker  *devstack.Broker
-	serves  []*slot // each on its own address
-	applies []*slot
-	log     *schedule
+	t          *testing.T
+	bin        string
+	pg         *devstack.Cluster
+	dbURL      string
+	broker     *devstack.Broker // nil with brokerProc
+	brokerProc *slot
+	brokerAddr string
+	serves     []*slot // each on its own address
+	applies    []*slot
+	log        *schedule
 }
 
 // slot is one process the stack keeps running: args, and the process now
@@ -74,26 +78,41 @@ func (p *proc) running() bool {
 // serves servers and applies appliers.
 func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
 	t.Helper()
+	return newStackBroker(t, serves, applies, log, false)
+}
+
+// newStackBroker is newStack with, if brokerProcess, the broker as a heed
+// broker process that restartBroker can SIGKILL and start again, and
+// applyArgs added to every applier's.
+func newStackBroker(t *testing.T, serves, applies int, log *schedule, brokerProcess bool, applyArgs ...string) *stack {
+	t.Helper()
 	s := &stack{t: t, bin: testenv.BuildHeed(t, "failpoints"), pg: testenv.Cluster(t), log: log}
 	s.dbURL = s.pg.URL("postgres")
-	b, err := devstack.StartBroker(t.Context(), devstack.BrokerConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Partitions: 8})
-	if err != nil {
-		t.Fatalf("start broker: %v", err)
+	if brokerProcess {
+		s.brokerAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		s.brokerProc = &slot{name: "broker", args: []string{"broker", "--listen", s.brokerAddr, "--data-dir", t.TempDir(), "--partitions", "8"}}
+		s.startBroker()
+		t.Cleanup(func() { s.kill(s.brokerProc) })
+	} else {
+		b, err := devstack.StartBroker(t.Context(), devstack.BrokerConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Partitions: 8})
+		if err != nil {
+			t.Fatalf("start broker: %v", err)
+		}
+		t.Cleanup(b.Close)
+		s.broker, s.brokerAddr = b, b.Addrs()[0]
 	}
-	t.Cleanup(b.Close)
-	s.broker = b
 	run(t, s.bin, "migrate", "--database-url", s.dbURL)
 	level := "warn"
 	if logDir != "" {
 		level = "info"
 	}
-	common := []string{"--brokers", b.Addrs()[0], "--database-url", s.dbURL, "--log-level", level}
+	common := []string{"--brokers", s.brokerAddr, "--database-url", s.dbURL, "--log-level", level}
 	for i := range serves {
 		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 		s.serves = append(s.serves, &slot{name: fmt.Sprint("serve-", i), addr: addr, args: append([]string{"serve", "--listen", addr}, common...)})
 	}
 	for i := range applies {
-		args := append([]string{"apply"}, common...)
+		args := append(append([]string{"apply"}, common...), applyArgs...)
 		if staticMembers {
 			args = append(args, "--group-instance-id", fmt.Sprint("apply-", i))
 		}
@@ -139,6 +158,30 @@ func (s *stack) start(sl *slot) {
 	}
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	sl.proc = p
+}
+
+// startBroker starts the broker process and waits until it serves.
+func (s *stack) startBroker() {
+	s.start(s.brokerProc)
+	p := s.brokerProc.running()
+	deadline := time.Now().Add(30 * time.Second)
+	for p != nil && p.running() && time.Now().Before(deadline) {
+		p.mu.Lock()
+		up := strings.Contains(p.out.String(), "broker listening on ")
+		p.mu.Unlock()
+		if up {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Errorf("heed broker did not start serving on %s", s.brokerAddr)
+}
+
+// restartBroker SIGKILLs the broker process and starts it again at once, on
+// the same data dir and address, as a supervisor would.
+func (s *stack) restartBroker() {
+	s.kill(s.brokerProc)
+	s.startBroker()
 }
 
 // running is sl's process while it runs, else nil.

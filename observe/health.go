@@ -17,12 +17,32 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/heed-dev/heed/applier"
 )
 
 // Check is one readiness check: nil when its part is ready.
 type Check struct {
 	Name string
 	Fn   func(ctx context.Context) error
+}
+
+// StallCheck is the readiness check "stalled": it fails, naming them, while
+// partitions the applier owns have records waiting and their applied
+// position has not moved for max (stalled is applier.Applier.Stalled).
+func StallCheck(stalled func() []applier.Stall, max time.Duration) Check {
+	return Check{Name: "stalled", Fn: func(context.Context) error {
+		var long []string
+		for _, s := range stalled() {
+			if s.Since >= max {
+				long = append(long, s.String())
+			}
+		}
+		if len(long) == 0 {
+			return nil
+		}
+		return fmt.Errorf("partitions with records waiting have not moved for %v (--ready-max-stall): %s", max, strings.Join(long, "; "))
+	}}
 }
 
 // Health runs readiness checks, at most once per second whatever asks

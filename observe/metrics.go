@@ -204,6 +204,15 @@ var (
 	scrapeErr   = prometheus.NewDesc("heed_positions_scrape_errors", "1 when the last scrape could not read the positions or the topic's end.", nil, nil)
 )
 
+// WatchStalls exports heed_applier_stalled_partitions: how many partitions
+// the applier owns have records waiting and did not move for its stall
+// timeout (applier.Applier.Stalled).
+func (m *Metrics) WatchStalls(stalled func() []applier.Stall) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "heed_applier_stalled_partitions",
+		Help: "Partitions this applier owns that have records waiting and whose applied position did not move for --stall-timeout."},
+		func() float64 { return float64(len(stalled())) }))
+}
+
 // WatchPositions exports p as heed_applier_position, heed_topic_end_offset,
 // heed_applier_lag_records and heed_quarantine_records.
 func (m *Metrics) WatchPositions(p Positions) { m.reg.MustRegister(p) }

@@ -50,7 +50,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	}
 	defer pool.Close()
 	x.metrics.WatchPool(pool)
-	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs.readyMaxLag)
+	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs)
 }
 
 // validate checks every flag before apply starts anything.

@@ -102,12 +102,14 @@ func (k *kafkaFlags) newClient(extra ...kgo.Opt) (*kgo.Client, error) {
 type obsFlags struct {
 	metricsListen string
 	readyMaxLag   int64
+	readyMaxStall time.Duration
 }
 
 func (o *obsFlags) register(fs *flag.FlagSet, metricsDefault string, withLag bool) {
 	fs.StringVar(&o.metricsListen, "metrics-listen", metricsDefault, "address to serve Prometheus /metrics, /healthz and /readyz on; \"\" serves none")
 	if withLag {
 		fs.Int64Var(&o.readyMaxLag, "ready-max-lag", 100000, "/readyz reports the applier not ready while more records than this wait to be applied (0: no bound)")
+		fs.DurationVar(&o.readyMaxStall, "ready-max-stall", 30*time.Second, "/readyz reports the applier not ready while a partition it owns has records waiting and its applied position has not moved for this long (0: no bound)")
 	}
 }
 
@@ -211,6 +213,8 @@ type applyFlags struct {
 	retention, retentionInterval time.Duration
 	// groupProtocol is classic or consumer (KIP-848).
 	groupProtocol string
+	// stallTimeout is applier.Config.StallTimeout.
+	stallTimeout time.Duration
 }
 
 func (a *applyFlags) register(fs *flag.FlagSet) {
@@ -220,6 +224,7 @@ func (a *applyFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&a.rebalanceTimeout, "group-rebalance-timeout", 0, "how long a rebalance waits for every applier to rejoin, finishing in-flight batches; above --shutdown-timeout (default: --shutdown-timeout + 20s)")
 	fs.StringVar(&a.groupProtocol, "group-protocol", "consumer", "consumer group protocol: classic (client-side assignment, rebalances stop the group) or consumer (KIP-848, Kafka 4.0+: the coordinator assigns, members come and go without stopping the others; the session timeout is then the broker's group.consumer.session.timeout.ms)")
 	fs.DurationVar(&a.retention, "retention", retention.DefaultRetention, "the dedup window: a command retried within it (in record time) is a duplicate, later a new command; processed events (and their outcomes, for GetCommandResult) older than it are pruned; longer than any client retries; recorded in the projection at first use, and fixed; 0: no window, kept forever (see docs/REPLAY.md)")
+	fs.DurationVar(&a.stallTimeout, "stall-timeout", 5*time.Second, "how long a partition this applier owns may have records waiting without its applied position moving before it counts as stalled (heed_applier_stalled_partitions) and, when nothing was fetched for it, its fetch is resumed and re-seeked, then the applier rejoins the group")
 	fs.DurationVar(&a.retentionInterval, "retention-interval", time.Hour, "how often the applier prunes processed events older than --retention (one applier of the group at a time)")
 	a.registerBatch(fs, 4000, 4<<20)
 }

@@ -151,7 +151,7 @@ Try (account banner-demo; the README's walkthrough uses other accounts and reque
 		case <-gctx.Done():
 			return nil
 		}
-		return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs.readyMaxLag)
+		return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs)
 	})
 	return g.Wait()
 }

@@ -224,7 +224,7 @@ func TestOperations(t *testing.T) {
 	if n := sample(after, "heed_rpc_requests_total", map[string]string{"code": "unauthenticated"}); n < 3 {
 		t.Errorf("heed_rpc_requests_total{code=unauthenticated} = %v, want the 3 refused requests", n)
 	}
-	for _, family := range []string{"heed_applier_lag_records", "heed_applier_position", "heed_topic_end_offset", "heed_quarantine_records",
+	for _, family := range []string{"heed_applier_lag_records", "heed_applier_stalled_partitions", "heed_applier_position", "heed_topic_end_offset", "heed_quarantine_records",
 		"heed_db_pool_acquired_connections", "heed_apply_retries_total", "heed_produce_errors_total", "go_goroutines", "process_resident_memory_bytes"} {
 		if sample(after, family, nil) < 0 {
 			t.Errorf("/metrics has no %s", family)
@@ -252,7 +252,7 @@ func TestOperations(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, func() string {
 		code, body := get(t, "http://"+metrics+"/readyz")
-		if code != 200 || !strings.Contains(body, "lag: ok") || !strings.Contains(body, "topic: ok") {
+		if code != 200 || !strings.Contains(body, "lag: ok") || !strings.Contains(body, "stalled: ok") || !strings.Contains(body, "topic: ok") {
 			return fmt.Sprintf("/readyz: %d %s", code, body)
 		}
 		return ""

@@ -75,6 +75,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 		InstanceID:       af.instanceID,
 		ServerSideGroup:  af.groupProtocol == "consumer",
 		DedupWindow:      af.retention,
+		StallTimeout:     af.stallTimeout,
 		Logger:           logger,
 	}
 }
@@ -162,7 +163,7 @@ func topicError(db dbFlags, err error) error {
 }
 
 // applyFrom runs the ledger applier until ctx ends.
-func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool, x *ops, readyMaxLag int64) error {
+func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool, x *ops, obs obsFlags) error {
 	cfg := applierConfig(logger, kafka, af)
 	var err error
 	if cfg.KafkaOpts, err = x.kafkaOpts(kafka, "applier"); err != nil {
@@ -179,7 +180,11 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	}
 	defer adminCl.Close()
 	x.commonChecks(db, pool, adminCl)
-	x.applyChecks(kafka, pool, adminCl, readyMaxLag)
+	x.applyChecks(kafka, pool, adminCl, obs.readyMaxLag)
+	x.metrics.WatchStalls(a.Stalled)
+	if obs.readyMaxStall > 0 {
+		x.health.Add(observe.StallCheck(a.Stalled, obs.readyMaxStall))
+	}
 	warnDurability(ctx, adminCl, kafka.topic, logger)
 	if af.retention > 0 {
 		go retention.Run(ctx, pool, retention.Config{Topic: kafka.topic, Retention: af.retention, Logger: logger.With("component", "retention")}, af.retentionInterval)

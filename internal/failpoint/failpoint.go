@@ -11,13 +11,17 @@
 //	stall       block the goroutine that hits it, for good
 //	stall@N     the same from the N-th hit on
 //	stall:DUR   block for DUR (a Go duration), at every hit; stall:DUR@N from the N-th
+//	fire        make Fire report true at the first hit, once; fire@N at the N-th
 //
 // The points (see Points): apply/after-lookup (the batch's first round trip
 // done, nothing written), apply/before-commit (the batch's rows written, the
 // COMMIT not sent), apply/after-commit (the batch committed, its offset not
 // marked for commit), apply/revoke (partitions being revoked, before their
-// workers stop) and ingest/after-produce (the broker acknowledged a command,
-// the client not answered).
+// workers stop), apply/drop-assigned (Fire: the partitions just assigned
+// are handed back to the Kafka client without a start offset, so the client
+// never fetches them although the group assigned them: what a broker restart
+// left behind in issue 26) and ingest/after-produce (the broker acknowledged
+// a command, the client not answered).
 package failpoint
 
 // Points are the names Hit is called with.
@@ -26,5 +30,6 @@ var Points = []string{
 	"apply/before-commit",
 	"apply/after-commit",
 	"apply/revoke",
+	"apply/drop-assigned",
 	"ingest/after-produce",
 }

@@ -7,3 +7,6 @@ const Enabled = false
 
 // Hit does nothing: this binary was built without failpoints.
 func Hit(string) {}
+
+// Fire reports false: this binary was built without failpoints.
+func Fire(string) bool { return false }

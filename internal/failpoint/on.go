@@ -18,6 +18,7 @@ const Enabled = true
 
 type point struct {
 	crash bool
+	fire  bool
 	stall time.Duration // 0: for good
 	at    int64
 	hits  atomic.Int64
@@ -28,7 +29,7 @@ var points = mustParse(os.Getenv("HEED_FAILPOINTS"))
 // Hit crashes or stalls the process if the point name is armed and due.
 func Hit(name string) {
 	p := points[name]
-	if p == nil || p.hits.Add(1) < p.at {
+	if p == nil || p.fire || p.hits.Add(1) < p.at {
 		return
 	}
 	if p.crash {
@@ -41,6 +42,17 @@ func Hit(name string) {
 		select {}
 	}
 	time.Sleep(p.stall)
+}
+
+// Fire reports whether the point name is armed with fire and this is its
+// due hit; true once.
+func Fire(name string) bool {
+	p := points[name]
+	if p == nil || !p.fire || p.hits.Add(1) != p.at {
+		return false
+	}
+	fmt.Fprintf(os.Stderr, "failpoint %s: firing\n", name)
+	return true
 }
 
 func mustParse(spec string) map[string]*point {
@@ -73,6 +85,8 @@ func parse(spec string) (map[string]*point, error) {
 		switch {
 		case action == "crash":
 			p.crash = true
+		case action == "fire":
+			p.fire = true
 		case action == "stall":
 		case strings.HasPrefix(action, "stall:"):
 			d, err := time.ParseDuration(strings.TrimPrefix(action, "stall:"))
@@ -81,7 +95,7 @@ func parse(spec string) (map[string]*point, error) {
 			}
 			p.stall = d
 		default:
-			return nil, fmt.Errorf("%q: the action must be crash, stall or stall:DUR, optionally @N", item)
+			return nil, fmt.Errorf("%q: the action must be crash, stall, stall:DUR or fire, optionally @N", item)
 		}
 		ps[name] = p
 	}

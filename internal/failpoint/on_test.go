@@ -21,6 +21,9 @@ func TestParse(t *testing.T) {
 	if p := ps["apply/revoke"]; p.crash || p.stall != 0 || p.at != 1 {
 		t.Errorf("revoke = %+v", p)
 	}
+	if ps, err := parse("apply/drop-assigned=fire@2"); err != nil || !ps["apply/drop-assigned"].fire || ps["apply/drop-assigned"].at != 2 {
+		t.Errorf("fire@2 = %+v, %v", ps["apply/drop-assigned"], err)
+	}
 	for _, bad := range []string{"nowhere=crash", "apply/revoke", "apply/revoke=explode", "apply/revoke=crash@0", "apply/revoke=stall:-1s"} {
 		if _, err := parse(bad); err == nil {
 			t.Errorf("parse(%q) succeeded", bad)
