@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/applier"
+	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
@@ -27,6 +29,9 @@ type genCommand struct {
 	requestID string
 	account   string
 	amount    int64
+	// target is, for an operator's drop or redrive, which junk record of
+	// the stream (0: the first) the decision names.
+	target int
 	// at is the record's timestamp, as an offset from the stream's start,
 	// in a windowed stream (see genTimes): producer clocks jump and go
 	// backwards.
@@ -34,8 +39,13 @@ type genCommand struct {
 }
 
 func (c genCommand) String() string {
-	if c.kind == "open" {
+	switch c.kind {
+	case "open":
 		return fmt.Sprintf("open(%s,%s)", c.requestID, c.account)
+	case "junk":
+		return fmt.Sprintf("junk(%s)@%v", c.account, c.at)
+	case "drop", "redrive":
+		return fmt.Sprintf("%s(junk %d)@%v", c.kind, c.target, c.at)
 	}
 	return fmt.Sprintf("%s(%s,%s,%d)@%v", c.kind, c.requestID, c.account, c.amount, c.at)
 }
@@ -66,6 +76,58 @@ func genTimes(rng *rand.Rand, stream []genCommand) {
 	}
 }
 
+// junkAndDecisions writes the stream's junk records and operators'
+// decisions straight to the topic, with timestamp start+c.at, whatever the
+// mode; it remembers where each junk record landed, which its decisions
+// name. A decision naming a junk record the stream (shrunk) no longer has
+// is left out.
+type junkAndDecisions struct {
+	p       *pipeline
+	control *kgo.Client // a manual partitioner: a decision goes to its record's partition
+	junk    []*kgo.Record
+}
+
+func newJunkAndDecisions(t *testing.T, p *pipeline) *junkAndDecisions {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.broker...), kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(p.topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return &junkAndDecisions{p: p, control: cl}
+}
+
+// write writes c if it is junk or a decision, and reports whether it was.
+func (j *junkAndDecisions) write(t *testing.T, start time.Time, c genCommand) bool {
+	t.Helper()
+	switch c.kind {
+	case "junk":
+		rec := &kgo.Record{Key: []byte(c.account), Value: []byte("not an event"), Timestamp: start.Add(c.at)}
+		j.junk = append(j.junk, j.p.produceRaw(t, rec)[0])
+		return true
+	case "drop", "redrive":
+		if c.target >= len(j.junk) {
+			return true
+		}
+		target := j.junk[c.target]
+		action := envelopev1.QuarantineAction_QUARANTINE_ACTION_DROP
+		if c.kind == "redrive" {
+			action = envelopev1.QuarantineAction_QUARANTINE_ACTION_REDRIVE
+		}
+		rec, err := applier.DecisionRecord(j.p.topic, target.Key, &envelopev1.QuarantineDecision{
+			Action: action, Partition: target.Partition, Offset: target.Offset, Reason: "property test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Timestamp = start.Add(c.at)
+		if err := j.control.ProduceSync(t.Context(), rec).FirstErr(); err != nil {
+			t.Fatalf("produce a decision: %v", err)
+		}
+		return true
+	}
+	return false
+}
+
 // produceAt writes c straight to the topic with timestamp start+c.at.
 func (p *pipeline) produceAt(t *testing.T, start time.Time, c genCommand) {
 	t.Helper()
@@ -86,13 +148,27 @@ func (p *pipeline) produceAt(t *testing.T, start time.Time, c genCommand) {
 // genStream draws n commands over accounts: opens (some accounts never
 // opened: unknown), deposits, withdrawals that often overdraw, resends of an
 // earlier command (a duplicate) and request IDs reused with other content
-// or for another account.
+// or for another account, and records that are not events (junk, which
+// quarantines and parks its account) with operators' drops and re-drives of
+// them (control records).
 func genStream(rng *rand.Rand, n, accounts int) []genCommand {
 	var out []genCommand
 	acct := func() string { return fmt.Sprintf("a%d", rng.IntN(accounts)) }
+	junks := 0
 	for i := range n {
 		var c genCommand
-		switch r := rng.IntN(100); {
+		switch r := rng.IntN(110); {
+		case r >= 104 && junks > 0:
+			c = genCommand{kind: "drop", target: rng.IntN(junks)}
+			if r >= 108 {
+				c.kind = "redrive"
+			}
+			out = append(out, c)
+			continue
+		case r >= 100:
+			junks++
+			out = append(out, genCommand{kind: "junk", account: acct()})
+			continue
 		case r < 15:
 			c = genCommand{kind: "open", account: acct()}
 		case r < 55:
@@ -168,8 +244,11 @@ func replayDiffers(t *testing.T, seed uint64, stream []genCommand, windowed bool
 	}
 	stop, done := startLive()
 	var pruned int64
+	jd := newJunkAndDecisions(t, p)
 	for i, c := range stream {
-		if windowed {
+		if jd.write(t, start, c) {
+			// written: junk, or an operator's decision
+		} else if windowed {
 			p.produceAt(t, start, c)
 			if rng.IntN(8) == 0 {
 				_, n, err := retention.Once(t.Context(), p.pool, retention.Config{Topic: p.topic})
@@ -226,8 +305,9 @@ func replayDiffers(t *testing.T, seed uint64, stream []genCommand, windowed bool
 
 // TestReplayDeterministic is the property that the topic is the truth: for
 // random command streams (duplicates, request IDs reused with other content
-// or for another account, overdrafts, unknown accounts, 12 accounts over 3
-// partitions), the state built live, through applier restarts with random
+// or for another account, overdrafts, unknown accounts, junk records that
+// park their account, operators' drops and re-drives of them as control
+// records, 12 accounts over 3 partitions), the state built live, through applier restarts with random
 // batch sizes, equals the state a rebuild replays from the topic with
 // another batch size, table by table. Each stream runs twice: through the
 // RPC, and written to the topic with record timestamps that jump and go

@@ -53,12 +53,19 @@ func ConfirmPartitions(ctx context.Context, q Querier, cl *kgo.Client, name stri
 	case live.Partitions < rec.Partitions:
 		return Identity{}, fmt.Errorf("topic %s has %d partitions, fewer than the %d the projection was built with: Kafka cannot remove partitions, so this is another topic", name, live.Partitions, rec.Partitions)
 	}
-	var ends map[int32]int64
+	var (
+		ends map[int32]int64
+		last string // what was left at the last look
+	)
 	for {
 		var why string
 		if ends, why, err = drained(ctx, q, cl, rec); err != nil {
+			if ctx.Err() != nil && last != "" { // ctx ended while looking again: say what was left
+				return Identity{}, fmt.Errorf("%w (%s): %v", ErrNotDrained, last, ctx.Err())
+			}
 			return Identity{}, err
 		}
+		last = why
 		if why == "" {
 			progress(fmt.Sprintf("partitions 0-%d are drained; waiting %v for every serve to refuse commands", rec.Partitions-1, fence))
 			if err := sleep(ctx, fence); err != nil {
