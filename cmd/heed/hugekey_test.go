@@ -72,7 +72,7 @@ func TestHugeKeyJunkDoesNotStopPartition(t *testing.T) {
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("%q", key)) || !strings.Contains(out, `header    "trace" = cafe (hex)`) {
 		t.Errorf("quarantine show: code %d\n%.2000s%s\nwant the whole key and the header", code, out, errOut)
 	}
-	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "drop", "--reason", "junk"}, db...), pos...)...)
+	code, out, errOut = runOnce(t, append(append([]string{"quarantine", "drop", "--reason", "junk", "--brokers", addrs.broker}, db...), pos...)...)
 	if code != 0 || !strings.Contains(out, "the key is released") {
 		t.Errorf("quarantine drop: code %d\n%.2000s%s", code, out, errOut)
 	}

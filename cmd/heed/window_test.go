@@ -114,7 +114,7 @@ func TestRetentionKeepsWhatParkedRecordsNeed(t *testing.T) {
 		}
 	}
 
-	db := []string{"--database-url", ps.dbURL, "--partition", "0"}
+	db := append([]string{"--partition", "0"}, ps.common...)
 	out := runTool(t, time.Minute, false, bin, append([]string{"quarantine", "drop", "--reason", "junk", "--offset", fmt.Sprint(offsets["junk"])}, db...)...)
 	if !strings.Contains(out, "0 applied, 1 duplicates") {
 		t.Errorf("quarantine drop of ret1's junk:\n%s\nwant the parked retry found a duplicate: 0 applied, 1 duplicates", out)
