@@ -20,7 +20,8 @@ import (
 // measured, against broker, serve and apply processes: a junk record with a
 // 20 kB random key meets a quarantine whose every INSERT fails as the raw
 // key's index did (SQLSTATE 54000). heed apply used to retry at once, 5,981
-// log lines in 5 s; now it backs off and writes a few lines over 5 s. Once
+// log lines in 5 s; now it backs off (counted in heed_apply_retries_total)
+// and writes a few lines over 5 s. Once
 // the store works again the junk is quarantined and the deposit after it,
 // of another account on the same partition, applies.
 func TestFailingQuarantineStoreLogsFewLines(t *testing.T) {
@@ -44,7 +45,15 @@ RAISE EXCEPTION 'index row requires 20032 bytes, maximum size is 8191' USING ERR
 		}
 	}
 	startHeedLog(t, bin, "serving Connect", append([]string{"serve", "--listen", ps.listen}, ps.common...)...)
-	apply := startHeedLog(t, bin, "partitions assigned", append([]string{"apply", "--log-format", "text"}, ps.common...)...)
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	apply := startHeedLog(t, bin, "partitions assigned", append([]string{"apply", "--log-format", "text", "--metrics-listen", metrics}, ps.common...)...)
+	retries := func(class string) float64 {
+		labels := map[string]string{}
+		if class != "" {
+			labels["class"] = class
+		}
+		return sample(scrape(t, metrics), "heed_apply_retries_total", labels)
+	}
 	c := ledgerClient(ps.listen)
 	open, err := c.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: "o", AccountId: "olga"}))
 	if err != nil {
@@ -79,11 +88,20 @@ RAISE EXCEPTION 'index row requires 20032 bytes, maximum size is 8191' USING ERR
 		}
 		return ""
 	})
-	before := strings.Count(apply.stderr.String(), "\n")
+	before, tried := strings.Count(apply.stderr.String(), "\n"), retries("")
 	time.Sleep(5 * time.Second) // the store keeps failing meanwhile
 	lines := strings.Count(apply.stderr.String(), "\n") - before
+	attempts := retries("") - tried
+	t.Logf("in 5 s of failing: %v attempts retried, %d log lines", attempts, lines)
 	if lines > 3 {
 		t.Errorf("heed apply wrote %d log lines in 5 s while the quarantine's store failed, want at most 3:\n%s", lines, apply.stderr.String())
+	}
+	// Backing off from 100ms to 5s: some 10 attempts; spinning, thousands.
+	if attempts > 40 {
+		t.Errorf("heed apply retried %v attempts in 5 s while the quarantine's store failed: it spins instead of backing off", attempts)
+	}
+	if n := retries("quarantine-store"); n < 1 {
+		t.Errorf("heed_apply_retries_total{class=\"quarantine-store\"} = %v, want the failures counted", n)
 	}
 	if _, err := conn.Exec(t.Context(), `DROP TRIGGER refuse ON heed.quarantine`); err != nil {
 		t.Fatal(err)
