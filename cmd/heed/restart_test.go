@@ -39,16 +39,20 @@ func TestBrokerRestart(t *testing.T) {
 	for _, tc := range []struct {
 		name, protocol string
 		dropFetch      bool
+		applyArgs      []string
 	}{
-		{"consumer", "consumer", false},
-		{"classic", "classic", false},
-		{"consumer-dropped-fetch", "consumer", true},
+		{"consumer", "consumer", false, nil},
+		// One transaction slot: a slot lost to a stale batch (the cause of
+		// hole 7) stops the member at once.
+		{"consumer-one-slot", "consumer", false, []string{"--apply-concurrency", "1"}},
+		{"classic", "classic", false, nil},
+		{"consumer-dropped-fetch", "consumer", true, nil},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testBrokerRestart(t, bin, tc.protocol, tc.dropFetch) })
+		t.Run(tc.name, func(t *testing.T) { testBrokerRestart(t, bin, tc.protocol, tc.dropFetch, tc.applyArgs...) })
 	}
 }
 
-func testBrokerRestart(t *testing.T, bin, protocol string, dropFetch bool) {
+func testBrokerRestart(t *testing.T, bin, protocol string, dropFetch bool, applyArgs ...string) {
 	dbURL := testenv.PostgresURL(t)
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
@@ -61,7 +65,7 @@ func testBrokerRestart(t *testing.T, bin, protocol string, dropFetch bool) {
 	var applies []*process
 	startApply := func(env []string, extra ...string) {
 		args := append([]string{"apply", "--group-protocol", protocol, "--log-level", "info",
-			"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}, append(extra, common...)...)
+			"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}, append(append(extra, applyArgs...), common...)...)
 		applies = append(applies, startHeedEnv(t, env, bin, "partitions assigned", args...))
 	}
 	t.Cleanup(func() {
