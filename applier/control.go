@@ -58,6 +58,8 @@ func DecisionRecord(topic string, key []byte, d *envelopev1.QuarantineDecision) 
 
 // Decision is what the applier did when it reached a quarantine decision.
 type Decision struct {
+	// At is the offset of the control record (set by the caller that wrote it).
+	At int64
 	// Action is "redrive" or "drop", or "" when the control record could
 	// not be read.
 	Action string

@@ -115,6 +115,7 @@ func (c *quarantineCmd) run(ctx context.Context, stdout, stderr io.Writer) error
 		if c.action == "drop" {
 			did = fmt.Sprintf("dropped offset %d; re-drove", off)
 		}
+		fmt.Fprintf(stdout, "decision written to the topic at partition %d offset %d, carried out by the applier:\n", p, d.At)
 		printRedrive(stdout, did, d.Result)
 	}
 	return nil
@@ -159,15 +160,20 @@ func (c *quarantineCmd) decide(ctx context.Context, pool *pgxpool.Pool, stderr i
 	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		return applier.Decision{}, fmt.Errorf("write the decision to topic %s: %w; nothing was changed: run it again", topicName, err)
 	}
-	fmt.Fprintf(stderr, "the decision is in the topic at partition %d offset %d; waiting for the applier to carry it out\n", p, rec.Offset)
-	deadline := time.Now().Add(c.wait)
+	began := time.Now()
+	deadline, said := began.Add(c.wait), false
 	for {
 		d, found, err := applier.DecisionResult(ctx, pool, topicName, p, rec.Offset)
 		if err != nil {
 			return applier.Decision{}, err
 		}
 		if found {
+			d.At = rec.Offset
 			return d, nil
+		}
+		if !said && time.Since(began) > time.Second {
+			said = true
+			fmt.Fprintf(stderr, "the decision is in the topic at partition %d offset %d; waiting up to %s (--wait) for the applier to reach it\n", p, rec.Offset, c.wait)
 		}
 		if time.Now().After(deadline) {
 			return applier.Decision{}, fmt.Errorf("no applier carried out the decision within %s (--wait): it is in the topic at partition %d offset %d and takes effect when an applier reaches it; is heed apply running? (heed quarantine list shows the record open until then)", c.wait, p, rec.Offset)
