@@ -24,12 +24,12 @@ import (
 // move within another StallTimeout, by leaving the group and joining it again
 // as a new member (a new Kafka client).
 //
-// Why: after a broker restart (SIGKILL, restarted on the same data), members
-// of a KIP-848 group rejoined and were assigned every partition, yet some
-// assigned partitions were never fetched again, for minutes, until the
-// appliers were stopped (issue 26, hole 7). Whatever the client or the
-// coordinator lost, a fetch that does not happen is visible from here: the
-// topic has records the partition's worker never got.
+// Why: after broker restarts, half the partitions of a KIP-848 group stayed
+// assigned and unapplied for minutes (issue 26, hole 7). That cause was a
+// transaction slot lost by each stale batch (fixed in run, partition.go),
+// but whatever a client, a coordinator or heed gets wrong next, an assigned
+// partition that does not move with records waiting is visible from here:
+// counted always, and recovered when nothing was fetched for it.
 
 // watchInterval is how often the watchdog samples end offsets and applied
 // positions.
