@@ -46,6 +46,9 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 			rest = rest[1:]
 		}
 		if len(rest) == 0 {
+			if attempt == 1 {
+				<-a.slots // run took it for this attempt (run trims first, so this is a safeguard)
+			}
 			return true
 		}
 		if attempt > 1 {

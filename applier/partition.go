@@ -235,8 +235,9 @@ func (w *partition) run() {
 		batch := w.take()
 		// Records below the known position were applied by another member
 		// (a resync put them back): no transaction for them. A batch of
-		// nothing else gives its slot back here; applyBatch would return
-		// at once holding it, and each such batch lost one of the
+		// nothing else gives its slot back here (applyBatch, which once
+		// returned at once holding it, now gives it back too): each such
+		// batch lost one of the
 		// Concurrency slots for good, until none was left and no partition
 		// of the member applied again (issue 26, hole 7: after a broker
 		// restart both members of a KIP-848 group applied the same
