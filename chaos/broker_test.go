@@ -116,7 +116,8 @@ func TestChaosBrokerRestart(t *testing.T) {
 	s.restartArmed(s.applies[0], "apply/drop-assigned=fire")
 	log.add("drop-fetch-apply", s.applies[0].name+" restarted armed to drop its first assignment's fetch")
 	time.Sleep(4 * time.Second) // records come for the dropped partitions
-	acked, retries := l.stop()
+	acked, retries := stopReviving(s, l)
+	checkDrained(t, s, l)
 	checkMovedWithin(t, s, restarted, movedWithin)
 	took := time.Since(restarted)
 	stopWatch()

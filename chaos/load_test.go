@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"testing"
 	"time"
 
 	"connectrpc.com/connect"
@@ -33,7 +36,16 @@ type load struct {
 	acked   []command
 	retries int
 	once    sync.Once
+	// giveUp, once stop set it (Unix nanoseconds), is when a worker stops
+	// retrying its last command; unacked then says which and why.
+	giveUp  atomic.Int64
+	unacked []string
 }
+
+// drainTimeout bounds how long stop waits for the commands in flight to be
+// acknowledged: a stack that never takes them again fails the test, with
+// the reason, instead of hanging it.
+const drainTimeout = 2 * time.Minute
 
 func startLoad(addrs []string, workers, accounts int, seed uint64) *load {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -62,14 +74,21 @@ func startLoad(addrs []string, workers, accounts int, seed uint64) *load {
 				}
 				// Once sent, a command is retried until acknowledged, even
 				// after stop: it may have been written already.
+				var err error
 				for try := 0; ; try++ {
+					if g := l.giveUp.Load(); try > 0 && g != 0 && time.Now().UnixNano() > g {
+						l.mu.Lock()
+						l.unacked = append(l.unacked, fmt.Sprintf("%s %s of %s, last error: %v", c.kind, c.requestID, c.account, err))
+						l.mu.Unlock()
+						return
+					}
 					if try > 0 {
 						l.mu.Lock()
 						l.retries++
 						l.mu.Unlock()
 						time.Sleep(time.Duration(20+rng.IntN(80)) * time.Millisecond)
 					}
-					if send(clients[rng.IntN(len(clients))], c) == nil {
+					if err = send(clients[rng.IntN(len(clients))], c); err == nil {
 						break
 					}
 				}
@@ -103,14 +122,70 @@ func send(c ledgerv1connect.LedgerServiceClient, cmd command) error {
 	return err
 }
 
-// stop ends the load once every command sent is acknowledged, and returns
-// them and how many sends were retries.
+// stop ends the load once every command sent is acknowledged, or
+// drainTimeout has passed (see stuck), and returns the acknowledged commands
+// and how many sends were retries.
 func (l *load) stop() ([]command, int) {
 	l.once.Do(func() {
+		l.giveUp.Store(time.Now().Add(drainTimeout).UnixNano())
 		l.cancel()
 		l.wg.Wait()
 	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.acked, l.retries
+}
+
+// stuck lists the commands that were not acknowledged within drainTimeout
+// after stop, with the last error of each.
+func (l *load) stuck() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unacked
+}
+
+// checkDrained fails t when commands were left unacknowledged, with the
+// tail of every server's output: why they refused.
+func checkDrained(t *testing.T, s *stack, l *load) {
+	t.Helper()
+	stuck := l.stuck()
+	if len(stuck) == 0 {
+		return
+	}
+	var tails []string
+	for _, sl := range s.serves {
+		if p := sl.running(); p != nil {
+			p.mu.Lock()
+			out := p.out.String()
+			p.mu.Unlock()
+			tails = append(tails, fmt.Sprintf("%s (last 4000 bytes):\n%s", sl.name, out[max(0, len(out)-4000):]))
+		}
+	}
+	t.Fatalf("%d commands were not acknowledged within %v after the load stopped: %s\n%s", len(stuck), drainTimeout, strings.Join(stuck, "; "), strings.Join(tails, "\n"))
+}
+
+// stopReviving stops the load as stop does, starting again meanwhile, every
+// second, each process that is down, as a supervisor would: a serve started
+// while the broker was down exits at once ("list brokers: ... connection
+// refused"), and the commands in flight wait for a server that takes them.
+func stopReviving(s *stack, l *load) ([]command, int) {
+	var (
+		acked   []command
+		retries int
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		acked, retries = l.stop()
+	}()
+	for {
+		select {
+		case <-done:
+			return acked, retries
+		case <-time.After(time.Second):
+			if n := s.revive(); n > 0 {
+				s.log.add("revive", fmt.Sprintf("%d processes started again while the load drained", n))
+			}
+		}
+	}
 }
