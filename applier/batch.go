@@ -47,7 +47,13 @@ func (w *partition) applyBatch(batch []*kgo.Record) bool {
 		}
 		if len(rest) == 0 {
 			if attempt == 1 {
-				<-a.slots // run took it for this attempt (run trims first, so this is a safeguard)
+				// run took a slot for this attempt: give it back. Keeping
+				// it lost one of the Concurrency slots for good per such
+				// batch (records a resync put back, below the position),
+				// until no partition of the member applied again (issue
+				// 26, hole 7: after a broker restart both members of a
+				// KIP-848 group applied the same partitions for a moment).
+				<-a.slots
 			}
 			return true
 		}
@@ -293,15 +299,13 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 
 	decs := make([]decoded, len(batch))
 	var newest time.Time // the batch's latest record timestamp
+	items := make([]dedup.Item, 0, len(batch))
+	events := make([]Event, 0, len(batch))
 	for i, r := range batch {
 		decs[i] = decode(a.handler, r)
 		if r.Timestamp.After(newest) {
 			newest = r.Timestamp
 		}
-	}
-	items := make([]dedup.Item, 0, len(batch))
-	events := make([]Event, 0, len(batch))
-	for i, r := range batch {
 		if reason, ok := w.poison[r.Offset]; ok && decs[i].poison == "" {
 			decs[i].poison = reason
 		}

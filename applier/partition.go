@@ -232,24 +232,7 @@ func (w *partition) run() {
 		// Cut the batch only now: what arrived while this partition waited
 		// for a slot (other partitions' transactions) joins it, instead of
 		// waiting for a transaction of its own.
-		batch := w.take()
-		// Records below the known position were applied by another member
-		// (a resync put them back): no transaction for them. A batch of
-		// nothing else gives its slot back here (applyBatch, which once
-		// returned at once holding it, now gives it back too): each such
-		// batch lost one of the
-		// Concurrency slots for good, until none was left and no partition
-		// of the member applied again (issue 26, hole 7: after a broker
-		// restart both members of a KIP-848 group applied the same
-		// partitions for a moment, and one of them stopped).
-		for len(batch) > 0 && batch[0].Offset < w.next {
-			batch = batch[1:]
-		}
-		if len(batch) == 0 {
-			<-a.slots
-			continue
-		}
-		if !w.applyBatch(batch) {
+		if !w.applyBatch(w.take()) {
 			return
 		}
 	}
