@@ -9,8 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/heed-dev/heed/consistency"
 )
 
 // The watchdog notices an owned partition that has records waiting in the
@@ -100,12 +101,10 @@ func (d *watchdog) sample(ctx context.Context) {
 	a := d.a
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	listed, err := kadm.NewClient(a.client()).ListEndOffsets(cctx, a.cfg.Topic)
-	if err != nil || listed.Error() != nil {
+	ends, err := consistency.ListEndOffsets(cctx, a.client(), a.cfg.Topic)
+	if err != nil {
 		return
 	}
-	ends := map[int32]int64{}
-	listed.Each(func(o kadm.ListedOffset) { ends[o.Partition] = o.Offset })
 	applied, err := AppliedPositions(cctx, a.pool, a.cfg.Topic)
 	if err != nil {
 		return
