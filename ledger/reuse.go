@@ -20,7 +20,7 @@ import (
 // reusedAt answers for a command that reused the request ID of an earlier
 // command of its account with other content. Both share the event ID, so a
 // request ID or an event ID names the earlier one; only the consistency token
-// tells them apart, by naming the record. When token (applied, as await
+// tells them apart, by naming the record. When t (applied, as await
 // checked) names a record of the quarantine with event ID id (and key
 // account, if given), reusedAt answers:
 //   - CONFLICT with the reason, for a record found to be a conflict;
@@ -29,15 +29,11 @@ import (
 //     it becomes a conflict once re-driven.
 //
 // It returns nil, for the earlier command's outcome to be answered, when
-// token is empty or names any other record, a retry with the same content
+// t is nil or names any other record, a retry with the same content
 // included.
-func (s *Service) reusedAt(ctx context.Context, token string, id uuid.UUID, account string) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
-	if token == "" {
+func (s *Service) reusedAt(ctx context.Context, t *consistency.Token, id uuid.UUID, account string) (*connect.Response[ledgerv1.GetCommandResultResponse], error) {
+	if t == nil {
 		return nil, nil
-	}
-	t, err := consistency.Parse(token)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	rec, err := applier.GetQuarantined(ctx, s.pool, s.topic, t.Partition, t.Offset)
 	switch {

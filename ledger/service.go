@@ -100,7 +100,7 @@ func (s *Service) Withdraw(ctx context.Context, req *connect.Request[ledgerv1.Wi
 // token or one that does not point into the topic (see WithTopicEnds),
 // unavailable when the token's write is not applied in time.
 func (s *Service) GetAccount(ctx context.Context, req *connect.Request[ledgerv1.GetAccountRequest]) (*connect.Response[ledgerv1.GetAccountResponse], error) {
-	if err := s.await(ctx, req.Msg.GetConsistencyToken()); err != nil {
+	if _, err := s.await(ctx, req.Msg.GetConsistencyToken()); err != nil {
 		return nil, err
 	}
 	var balance int64
@@ -135,8 +135,8 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	case *ledgerv1.GetCommandResultRequest_EventId:
 		id = uuid.MustParse(ref.EventId) // validated as a UUID by the interceptor
 	}
-	tok := req.Msg.GetConsistencyToken()
-	if err := s.await(ctx, tok); err != nil {
+	tok, err := s.await(ctx, req.Msg.GetConsistencyToken())
+	if err != nil {
 		return nil, err
 	}
 	account := req.Msg.GetAccountId()
@@ -198,20 +198,19 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 // nor the quarantine know anything: with a consistency token (whose position
 // is applied), expired when the record at the token is the command's and
 // retention pruned, else unknown; without one, pending.
-func (s *Service) notFound(ctx context.Context, out *ledgerv1.GetCommandResultResponse, tok string, id uuid.UUID, account string) error {
+func (s *Service) notFound(ctx context.Context, out *ledgerv1.GetCommandResultResponse, tok *consistency.Token, id uuid.UUID, account string) error {
 	pr, err := s.pruned(ctx)
 	if err != nil {
 		return readError(err)
 	}
-	if tok == "" {
+	if tok == nil {
 		if pr.ok {
 			out.Reason = pr.pendingReason()
 		}
 		return nil
 	}
 	if pr.ok {
-		t, _ := consistency.Parse(tok) // await parsed it
-		expired, err := s.expired(ctx, t, id, account)
+		expired, err := s.expired(ctx, *tok, id, account)
 		if err != nil {
 			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("read the record at the consistency token: %w", err))
 		}
@@ -225,27 +224,28 @@ func (s *Service) notFound(ctx context.Context, out *ledgerv1.GetCommandResultRe
 	return nil
 }
 
-// await waits until the write named by token is applied, bounded by maxWait.
-func (s *Service) await(ctx context.Context, token string) error {
+// await waits until the write named by token is applied, bounded by maxWait,
+// and returns the token parsed; nil for no token.
+func (s *Service) await(ctx context.Context, token string) (*consistency.Token, error) {
 	if token == "" {
-		return nil
+		return nil, nil
 	}
 	t, err := consistency.Parse(token)
 	if err != nil {
-		return connect.NewError(connect.CodeInvalidArgument, err)
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.maxWait)
 	defer cancel()
 	if err := consistency.WaitWithin(ctx, s.pool, s.topic, t, s.ends); err != nil {
 		switch {
 		case errors.Is(err, consistency.ErrNotYetApplied):
-			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; retry the read", err))
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; retry the read", err))
 		case errors.Is(err, consistency.ErrNotInTopic):
-			return connect.NewError(connect.CodeInvalidArgument, err)
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
 		}
-		return readError(err)
+		return nil, readError(err)
 	}
-	return nil
+	return &t, nil
 }
 
 func readError(err error) error {
