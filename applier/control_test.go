@@ -12,11 +12,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
-	"github.com/heed-dev/heed/dedup"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	"github.com/heed-dev/heed/internal/testenv"
-	"github.com/heed-dev/heed/schema"
-	"github.com/heed-dev/heed/topic"
 )
 
 // decide produces the control record of an operator's decision about the
@@ -127,30 +124,6 @@ func (p projection) diff(q projection) string {
 	return d
 }
 
-// replayPool is a fresh database migrated for the applier and the counter
-// domain: the schema a rebuild replays the topic into.
-func replayPool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	ctx := t.Context()
-	cfg, err := schema.PoolConfig(testenv.PostgresURL(t), schema.Default, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "topic", FS: topic.Migrations}}
-	if err := schema.Migrate(ctx, pool, schema.Default, sets, testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, counterTableSQL); err != nil {
-		t.Fatal(err)
-	}
-	return pool
-}
-
 // An operator's drops and re-drives are control records in the topic,
 // carried out by the applier when it reaches them: the live projection and a
 // replay of the topic into a fresh one (what heed rebuild does) agree on
@@ -200,7 +173,7 @@ func TestDecisionsReplay(t *testing.T) {
 	// The replay, in batches of every size, reaches the same projection.
 	for _, size := range []int{1, 3, 1000} {
 		t.Run(fmt.Sprintf("batch=%d", size), func(t *testing.T) {
-			pool := replayPool(t)
+			pool := counterPool(t, nil) // what a rebuild replays the topic into
 			cfg := applier.Config{Brokers: s.broker, Topic: s.topic, Group: fmt.Sprintf("replay-%d", size), Logger: testenv.Logger(t), MaxBatchRecords: size}
 			a, err := applier.New(cfg, pool, batchCounter{c})
 			if err != nil {

@@ -56,24 +56,9 @@ func newStack(t *testing.T) *stack { t.Helper(); return newStackPartitions(t, 1)
 // newStackPartitions is newStack with a topic of the given partitions.
 func newStackPartitions(t *testing.T, partitions int32) *stack {
 	t.Helper()
-	ctx := t.Context()
-	cfg, err := schema.PoolConfig(testenv.PostgresURL(t), schema.Default, 8)
-	if err != nil {
-		t.Fatalf("pool config: %v", err)
-	}
 	s := &stack{trips: new(roundTrips), topic: "counters"}
-	cfg.ConnConfig.Tracer = s.trips
-	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(s.pool.Close)
-	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "topic", FS: topic.Migrations}}
-	if err := schema.Migrate(ctx, s.pool, schema.Default, sets, testenv.Logger(t)); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if _, err := s.pool.Exec(ctx, counterTableSQL); err != nil {
-		t.Fatalf("create counters: %v", err)
-	}
+	s.pool = counterPool(t, s.trips)
+	var err error
 	s.broker = testenv.Broker(t, partitions).Addrs()
 	if s.cl, err = kgo.NewClient(kgo.SeedBrokers(s.broker...), kgo.DefaultProduceTopic(s.topic), kgo.AllowAutoTopicCreation()); err != nil {
 		t.Fatalf("producer: %v", err)
@@ -334,4 +319,31 @@ func (s *stack) waitLockWaiters(t *testing.T, n int64, what string) {
 		}
 		return ""
 	})
+}
+
+// counterPool is a pool on a fresh database migrated for the applier and
+// the counter domain, tracing its queries through tracer if not nil.
+func counterPool(t *testing.T, tracer pgx.QueryTracer) *pgxpool.Pool {
+	t.Helper()
+	ctx := t.Context()
+	cfg, err := schema.PoolConfig(testenv.PostgresURL(t), schema.Default, 8)
+	if err != nil {
+		t.Fatalf("pool config: %v", err)
+	}
+	if tracer != nil {
+		cfg.ConnConfig.Tracer = tracer
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "topic", FS: topic.Migrations}}
+	if err := schema.Migrate(ctx, pool, schema.Default, sets, testenv.Logger(t)); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if _, err := pool.Exec(ctx, counterTableSQL); err != nil {
+		t.Fatalf("create counters: %v", err)
+	}
+	return pool
 }
