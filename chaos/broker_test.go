@@ -164,16 +164,7 @@ func checkMovedWithin(t *testing.T, s *stack, since time.Time, within time.Durat
 		return ""
 	})
 	testenv.Eventually(t, time.Until(since.Add(within)), func() string {
-		var behind []string
-		ends.Each(func(o kadm.ListedOffset) {
-			var next int64
-			if err := conn.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM heed.applied_positions WHERE topic = 'heed.ledger.events' AND partition = $1`, o.Partition).Scan(&next); err != nil {
-				behind = append(behind, err.Error())
-			} else if next < o.Offset {
-				behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, next, o.Offset))
-			}
-		})
-		if len(behind) > 0 {
+		if behind := behindEnds(t, conn, ends); len(behind) > 0 {
 			return fmt.Sprintf("%v after the broker's last restart: %s", time.Since(since).Round(100*time.Millisecond), strings.Join(behind, "; "))
 		}
 		return ""

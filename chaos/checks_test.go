@@ -65,15 +65,7 @@ func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration,
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 120*time.Second, func() string {
-		var behind []string
-		ends.Each(func(o kadm.ListedOffset) {
-			var next int64
-			if err := conn.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM heed.applied_positions WHERE topic = 'heed.ledger.events' AND partition = $1`, o.Partition).Scan(&next); err != nil {
-				behind = append(behind, err.Error())
-			} else if next != o.Offset {
-				behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, next, o.Offset))
-			}
-		})
+		behind := behindEnds(t, conn, ends)
 		if len(behind) > 0 {
 			s.revive() // a process that died late (a failpoint) comes back
 		}
@@ -82,6 +74,21 @@ func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration,
 	var records int64
 	ends.Each(func(o kadm.ListedOffset) { records += o.Offset })
 	return time.Since(lastFault), records
+}
+
+// behindEnds lists the partitions whose applied position is not at their
+// end in ends, or the error reading it.
+func behindEnds(t *testing.T, conn *pgx.Conn, ends kadm.ListedOffsets) []string {
+	var behind []string
+	ends.Each(func(o kadm.ListedOffset) {
+		var next int64
+		if err := conn.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM heed.applied_positions WHERE topic = 'heed.ledger.events' AND partition = $1`, o.Partition).Scan(&next); err != nil {
+			behind = append(behind, err.Error())
+		} else if next != o.Offset {
+			behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, next, o.Offset))
+		}
+	})
+	return behind
 }
 
 // checkExactlyOnce checks the database against the acknowledged commands:
