@@ -334,6 +334,8 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 	for i := range decs {
 		if decs[i].poison == "" {
 			items[k].Time = decs[i].at
+			decs[i].event.Time = decs[i].at
+			events[k].Time = decs[i].at
 			k++
 		}
 	}

@@ -2,6 +2,7 @@ package applier
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -22,6 +23,11 @@ type Event struct {
 	// Partition and Offset locate the record in the topic.
 	Partition int32
 	Offset    int64
+	// Time is the record's time: the latest record timestamp of its
+	// partition up to it, so it never goes backwards within a partition and
+	// is the same live and in a replay. It is the only clock applying an
+	// event may read (never the wall clock, which a replay does not share).
+	Time time.Time
 	// Payload is what Handler.Decode returned for the envelope.
 	Payload any
 }

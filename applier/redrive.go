@@ -202,6 +202,7 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 	if err != nil {
 		return "", fmt.Errorf("savepoint: %w", err)
 	}
+	d.event.Time = r.at
 	item := dedup.Item{ID: d.event.ID, Key: d.event.AggregateID, Fingerprint: d.fingerprint, Time: r.at}
 	statuses, err := dedup.ClaimWithin(ctx, sp, []dedup.Item{item}, window)
 	if err == nil && statuses[0] == dedup.New {

@@ -27,6 +27,32 @@ func EventID(requestID string) uuid.UUID {
 	return uuid.NewSHA1(namespace, []byte(requestID))
 }
 
+// IDSpace derives event IDs from request IDs for one domain. Two domains'
+// spaces never share an ID, whatever request IDs their clients send.
+type IDSpace struct {
+	ns     uuid.UUID
+	legacy bool
+}
+
+// Space is the ID space of the domain named name: every request ID, a UUID
+// or not, maps to a name-based UUIDv5 in a namespace of the domain's own.
+func Space(name string) IDSpace {
+	return IDSpace{ns: uuid.NewSHA1(namespace, []byte("heed-domain/"+name))}
+}
+
+// LegacySpace is EventID's space: the reference ledger's, from before
+// domains had spaces of their own.
+func LegacySpace() IDSpace { return IDSpace{legacy: true} }
+
+// EventID derives the event ID of requestID in s; the zero IDSpace is
+// LegacySpace.
+func (s IDSpace) EventID(requestID string) uuid.UUID {
+	if s.legacy || s.ns == uuid.Nil {
+		return EventID(requestID)
+	}
+	return uuid.NewSHA1(s.ns, []byte(requestID))
+}
+
 // Fingerprint hashes what a command asked for (type, aggregate, payload bytes),
 // leaving out what differs between retries of the same command (occurred_at), so
 // that a request ID reused for different content can be told from a retry.

@@ -60,6 +60,9 @@ type Config struct {
 	// broker answered, and its error (nil: acknowledged). Called
 	// concurrently; it must be quick.
 	OnProduce func(took time.Duration, err error)
+	// IDs derives event IDs from request IDs (default: envelope.LegacySpace,
+	// the ledger's).
+	IDs envelope.IDSpace
 }
 
 // Gate decides whether commands may be written now, and over how many
@@ -185,12 +188,17 @@ func (p *Publisher) Close() { p.cl.Close() }
 // payload is marshaled deterministically, so that a retried command has the
 // same fingerprint. It fails only for an event that cannot be marshaled.
 func NewEnvelope(aggregateID, requestID string, event proto.Message) (*envelopev1.Envelope, error) {
+	return NewEnvelopeIn(envelope.LegacySpace(), aggregateID, requestID, event)
+}
+
+// NewEnvelopeIn is NewEnvelope with the event ID derived in ids.
+func NewEnvelopeIn(ids envelope.IDSpace, aggregateID, requestID string, event proto.Message) (*envelopev1.Envelope, error) {
 	payload := new(anypb.Any)
 	if err := anypb.MarshalFrom(payload, event, proto.MarshalOptions{Deterministic: true}); err != nil {
 		return nil, fmt.Errorf("marshal event: %w", err)
 	}
 	return &envelopev1.Envelope{
-		EventId:     envelope.EventID(requestID).String(),
+		EventId:     ids.EventID(requestID).String(),
 		Type:        string(event.ProtoReflect().Descriptor().FullName()),
 		RequestId:   requestID,
 		OccurredAt:  timestamppb.Now(),
@@ -231,7 +239,7 @@ func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, 
 			return "", "", connect.NewError(connect.CodeUnavailable, fmt.Errorf("commands are refused, nothing was written: %w", err))
 		}
 	}
-	env, err := NewEnvelope(aggregateID, requestID, event)
+	env, err := NewEnvelopeIn(p.cfg.IDs, aggregateID, requestID, event)
 	if err != nil {
 		return "", "", connect.NewError(connect.CodeInternal, err)
 	}

@@ -29,6 +29,12 @@ func HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
 	return handlerOptions(DefaultMaxRequestBytes, extra)
 }
 
+// HandlerOptionsLimit is HandlerOptions for a server whose request limit is
+// maxRequestBytes (WithMaxRequestBytes).
+func HandlerOptionsLimit(maxRequestBytes int, extra ...connect.HandlerOption) []connect.HandlerOption {
+	return handlerOptions(maxRequestBytes, extra)
+}
+
 // HandlerOptions are the options every domain handler mounted on s must be
 // built with: a request message larger than the server's limit after
 // decompression is refused with resource_exhausted without being inflated

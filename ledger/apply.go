@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/heed-dev/heed/applier"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
@@ -47,38 +46,10 @@ func validAccountID(id string) bool {
 
 // Decode unmarshals the payload of a ledger event and checks what the command
 // side validated, so that a record written around ingest (kcat, a bug) that
-// breaks the rules is quarantined instead of applied.
+// breaks the rules is quarantined instead of applied: the rules Domain gives
+// its event types.
 func (Applier) Decode(env *envelopev1.Envelope) (any, error) {
-	var msg interface {
-		proto.Message
-		GetAccountId() string
-	}
-	var amount func() int64
-	switch env.GetType() {
-	case "heed.ledger.v1.AccountOpened":
-		msg = new(ledgerv1.AccountOpened)
-	case "heed.ledger.v1.FundsDeposited":
-		m := new(ledgerv1.FundsDeposited)
-		msg, amount = m, m.GetAmount
-	case "heed.ledger.v1.FundsWithdrawn":
-		m := new(ledgerv1.FundsWithdrawn)
-		msg, amount = m, m.GetAmount
-	default:
-		return nil, fmt.Errorf("unknown event type %q", env.GetType())
-	}
-	if err := proto.Unmarshal(env.GetPayload().GetValue(), msg); err != nil {
-		return nil, fmt.Errorf("invalid %s payload: %s", env.GetType(), applier.ProtoError(err))
-	}
-	if !validAccountID(msg.GetAccountId()) {
-		return nil, fmt.Errorf("invalid %s: account_id %q does not match %s", env.GetType(), msg.GetAccountId(), accountIDPattern)
-	}
-	if msg.GetAccountId() != env.GetAggregateId() {
-		return nil, fmt.Errorf("invalid %s: account_id %q is not the aggregate_id %q", env.GetType(), msg.GetAccountId(), env.GetAggregateId())
-	}
-	if amount != nil && amount() <= 0 {
-		return nil, fmt.Errorf("invalid %s: amount %d must be greater than 0", env.GetType(), amount())
-	}
-	return msg, nil
+	return decoder().Decode(env)
 }
 
 type account struct {
