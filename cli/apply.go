@@ -13,7 +13,9 @@ var applyVerb = verb{
 	name:    "apply",
 	summary: "apply the topic's events to Postgres (one member of the applier group)",
 	example: "heed apply --brokers 127.0.0.1:9092 --database-url postgres://postgres@127.0.0.1:5432/heed",
-	new:     func(d *heed.Domain) command { return &applyCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}, apply: applyFlags{dom: d}} },
+	new: func(d *heed.Domain) command {
+		return &applyCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}, apply: applyFlags{dom: d}}
+	},
 }
 
 type applyCmd struct {

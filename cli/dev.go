@@ -22,7 +22,9 @@ var devVerb = verb{
 	name:    "dev",
 	summary: "run everything in one process: embedded broker, Postgres, server and applier",
 	example: "heed dev",
-	new:     func(d *heed.Domain) command { return &devCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}, apply: applyFlags{dom: d}} },
+	new: func(d *heed.Domain) command {
+		return &devCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}, apply: applyFlags{dom: d}}
+	},
 }
 
 type devCmd struct {

@@ -23,7 +23,9 @@ var rebuildVerb = verb{
 	name:    "rebuild",
 	summary: "replay the topic into a fresh schema while the live projection runs; --verify compares, --swap makes it live",
 	example: "heed rebuild --brokers 127.0.0.1:9092 --database-url postgres://postgres@127.0.0.1:5432/heed --verify --swap",
-	new:     func(d *heed.Domain) command { return &rebuildCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}, apply: applyFlags{dom: d}} },
+	new: func(d *heed.Domain) command {
+		return &rebuildCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}, apply: applyFlags{dom: d}}
+	},
 }
 
 type rebuildCmd struct {
