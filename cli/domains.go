@@ -23,15 +23,17 @@ func checkDomains(domains []*heed.Domain) error {
 		if d == nil {
 			return errors.New("a nil *heed.Domain was given to cli.Main")
 		}
-		if err := d.Check(); err != nil {
-			return err
-		}
 		for _, k := range []struct{ what, v string }{{"name", d.Name()}, {"topic", d.DefaultTopic()}, {"group", d.DefaultGroup()}, {"schema", d.DefaultSchema()}} {
 			key := k.what + "=" + k.v
 			if other, ok := seen[key]; ok {
 				return fmt.Errorf("domains %s and %s share the %s %q: give one of them its own (heed.%s)", other, d.Name(), k.what, k.v, optionName(k.what))
 			}
 			seen[key] = d.Name()
+		}
+	}
+	for _, d := range domains {
+		if err := d.Check(); err != nil {
+			return err
 		}
 	}
 	return nil
