@@ -189,7 +189,7 @@ func TestShutdownAbortsStuckBatch(t *testing.T) {
 			lock := s.lockPosition(t, 0)
 			s.produce(t, record(t, "a", "a1", 1), record(t, "b", "b1", 10))
 			app := s.start(t, hc.make(c), 200*time.Millisecond)
-			s.waitLockWaiters(t, 1, "the applier's compare-and-set")
+			s.waitCompareAndSets(t, "the applier's compare-and-set", lock)
 			if took := app.stop(t, 10*time.Second); took > 5*time.Second {
 				t.Errorf("Run took %v to return with a batch stuck, want about the shutdown grace (200ms)", took)
 			}
@@ -231,13 +231,19 @@ func TestBatchCutWhenSlotFree(t *testing.T) {
 			lock := s.lockPosition(t, 0)
 			produce(0, "a", "a1")
 			app := s.startConfig(t, hc.make(c), applier.Config{Concurrency: 1})
-			s.waitLockWaiters(t, 1, "partition 0's compare-and-set")
-			// Partition 1's records arrive apart: each in a fetch of its own.
-			for _, id := range []string{"b1", "b2", "b3"} {
+			s.waitCompareAndSets(t, "partition 0's compare-and-set", lock)
+			// Partition 1's records arrive apart: each in a fetch of its own,
+			// queued by its worker, which waits for the slot, before the
+			// next is produced.
+			for i, id := range []string{"b1", "b2", "b3"} {
 				produce(1, "b", id)
-				time.Sleep(200 * time.Millisecond)
+				testenv.Eventually(t, 20*time.Second, func() string {
+					if n := applier.Queued(app.Applier, 1); n != i+1 {
+						return fmt.Sprintf("partition 1's worker holds %d records queued, want %d (stats %+v)", n, i+1, app.Stats())
+					}
+					return ""
+				})
 			}
-			time.Sleep(time.Second) // for the last fetch to reach partition 1's worker
 			if st := app.Stats(); st.Batches != 0 {
 				t.Fatalf("stats %+v while the only slot is held, want no batch committed", st)
 			}
@@ -280,7 +286,7 @@ func TestSameEventInTwoPartitions(t *testing.T) {
 			produce(1, "b", "b1")
 			produce(1, "a", "same")
 			app := s.startConfig(t, hc.make(c), applier.Config{Concurrency: 2})
-			s.waitLockWaiters(t, 2, "both partitions' compare-and-set")
+			s.waitCompareAndSets(t, "both partitions' compare-and-set", lock0, lock1)
 			for _, lock := range []pgx.Tx{lock0, lock1} {
 				if err := lock.Rollback(t.Context()); err != nil {
 					t.Fatal(err)

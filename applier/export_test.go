@@ -82,3 +82,24 @@ func BreakFetch(a *Applier, p int32) {
 // ResumelessRecovery makes the watchdog's first recovery (resume and
 // re-seek) do nothing, so that only a rejoin brings a stalled partition back.
 func ResumelessRecovery(a *Applier) { a.dog.resumeless.Store(true) }
+
+// CompareAndSetSQL is the statement that moves a batch's applied position
+// (casSQL): a test finds by it the batch whose transaction waits on a lock.
+const CompareAndSetSQL = casSQL
+
+// BindWindowSQL is the statement BindWindow records the dedup window with.
+const BindWindowSQL = bindWindowSQL
+
+// Queued is how many records partition p's worker holds queued, not yet
+// taken into a batch; 0 when the member does not own p.
+func Queued(a *Applier, p int32) int {
+	a.mu.Lock()
+	w := a.parts[p]
+	a.mu.Unlock()
+	if w == nil {
+		return 0
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.queue)
+}

@@ -309,13 +309,39 @@ func (s *stack) partitionProducer(t *testing.T) func(partition int32, key, reque
 	}
 }
 
-// waitLockWaiters waits until n sessions of the stack's database wait for a
-// lock; what names them in the failure message.
-func (s *stack) waitLockWaiters(t *testing.T, n int64, what string) {
+// waitCompareAndSets waits until each of locks (from lockPosition) holds up
+// exactly one session, running the applier's compare-and-set: its
+// partition's batch, stuck inside its transaction slot. what names them in
+// the failure message. Counting the sessions that wait for any lock would
+// not do: others wait a moment too (an applier's start and its first
+// assignment race to record the topic identity and the dedup window).
+func (s *stack) waitCompareAndSets(t *testing.T, what string, locks ...pgx.Tx) {
 	t.Helper()
+	waitBlocked(t, s.pool, applier.CompareAndSetSQL, what, locks...)
+}
+
+// waitBlocked waits until each of holders (the test's transactions holding
+// locks) holds up exactly one session of pool's database, one running query
+// (its text as sent) and waiting for a lock the holder has. what names them
+// in the failure message.
+func waitBlocked(t *testing.T, pool *pgxpool.Pool, query, what string, holders ...pgx.Tx) {
+	t.Helper()
+	pids := make([]int32, len(holders))
+	for i, h := range holders {
+		pids[i] = int32(h.Conn().PgConn().PID())
+	}
 	testenv.Eventually(t, 20*time.Second, func() string {
-		if got := s.value(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`); got != n {
-			return fmt.Sprintf("%d sessions wait for a lock, want %d (%s)", got, n, what)
+		var held []int64
+		err := pool.QueryRow(t.Context(), `SELECT array_agg((SELECT count(*) FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' AND a.query = $1 AND h = ANY(pg_blocking_pids(a.pid))) ORDER BY i)
+FROM unnest($2::int[]) WITH ORDINALITY AS u(h, i)`, query, pids).Scan(&held)
+		if err != nil {
+			return fmt.Sprintf("read pg_stat_activity: %v", err)
+		}
+		for _, n := range held {
+			if n != 1 {
+				return fmt.Sprintf("sessions held up by each lock: %v, want 1 each (%s)", held, what)
+			}
 		}
 		return ""
 	})

@@ -26,7 +26,7 @@ func TestPositionMovedAheadKeepsSlots(t *testing.T) {
 	lock := s.lockPosition(t, 0)
 	cfg := applier.Config{Concurrency: 1, MaxBatchRecords: 1, ShutdownGrace: time.Second}
 	s.startConfig(t, batchCounter{c}, cfg)
-	s.waitLockWaiters(t, 1, "partition 0's first batch")
+	s.waitCompareAndSets(t, "partition 0's first batch", lock)
 	// Another member applied partition 0 up to 10 meanwhile.
 	if _, err := lock.Exec(t.Context(), `UPDATE applied_positions SET next_offset = 10 WHERE topic = $1 AND partition = 0`, s.topic); err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ func TestStuckPartitionStallsOnlyItself(t *testing.T) {
 	// Small batches by bytes: the stuck partition's queue fills and pauses it.
 	cfg := applier.Config{MaxBatchRecords: 5, MaxBatchBytes: 512, Concurrency: 2, ShutdownGrace: 300 * time.Millisecond}
 	first := s.startConfig(t, batchCounter{c}, cfg)
-	s.waitLockWaiters(t, 1, "partition 0's compare-and-set")
+	s.waitCompareAndSets(t, "partition 0's compare-and-set", lock)
 	testenv.Eventually(t, 30*time.Second, func() string {
 		if got := s.counters(t); got["b"] != n || got["a"] != 0 {
 			return fmt.Sprintf("counters %v while partition 0 is stuck, want b=%d, a=0", got, n)
@@ -44,7 +44,7 @@ func TestStuckPartitionStallsOnlyItself(t *testing.T) {
 
 	lock1 := s.lockPositionAt(t, 1, n)
 	produce(1, "b", "b-stuck")
-	s.waitLockWaiters(t, 2, "both partitions' compare-and-set")
+	s.waitCompareAndSets(t, "both partitions' compare-and-set", lock, lock1)
 	second := s.startConfig(t, batchCounter{c}, cfg)
 	adm := kadm.NewClient(s.cl)
 	testenv.Eventually(t, 30*time.Second, func() string {
@@ -98,7 +98,7 @@ func TestBatchTimeoutFreesSlot(t *testing.T) {
 	lock := s.lockPosition(t, 0)
 	produce(0, "a", "a1")
 	app := s.startConfig(t, batchCounter{c}, applier.Config{Concurrency: 1, BatchTimeout: 300 * time.Millisecond})
-	s.waitLockWaiters(t, 1, "partition 0's compare-and-set")
+	s.waitCompareAndSets(t, "partition 0's compare-and-set", lock)
 	for i := range 5 {
 		produce(1, "b", fmt.Sprint("b", i))
 	}

@@ -26,13 +26,26 @@ import (
 // from those already made.
 var ErrWindowChanged = errors.New("the dedup window differs from the one the projection was built with")
 
+// bindWindowSQL records the dedup window ($1, in microseconds) unless one is
+// recorded, and reads the one recorded, as the statement's snapshot sees it.
+const bindWindowSQL = `WITH ins AS (INSERT INTO heed_dedup_window (window_us) VALUES ($1) ON CONFLICT (singleton) DO NOTHING RETURNING window_us)
+SELECT window_us FROM ins UNION ALL SELECT window_us FROM heed_dedup_window LIMIT 1`
+
 // BindWindow records window as the projection's dedup window if it has none
 // yet, and returns an error wrapping ErrWindowChanged, naming both, if it has
-// another. Other errors are the database's, wrapped.
+// another. Other errors are the database's, wrapped. Binders racing to
+// record the first window (an applier's start and its first assignment, two
+// appliers) all get the one that won.
 func BindWindow(ctx context.Context, q Querier, window time.Duration) error {
 	var us int64
-	err := q.QueryRow(ctx, `WITH ins AS (INSERT INTO heed_dedup_window (window_us) VALUES ($1) ON CONFLICT (singleton) DO NOTHING RETURNING window_us)
-SELECT window_us FROM ins UNION ALL SELECT window_us FROM heed_dedup_window LIMIT 1`, window.Microseconds()).Scan(&us)
+	err := q.QueryRow(ctx, bindWindowSQL, window.Microseconds()).Scan(&us)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// A concurrent binder inserted the row first: this INSERT waited
+		// for it to commit and did nothing, and the statement's snapshot,
+		// taken before that commit, does not see the row. A new statement
+		// does.
+		err = q.QueryRow(ctx, `SELECT window_us FROM heed_dedup_window`).Scan(&us)
+	}
 	if err != nil {
 		return fmt.Errorf("record the dedup window: %w", err)
 	}
