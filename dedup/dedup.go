@@ -110,8 +110,9 @@ type ref struct {
 }
 
 // Outcome is what became of a processed event, stored with its ID. The values
-// are those of heed.ledger.v1.CommandStatus, so that the ledger reads them as
-// they are.
+// are those of heed.command.v1.CommandStatus (gen/heed/command/v1), the
+// domain-neutral status every domain's GetCommandResult answers (package
+// command reads them as they are).
 type Outcome int16
 
 const (
