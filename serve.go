@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/heed-dev/heed/command"
 	"github.com/heed-dev/heed/consistency"
 )
 
@@ -40,6 +41,10 @@ type Env struct {
 	// Ends, when set, lets Await refuse at once a token that no write to the
 	// topic returned.
 	Ends *consistency.Ends
+	// Results reads what became of a command (by request or event ID, with
+	// its consistency token): what heed.command.v1.CommandService answers,
+	// for a domain's own typed GetCommandResult.
+	Results *command.Results
 	// Options are the Connect handler options every service must be built
 	// with (validation, limits, metrics, tracing):
 	// pkgv1connect.NewXServiceHandler(svc, env.Options...).

@@ -17,7 +17,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
+	commandpkg "github.com/heed-dev/heed/command"
 	"github.com/heed-dev/heed/consistency"
+	"github.com/heed-dev/heed/gen/heed/command/v1/commandv1connect"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/observe"
 	"github.com/heed-dev/heed/retention"
@@ -136,6 +138,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	}
 	hopts := append(x.tracing.HandlerOptions(), connect.WithInterceptors(x.metrics.Interceptor()))
 	env.Options = ingest.HandlerOptionsLimit(sf.maxRequestBytes, hopts...)
+	env.Results = commandResults(kafka.dom, env)
 	services, err := domainServices(kafka.dom, env)
 	if err != nil {
 		return err
@@ -162,7 +165,24 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 // domainServices are the domain's services for env, and heed's own every
 // domain gets.
 func domainServices(d *heed.Domain, env *heed.Env) ([]heed.Service, error) {
-	return d.Services(env)
+	services, err := d.Services(env)
+	if err != nil {
+		return nil, err
+	}
+	path, h := commandv1connect.NewCommandServiceHandler(commandpkg.NewService(env.Results), env.Options...)
+	return append(services, heed.Service{Name: commandv1connect.CommandServiceName, Path: path, Handler: h}), nil
+}
+
+// commandResults reads the domain's command outcomes for env.
+func commandResults(d *heed.Domain, env *heed.Env) *commandpkg.Results {
+	opts := []commandpkg.Option{commandpkg.WithTopicEnds(env.Ends), commandpkg.WithEventID(d.IDs().EventID)}
+	if env.ReadRecord != nil {
+		opts = append(opts, commandpkg.WithRecordReader(env.ReadRecord))
+	}
+	if m := d.ResultMessage(); m != nil {
+		opts = append(opts, commandpkg.WithResultType(m))
+	}
+	return commandpkg.NewResults(env.Pool, env.Topic, env.ReadWaitMax, opts...)
 }
 
 // serverSec is the server's TLS configuration and guard (nil: none).
