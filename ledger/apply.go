@@ -10,19 +10,19 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/pgarray"
 )
 
 // Applier applies ledger events to the accounts table and returns each
-// command's result for the applier to record. It
-// is an applier.BatchHandler: one batch of events costs the applier two round
-// trips to Postgres. It is stateless and safe for concurrent use.
+// command's result for the applier to record. It is the domain's
+// heed.BatchHandler (the batched form): one batch of events costs the applier
+// two round trips to Postgres. It is stateless and safe for concurrent use.
 type Applier struct{}
 
-var _ applier.BatchHandler = Applier{}
+var _ heed.BatchHandler = Applier{}
 
 // accountIDPattern is the rule ledger.proto gives account_id, which
 // validAccountID checks.
@@ -66,7 +66,7 @@ type account struct {
 // order in memory, then writes the changed accounts (Loaded.Queue). It returns
 // each event's result, which the applier records. Errors are wrapped with what
 // failed; tx must then be rolled back.
-func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) ([]applier.Result, error) {
+func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []heed.Record) ([]heed.Result, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
@@ -89,7 +89,7 @@ func (h Applier) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) (
 // Load queues onto b the read of every account events touch, in one query, and
 // returns the accounts its callback fills in when b is sent. The read's errors
 // come out of b's results.
-func (Applier) Load(b *pgx.Batch, events []applier.Event) applier.Loaded {
+func (Applier) Load(b *pgx.Batch, events []heed.Record) heed.Loaded {
 	l := &loaded{accounts: make(map[string]*account)}
 	ids := make(pgarray.Texts, 0, len(events))
 	for _, ev := range events {
@@ -140,11 +140,11 @@ func (l *loaded) read(rows pgx.Rows) error {
 // CommandResult. It returns an
 // error, and queues nothing, when the read has not arrived or an event's
 // account was not loaded.
-func (l *loaded) Queue(events []applier.Event, b *pgx.Batch) ([]applier.Result, error) {
+func (l *loaded) Queue(events []heed.Record, b *pgx.Batch) ([]heed.Result, error) {
 	if !l.done {
 		return nil, errors.New("decide events: the accounts were not read (the batch holding the read was not sent, or failed)")
 	}
-	results := make([]applier.Result, len(events))
+	results := make([]heed.Result, len(events))
 	for i, ev := range events {
 		a, ok := l.accounts[ev.AggregateID]
 		if !ok {

@@ -6,16 +6,14 @@
 // exist, must not exist yet, no overdraft) are decided by Applier when the event
 // is applied, deterministically, and recorded as the command's result, which
 // GetCommandResult reads back.
+//
+// It is written on heed's public API only, as any team's domain would be:
+// Domain declares it (package heed), cmd/heed runs it (package cli).
 package ledger
 
 import (
 	"embed"
 	"io/fs"
-
-	"github.com/heed-dev/heed/applier"
-	"github.com/heed-dev/heed/dedup"
-	"github.com/heed-dev/heed/schema"
-	"github.com/heed-dev/heed/topic"
 )
 
 //go:embed migrations/*.sql
@@ -26,11 +24,6 @@ var migrations embed.FS
 var Migrations, _ = fs.Sub(migrations, "migrations")
 
 // Schema is every migration set the ledger pipeline needs, in the order they
-// apply: the processed-event table, the applier's positions and quarantine,
-// the topic identity, and the ledger's own tables.
-var Schema = []schema.Migrations{
-	{Name: "dedup", FS: dedup.Migrations},
-	{Name: "applier", FS: applier.Migrations},
-	{Name: "topic", FS: topic.Migrations},
-	{Name: "ledger", FS: Migrations},
-}
+// apply: heed's (the processed-event table, the applier's positions and
+// quarantine, the topic identity), then the ledger's own tables.
+var Schema = Domain().Sets()
