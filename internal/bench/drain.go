@@ -113,7 +113,7 @@ func (e *env) drainRun(ctx context.Context, phase string, data *dataset, cfg app
 	data.events = nil // recs is not used again either
 	runtime.GC()
 
-	a, err := applier.New(e.applierConfig(cfg, topic, e.name(phase)), pool, ledger.Applier{})
+	a, err := applier.New(e.applierConfig(cfg, topic, e.name(phase)), pool, ledger.Domain().Handler())
 	if err != nil {
 		return drainResult{}, err
 	}

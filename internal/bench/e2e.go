@@ -47,7 +47,7 @@ func (e *env) e2e(ctx context.Context, r *Result) error {
 	if err := e.produce(ctx, cl, recs); err != nil {
 		return err
 	}
-	a, err := applier.New(e.applierConfig(e.cfg.Applier, topic, e.name("e2e")), pool, ledger.Applier{})
+	a, err := applier.New(e.applierConfig(e.cfg.Applier, topic, e.name("e2e")), pool, ledger.Domain().Handler())
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,7 @@ func (e *env) rebuildPhase(ctx context.Context, r *Result) error {
 		Live:        into + "_live", // none: the rebuild runs to the topic's end
 		Into:        into,
 		Sets:        ledger.Schema,
-		Handler:     ledger.Applier{},
+		Handler:     ledger.Domain().Handler(),
 		Applier:     applier.Config{Brokers: e.broker.Addrs(), Topic: topic, Group: into},
 		Logger:      e.cfg.Logger.With("component", "rebuild"),
 	})
