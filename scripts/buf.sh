@@ -3,8 +3,8 @@
 #
 #   scripts/buf.sh deps        prepare .buf-deps/ (protovalidate's validate.proto)
 #   scripts/buf.sh lint        deps + buf lint
-#   scripts/buf.sh generate    deps + buf generate (into gen/)
-#   scripts/buf.sh check       deps + lint + generate, fail if gen/ is stale (CI)
+#   scripts/buf.sh generate    deps + buf generate, every template (into gen/, examples/booking/gen/)
+#   scripts/buf.sh check       deps + lint + generate, fail if generated code is stale (CI)
 #   scripts/buf.sh breaking [REF]  fail on a wire- or JSON-breaking change against REF (default HEAD~1)
 #   scripts/buf.sh buf ARGS... run the pinned buf, e.g. scripts/buf.sh buf curl --help
 #
@@ -21,7 +21,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 DEPS_DIR=.buf-deps
-GEN_DIR=gen
+# The generation templates, each writing (and cleaning) one directory: heed's
+# gen/ from proto/, and the booking example's own from examples/booking/proto.
+TEMPLATES=(buf.gen.yaml examples/booking/buf.gen.yaml)
+GEN_DIRS=(gen examples/booking/gen)
+# heed's own modules of the workspace (buf.yaml), checked for breaking changes.
+PROTO_MODULES=(proto examples/booking/proto)
 
 die() {
 	echo "buf.sh: $*" >&2
@@ -60,7 +65,10 @@ lint() {
 }
 
 generate() {
-	run_buf generate
+	local t
+	for t in "${TEMPLATES[@]}"; do
+		run_buf generate --template "$t"
+	done
 }
 
 check() {
@@ -68,35 +76,46 @@ check() {
 	generate
 	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || die "check needs a git work tree"
 	local status
-	status="$(git status --porcelain --untracked-files=all -- "$GEN_DIR/")"
+	status="$(git status --porcelain --untracked-files=all -- "${GEN_DIRS[@]}")"
 	if [[ -n "$status" ]]; then
 		{
-			echo "buf.sh: generated code in $GEN_DIR/ is stale (differs from what is committed):"
+			echo "buf.sh: generated code in ${GEN_DIRS[*]} is stale (differs from what is committed):"
 			echo "$status"
 			echo
-			echo "fix: run 'scripts/buf.sh generate' and commit the changes in $GEN_DIR/."
+			echo "fix: run 'scripts/buf.sh generate' and commit the changes in ${GEN_DIRS[*]}."
 		} >&2
 		exit 1
 	fi
-	echo "buf.sh: lint clean, $GEN_DIR/ up to date."
+	echo "buf.sh: lint clean, ${GEN_DIRS[*]} up to date."
 }
 
-# breaking compares proto/ with the same tree at REF (default: the previous
-# commit): the .proto files there are built into an image in a temporary
-# worktree, with the same local protovalidate copy, since a git ref holds no
-# .buf-deps/. Rules: buf.yaml's breaking section (WIRE_JSON).
+# breaking compares each of heed's modules (PROTO_MODULES: proto/ and the
+# booking example's) with the same directory at REF (default: the previous
+# commit), module by module, since buf compares a whole workspace only with
+# one of as many modules: the .proto files there are built into an image in a
+# temporary worktree, with the same local protovalidate copy, since a git ref
+# holds no .buf-deps/. A module REF does not have yet is new: nothing to
+# break. Rules: buf.yaml's breaking section (WIRE_JSON).
 breaking() {
-	local ref="${1:-HEAD~1}" wt status=0
+	local ref="${1:-HEAD~1}" wt m status=0 failed=()
 	git rev-parse --verify --quiet "${ref}^{commit}" >/dev/null ||
 		{ echo "buf.sh: breaking: no commit ${ref} in this clone (a shallow clone?): nothing to compare with, skipped"; return 0; }
 	wt="$(mktemp -d)"
 	git worktree add --detach --quiet "$wt" "$ref"
 	mkdir -p "$wt/$DEPS_DIR"
 	cp -R "$DEPS_DIR/protovalidate" "$wt/$DEPS_DIR/"
-	run_buf breaking --against "$wt" || status=$?
+	for m in "${PROTO_MODULES[@]}"; do
+		if [[ ! -d "$wt/$m" ]]; then
+			echo "buf.sh: breaking: $m/ is new since ${ref}: nothing to compare with"
+			continue
+		fi
+		status=0
+		run_buf breaking "$m" --against "$wt/$m" || status=$?
+		[[ $status -eq 0 ]] || failed+=("$m/")
+	done
 	git worktree remove --force "$wt"
-	[[ $status -eq 0 ]] || die "breaking: proto/ has a wire- or JSON-breaking change against ${ref} (see above); add fields and types instead of changing or removing them (docs/DEPLOY.md)"
-	echo "buf.sh: no breaking change in proto/ against ${ref} ($(git rev-parse --short "$ref"))."
+	[[ ${#failed[@]} -eq 0 ]] || die "breaking: ${failed[*]} has a wire- or JSON-breaking change against ${ref} (see above); add fields and types instead of changing or removing them (docs/DEPLOY.md)"
+	echo "buf.sh: no breaking change in ${PROTO_MODULES[*]} against ${ref} ($(git rev-parse --short "$ref"))."
 }
 
 usage() {
