@@ -15,6 +15,7 @@ import (
 	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/examples/booking"
 	bookingv1 "github.com/heed-dev/heed/examples/booking/gen/heed/examples/booking/v1"
+	commandv1 "github.com/heed-dev/heed/gen/heed/command/v1"
 	"github.com/heed-dev/heed/ingest"
 )
 
@@ -36,7 +37,7 @@ func TestBooking(t *testing.T) {
 	}
 	d := newDev(t, buildBooking(t))
 	d.start(t)
-	c := client{t, d.client()}
+	c := d.client()
 
 	// The steps share the server's state: each runs only if those before it
 	// passed.
@@ -45,7 +46,7 @@ func TestBooking(t *testing.T) {
 		run  func(t *testing.T)
 	}{
 		{"commands", func(t *testing.T) {
-			c := client{t, c.c}
+			c := c.in(t)
 			tok := c.create("gala", "A1", "A2", "A3", "A4")
 			if got := c.free("gala", tok); !slices.Equal(got, []string{"A1", "A2", "A3", "A4"}) {
 				t.Fatalf("free seats of a new show = %v, want A1-A4", got)
@@ -65,9 +66,15 @@ func TestBooking(t *testing.T) {
 			if got := c.free("gala", tok); !slices.Equal(got, []string{"A3", "A4"}) {
 				t.Errorf("free seats after the rejected h2 = %v, want A3 A4", got)
 			}
+			if st, why, _ := c.outcome("gala", "hold-gala-h2", tok); st != commandv1.CommandStatus_COMMAND_STATUS_REJECTED || !strings.Contains(why, "seat A2 is held") {
+				t.Errorf("GetCommandResult of h2's HoldSeats = %v (%q), want rejected: seat A2 is held", st, why)
+			}
 			tok = c.confirm("gala", "h1")
 			if st, why := c.status("gala", "h1", tok); st != confirmed {
 				t.Errorf("h1 after its confirm = %v (%s), want confirmed", st, why)
+			}
+			if st, _, res := c.outcome("gala", "confirm-gala-h1", tok); st != commandv1.CommandStatus_COMMAND_STATUS_APPLIED || !slices.Equal(res.GetSeats(), []string{"A1", "A2"}) {
+				t.Errorf("GetCommandResult of h1's confirm = %v, result %v; want applied, seats A1 A2 booked", st, res)
 			}
 			tok = c.hold("gala", "h3", 10*time.Minute, "A1")
 			if st, why := c.status("gala", "h3", tok); st != rejected || !strings.Contains(why, "seat A1 is booked") {
@@ -122,7 +129,7 @@ func TestBooking(t *testing.T) {
 			}
 		}},
 		{"state survives a restart", func(t *testing.T) {
-			c := client{t, c.c}
+			c := c.in(t)
 			d.proc.interrupt(t)
 			d.start(t)
 			if got := c.free("gala", ""); !slices.Equal(got, []string{"A3"}) {
@@ -137,7 +144,7 @@ func TestBooking(t *testing.T) {
 			}
 		}},
 		{"expiry by record time", func(t *testing.T) {
-			c := client{t, c.c}
+			c := c.in(t)
 			// Records written by hand with their timestamps: what decides a hold's
 			// expiry is the record time, whatever the wall clock says when the
 			// applier reads them (a second later).
@@ -157,6 +164,9 @@ func TestBooking(t *testing.T) {
 			if st != expired || !strings.Contains(why, "a confirm of it was recorded at") {
 				t.Errorf("a hold confirmed 2h after it (ttl 10m) = %v (%q), want expired by its confirm's record time", st, why)
 			}
+			if st, why, _ := c.outcome("soiree", "s-confirm", tok); st != commandv1.CommandStatus_COMMAND_STATUS_REJECTED || !strings.Contains(why, "hold s1 expired at") {
+				t.Errorf("GetCommandResult of the late confirm = %v (%q), want rejected: expired", st, why)
+			}
 			// The wall clock has not reached its expiry: only record time decided.
 			if h, err := c.getHold("soiree", "s1", ""); err != nil || !h.GetExpiresAt().AsTime().After(time.Now()) {
 				t.Errorf("s1 expires at %v (err %v), want after now: the test needs the wall clock before it", h.GetExpiresAt().AsTime(), err)
@@ -166,7 +176,7 @@ func TestBooking(t *testing.T) {
 			}
 		}},
 		{"quarantine", func(t *testing.T) {
-			c := client{t, c.c}
+			c := c.in(t)
 			c.create("q1", "D1", "D2")
 			w := newWriter(t, d.broker)
 			// A hold of no seats breaks SeatsHeld's protovalidate rules: it can
@@ -176,6 +186,12 @@ func TestBooking(t *testing.T) {
 			tok := c.hold("q1", "later", 10*time.Minute, "D1")
 			if _, err := c.getHold("q1", "later", tok); connect.CodeOf(err) != connect.CodeNotFound {
 				t.Fatalf("GetHold of a hold behind a quarantined record: %v, want not_found (parked)", err)
+			}
+			if st, why, _ := c.outcome("q1", "hold-q1-later", tok); st != commandv1.CommandStatus_COMMAND_STATUS_PARKED {
+				t.Errorf("GetCommandResult of the hold behind the junk = %v (%q), want parked", st, why)
+			}
+			if st, why, _ := c.outcome("q1", "junk-hold", tok); st != commandv1.CommandStatus_COMMAND_STATUS_QUARANTINED || !strings.Contains(why, "seats") {
+				t.Errorf("GetCommandResult of the junk = %v (%q), want quarantined, naming seats", st, why)
 			}
 			code, out := d.run(t, "quarantine", "list")
 			if code != 0 || !strings.Contains(out, "poison") || !strings.Contains(out, "parked") || !strings.Contains(out, "seats") {
@@ -197,6 +213,9 @@ func TestBooking(t *testing.T) {
 			}
 			if st, why := c.status("q1", "later", ""); st != held {
 				t.Errorf("the parked hold after the drop = %v (%q), want held", st, why)
+			}
+			if st, why, _ := c.outcome("q1", "junk-hold", ""); st != commandv1.CommandStatus_COMMAND_STATUS_DROPPED || !strings.Contains(why, "a hold of no seats") {
+				t.Errorf("GetCommandResult of the dropped junk = %v (%q), want dropped with the operator's reason", st, why)
 			}
 			code, out = d.run(t, "quarantine", "drop", "--reason", "test: keyed by another show",
 				"--partition", fmt.Sprint(stray.Partition), "--offset", fmt.Sprint(stray.Offset))

@@ -18,6 +18,8 @@ import (
 
 	bookingv1 "github.com/heed-dev/heed/examples/booking/gen/heed/examples/booking/v1"
 	"github.com/heed-dev/heed/examples/booking/gen/heed/examples/booking/v1/bookingv1connect"
+	commandv1 "github.com/heed-dev/heed/gen/heed/command/v1"
+	"github.com/heed-dev/heed/gen/heed/command/v1/commandv1connect"
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
@@ -68,8 +70,12 @@ func (d *dev) start(t *testing.T) {
 		"--database-url", d.dbURL, "--metrics-listen", "", "--log-level", "warn")
 }
 
-func (d *dev) client() bookingv1connect.BookingServiceClient {
-	return bookingv1connect.NewBookingServiceClient(http.DefaultClient, "http://"+d.listen)
+func (d *dev) client() client {
+	return client{
+		tb:       d.owner,
+		c:        bookingv1connect.NewBookingServiceClient(http.DefaultClient, "http://"+d.listen),
+		commands: commandv1connect.NewCommandServiceClient(http.DefaultClient, "http://"+d.listen),
+	}
 }
 
 // run runs the binary with args and the broker's and database's flags to
@@ -174,10 +180,37 @@ func (p *process) interrupt(tb testing.TB) {
 	}
 }
 
-// client wraps the service client with the test's assertions.
+// client wraps the domain's service and heed's CommandService, which
+// every domain gets, with the test's assertions.
 type client struct {
-	tb testing.TB
-	c  bookingv1connect.BookingServiceClient
+	tb       testing.TB
+	c        bookingv1connect.BookingServiceClient
+	commands commandv1connect.CommandServiceClient
+}
+
+// in is c failing tb.
+func (c client) in(tb testing.TB) client {
+	c.tb = tb
+	return c
+}
+
+// outcome is what became of the command sent with requestID for show, once
+// the write of token is applied, and its result (nil for none).
+func (c client) outcome(show, requestID, token string) (commandv1.CommandStatus, string, *bookingv1.CommandResult) {
+	c.tb.Helper()
+	res, err := c.commands.GetCommandResult(c.tb.Context(), connect.NewRequest(&commandv1.GetCommandResultRequest{
+		Ref: &commandv1.GetCommandResultRequest_RequestId{RequestId: requestID}, Key: show, ConsistencyToken: token}))
+	if err != nil {
+		c.tb.Fatalf("GetCommandResult %s (token %q): %v", requestID, token, err)
+	}
+	if res.Msg.GetResult() == nil {
+		return res.Msg.GetStatus(), res.Msg.GetReason(), nil
+	}
+	var r bookingv1.CommandResult
+	if err := res.Msg.GetResult().UnmarshalTo(&r); err != nil {
+		c.tb.Fatalf("GetCommandResult %s: the result is not a booking CommandResult: %v", requestID, err)
+	}
+	return res.Msg.GetStatus(), res.Msg.GetReason(), &r
 }
 
 // create creates show with seats and returns the command's token.

@@ -23,7 +23,7 @@ const (
 
 // readmeExpiryStep is the README's command sent "after a moment", once the
 // hold before it (ttl 1s) expired by the clock that stamps records.
-const readmeExpiryStep = `"request_id":"confirm-carol"`
+const readmeExpiryStep = `"request_id":"confirm-carol","show_id"`
 
 // TestReadmeWalkthrough runs README.md's console steps in order against a
 // fresh booking dev from the built binary, and requires each to print what
