@@ -38,7 +38,11 @@ var Migrations, _ = fs.Sub(migrations, "migrations")
 // named booking: topic booking.events, consumer group booking-applier,
 // schema booking. Every event read from the topic is checked against its
 // protovalidate rules and must be keyed by its show_id.
-func Domain() *heed.Domain {
+func Domain() *heed.Domain { return domain(holdSeats, confirmHold) }
+
+// domain is the domain with hold and confirm applying SeatsHeld and
+// HoldConfirmed (the tests' wall-clock variant swaps them).
+func domain(hold heed.ApplyFunc[*bookingv1.SeatsHeld], confirm heed.ApplyFunc[*bookingv1.HoldConfirmed]) *heed.Domain {
 	d := heed.NewDomain("booking",
 		heed.Migrations(Migrations),
 		heed.Results(&bookingv1.CommandResult{}),
@@ -46,10 +50,10 @@ func Domain() *heed.Domain {
 	heed.On(d, createShow, heed.Check(func(key string, m *bookingv1.ShowCreated) error {
 		return keyIsShow(key, m.GetShowId())
 	}))
-	heed.On(d, holdSeats, heed.Check(func(key string, m *bookingv1.SeatsHeld) error {
+	heed.On(d, hold, heed.Check(func(key string, m *bookingv1.SeatsHeld) error {
 		return keyIsShow(key, m.GetShowId())
 	}))
-	heed.On(d, confirmHold, heed.Check(func(key string, m *bookingv1.HoldConfirmed) error {
+	heed.On(d, confirm, heed.Check(func(key string, m *bookingv1.HoldConfirmed) error {
 		return keyIsShow(key, m.GetShowId())
 	}))
 	heed.On(d, releaseHold, heed.Check(func(key string, m *bookingv1.HoldReleased) error {
