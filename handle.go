@@ -65,6 +65,14 @@ func Applied(msg proto.Message) (Result, error) {
 // reason the command's caller reads.
 func Rejected(reason string) Result { return Result{Rejected: true, Reason: reason} }
 
+// RejectedWith is Rejected carrying the domain's result message too (the
+// state the refusal left, say), which GetCommandResult returns typed.
+func RejectedWith(reason string, msg proto.Message) (Result, error) {
+	r, err := Applied(msg)
+	r.Rejected, r.Reason = true, reason
+	return r, err
+}
+
 // Quarantine returns the error that quarantines the event at offset with
 // reason: it can never apply (its content breaks a rule no later event can
 // change). heed stores it whole, parks the later events of its key, and

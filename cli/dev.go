@@ -130,7 +130,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		metricsNote = "http://" + c.obs.metricsListen + "/metrics (and /healthz, /readyz)"
 	}
 	banner := func() {
-		fmt.Fprintf(stdout, `heed dev is running (Ctrl-C stops it; state survives a restart)
+		fmt.Fprintf(stdout, program+` dev is running (Ctrl-C stops it; state survives a restart)
   broker    %s (embedded, data in %s), topic %s
   postgres  %s, schema %s
   server    %s://%s (Connect, gRPC, gRPC-Web; reflection on)

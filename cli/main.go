@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -28,13 +29,30 @@ import (
 // and exits with its code: 0 on success, 1 when it failed, 2 on a usage
 // error. SIGINT and SIGTERM stop it gracefully; a second one exits at once.
 func Main(domains ...*heed.Domain) {
+	if name := filepath.Base(os.Args[0]); name != "" && name != "." && name != string(filepath.Separator) {
+		program = name
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
 		<-ctx.Done()
 		stop() // from now on a second signal kills the process at once
-		fmt.Fprintln(os.Stderr, "heed: stopping (in-flight work gets --shutdown-timeout where the verb has it); a second signal exits at once")
+		fmt.Fprintln(os.Stderr, program+": stopping (in-flight work gets --shutdown-timeout where the verb has it); a second signal exits at once")
 	}()
 	os.Exit(Run(ctx, domains, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// program is the binary's name in usage, help and errors: what Main was run
+// as ("heed" for the ledger's, "booking" for the booking example's). Set once
+// by Main before anything reads it; Run in tests keeps "heed".
+var program = "heed"
+
+// named puts the binary's name in a text written for heed: its usage and
+// examples say "heed VERB".
+func named(text string) string {
+	if program == "heed" {
+		return text
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(text, "`heed ", "`"+program+" "), "heed ", program+" ")
 }
 
 // command is one verb's flags and work. run is what tests drive in-process.
@@ -85,7 +103,7 @@ func find(domains []*heed.Domain, name string) (verb, bool) {
 // exit code; what Main runs, and what tests drive in-process.
 func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, stderr io.Writer) int {
 	if err := checkDomains(domains); err != nil {
-		fmt.Fprintf(stderr, "heed: %v\n", err)
+		fmt.Fprintf(stderr, "%s: %v\n", program, err)
 		return 2
 	}
 	if len(args) == 0 {
@@ -97,19 +115,19 @@ func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, std
 	}
 	v, ok := find(domains, args[0])
 	if !ok {
-		fmt.Fprintf(stderr, "heed: unknown verb %q; run `heed help` for the list\n", args[0])
+		fmt.Fprintf(stderr, "%s: unknown verb %q; run `%s help` for the list\n", program, args[0], program)
 		return 2
 	}
 	d, err := chooseDomain(domains, args[1:])
 	if err != nil {
-		fmt.Fprintf(stderr, "heed %s: %v\n", v.name, err)
+		fmt.Fprintf(stderr, "%s %s: %v\n", program, v.name, err)
 		return 2
 	}
 	cmd := v.new(d)
 	rest := args[1:]
 	if len(v.actions) > 0 {
 		if len(rest) == 0 || !slices.Contains(v.actions, rest[0]) {
-			fmt.Fprintf(stderr, "heed %s: name an action first: %s (e.g. %s)\n", v.name, strings.Join(v.actions, ", "), v.example)
+			fmt.Fprintf(stderr, "%s %s: name an action first: %s (e.g. %s)\n", program, v.name, strings.Join(v.actions, ", "), named(v.example))
 			return 2
 		}
 		cmd.(actionCommand).setAction(rest[0])
@@ -123,22 +141,22 @@ func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, std
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "heed %s: unexpected arguments %q; run `heed help %s`\n", v.name, fs.Args(), v.name)
+		fmt.Fprintf(stderr, "%s %s: unexpected arguments %q; run `%s help %s`\n", program, v.name, fs.Args(), program, v.name)
 		return 2
 	}
 	if err := applyEnv(fs); err != nil {
-		fmt.Fprintf(stderr, "heed %s: %v\n", v.name, err)
+		fmt.Fprintf(stderr, "%s %s: %v\n", program, v.name, err)
 		return 2
 	}
 	if err := cmd.run(ctx, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "heed %s: %v\n", v.name, err)
+		fmt.Fprintf(stderr, "%s %s: %s\n", program, v.name, named(err.Error()))
 		return 1
 	}
 	return 0
 }
 
 func newFlagSet(v verb, cmd command, out io.Writer, domains []*heed.Domain, d *heed.Domain) *flag.FlagSet {
-	fs := flag.NewFlagSet("heed "+v.name, flag.ContinueOnError)
+	fs := flag.NewFlagSet(program+" "+v.name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	cmd.flags(fs)
 	if len(domains) > 1 {
@@ -150,11 +168,11 @@ func newFlagSet(v verb, cmd command, out io.Writer, domains []*heed.Domain, d *h
 }
 
 func printVerb(v verb, fs *flag.FlagSet, w io.Writer) {
-	usage := "heed " + v.name
+	usage := program + " " + v.name
 	if len(v.actions) > 0 {
 		usage += " " + strings.Join(v.actions, "|")
 	}
-	fmt.Fprintf(w, "heed %s: %s\n\nUsage: %s [flags]\n\nExample:\n  %s\n\nFlags (each also read from the environment variable shown):\n", v.name, v.summary, usage, v.example)
+	fmt.Fprintf(w, "%s %s: %s\n\nUsage: %s [flags]\n\nExample:\n  %s\n\nFlags (each also read from the environment variable shown):\n", program, v.name, v.summary, usage, named(v.example))
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
@@ -163,7 +181,7 @@ func help(domains []*heed.Domain, args []string, stdout, stderr io.Writer) int {
 	if len(args) >= 2 {
 		v, ok := find(domains, args[1])
 		if !ok {
-			fmt.Fprintf(stderr, "heed help: unknown verb %q\n", args[1])
+			fmt.Fprintf(stderr, "%s help: unknown verb %q\n", program, args[1])
 			return 2
 		}
 		d, err := chooseDomain(domains, args[2:])
@@ -179,13 +197,13 @@ func help(domains []*heed.Domain, args []string, stdout, stderr io.Writer) int {
 
 // printUsage lists the verbs.
 func printUsage(w io.Writer, domains []*heed.Domain) {
-	fmt.Fprintln(w, "heed: change a database and tell the world about it, without dual writes.")
-	fmt.Fprint(w, "\nUsage: heed VERB [flags]\n\nVerbs:\n")
+	fmt.Fprintln(w, program+": change a database and tell the world about it, without dual writes.")
+	fmt.Fprintf(w, "\nUsage: %s VERB [flags]\n\nVerbs:\n", program)
 	for _, v := range verbs(domains) {
 		fmt.Fprintf(w, "  %-11s %s\n", v.name, v.summary)
 	}
 	if len(domains) > 1 {
 		fmt.Fprintf(w, "\nDomains: %s (choose with --domain or HEED_DOMAIN)\n", strings.Join(domainNames(domains), ", "))
 	}
-	fmt.Fprintln(w, "\nRun `heed help VERB` for a verb's flags and an example.")
+	fmt.Fprintf(w, "\nRun `%s help VERB` for a verb's flags and an example.\n", program)
 }

@@ -205,7 +205,7 @@ func topicError(db dbFlags, err error) error {
 	return err
 }
 
-// applyFrom runs the ledger applier until ctx ends.
+// applyFrom runs the domain's applier until ctx ends.
 func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool, x *ops, obs obsFlags) error {
 	cfg := applierConfig(logger, kafka, af)
 	var err error

@@ -54,7 +54,7 @@ func (c *quarantineCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL of the projection, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	fs.IntVar(&c.partition, "partition", -1, "the record's partition (list: only this partition; show, redrive, drop: required)")
 	fs.Int64Var(&c.offset, "offset", -1, "the record's offset (show, redrive, drop: required)")
-	fs.StringVar(&c.key, "key", "", "list: only records of this key (the account ID)")
+	fs.StringVar(&c.key, "key", "", "list: only records of this key (the aggregate: the ledger's account ID)")
 	fs.BoolVar(&c.all, "all", false, "list: also records no longer open (re-driven, dropped)")
 	fs.BoolVar(&c.asJSON, "json", false, "list, show: print JSON")
 	fs.StringVar(&c.reason, "reason", "", "drop: why the record is dropped, stored with it (required)")

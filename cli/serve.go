@@ -14,7 +14,7 @@ import (
 
 var serveVerb = verb{
 	name:    "serve",
-	summary: "serve the ledger's commands and queries (Connect, gRPC, gRPC-Web on one port)",
+	summary: "serve the domain's commands and queries (Connect, gRPC, gRPC-Web on one port)",
 	example: "heed serve --brokers 127.0.0.1:9092 --database-url postgres://postgres@127.0.0.1:5432/heed --listen 127.0.0.1:8080",
 	new:     func(d *heed.Domain) command { return &serveCmd{kafka: kafkaFlags{dom: d}, db: dbFlags{dom: d}} },
 }

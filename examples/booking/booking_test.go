@@ -2,6 +2,7 @@ package booking_test
 
 import (
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -35,7 +36,17 @@ func TestBooking(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the booking binary")
 	}
-	d := newDev(t, buildBooking(t))
+	bin := buildBooking(t)
+	// The binary speaks of itself by its own name, and of the domain, not of
+	// the ledger.
+	help, err := exec.CommandContext(t.Context(), bin, "help").CombinedOutput()
+	if err != nil || !strings.Contains(string(help), "Usage: booking VERB") || !strings.Contains(string(help), "serve the domain's commands") || strings.Contains(string(help), "bench") {
+		t.Errorf("booking help: %v\n%s", err, help)
+	}
+	if out, err := exec.CommandContext(t.Context(), bin, "nope").CombinedOutput(); err == nil || !strings.Contains(string(out), "booking: unknown verb \"nope\"; run `booking help`") {
+		t.Errorf("booking nope: %v\n%s", err, out)
+	}
+	d := newDev(t, bin)
 	d.start(t)
 	c := d.client()
 
