@@ -46,9 +46,17 @@ deps() {
 		die "no proto/protovalidate/buf/validate/validate.proto in module dir '${dir}'"
 
 	# Copy (not symlink) the .proto files: the module cache is read-only, and a plain
-	# directory behaves the same for every buf command. Replace atomically.
+	# directory behaves the same for every buf command. Runs that overlap (tests
+	# run buf.sh in parallel) take turns, and one that finds the right version
+	# in place leaves it alone: no run sees the directory half replaced.
 	dst="$DEPS_DIR/protovalidate"
 	mkdir -p "$DEPS_DIR"
+	exec 9>"$DEPS_DIR/.lock"
+	flock 9
+	if [[ "$(cat "$dst/VERSION" 2>/dev/null)" == "github.com/bufbuild/protovalidate@${PROTOVALIDATE_VERSION}" ]]; then
+		exec 9>&-
+		return 0
+	fi
 	tmp="$(mktemp -d "$DEPS_DIR/.protovalidate.XXXXXX")"
 	chmod 0755 "$tmp"
 	(cd "$dir/proto/protovalidate" && find . -name '*.proto' -print0) |
@@ -58,6 +66,7 @@ deps() {
 	echo "github.com/bufbuild/protovalidate@${PROTOVALIDATE_VERSION}" >"$tmp/VERSION"
 	rm -rf "$dst"
 	mv "$tmp" "$dst"
+	exec 9>&-
 }
 
 lint() {
