@@ -33,6 +33,14 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the booking binary, grpcurl and buf")
 	}
+	walkthrough(t, "README.md", 15)
+}
+
+// walkthrough runs the console steps of the markdown file at path in order
+// against a fresh booking dev from the built binary, and requires each to
+// print what the file prints; it needs at least min steps.
+func walkthrough(t *testing.T, path string, min int) {
+	t.Helper()
 	grpcurl := testenv.LookPath(t, "grpcurl")
 	bufScript, err := filepath.Abs("../../scripts/buf.sh")
 	if err != nil {
@@ -40,9 +48,9 @@ func TestReadmeWalkthrough(t *testing.T) {
 	}
 	d := newDev(t, buildBooking(t))
 	d.start(t)
-	steps := consoleSteps(t, "README.md")
-	if len(steps) < 15 {
-		t.Fatalf("README.md has %d console steps, want the walkthrough's (15 or more)", len(steps))
+	steps := consoleSteps(t, path)
+	if len(steps) < min {
+		t.Fatalf("%s has %d console steps, want the walkthrough's (%d or more)", path, len(steps), min)
 	}
 	for _, s := range steps {
 		words := shellWords(t, s.command)
@@ -68,14 +76,14 @@ func TestReadmeWalkthrough(t *testing.T) {
 		case strings.HasPrefix(s.command, readmeBinary):
 			name, words = d.bin, append(append([]string{"booking"}, words[3:]...), "--brokers", d.broker)
 		default:
-			t.Fatalf("README.md step %q: the test runs grpcurl, scripts/buf.sh and %q only", s.command, readmeBinary)
+			t.Fatalf("%s step %q: the test runs grpcurl, scripts/buf.sh and %q only", path, s.command, readmeBinary)
 		}
 		if strings.Contains(s.command, readmeExpiryStep) {
 			time.Sleep(1100 * time.Millisecond)
 		}
 		got := runStep(t, timeout, name, words[1:]...)
 		if !matchOutput(got, s.output) {
-			t.Errorf("$ %s\ngot:\n%s\nREADME.md prints:\n%s", s.command, got, strings.Join(s.output, "\n"))
+			t.Errorf("$ %s\ngot:\n%s\n%s prints:\n%s", s.command, got, path, strings.Join(s.output, "\n"))
 		}
 	}
 }
