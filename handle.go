@@ -62,7 +62,9 @@ func Applied(msg proto.Message) (Result, error) {
 }
 
 // Rejected is the result of an event refused by a business rule, with the
-// reason the command's caller reads.
+// reason the command's caller reads. It undoes nothing: what the handler
+// wrote for the event commits with it (a refusal may record itself, as the
+// booking example's rejected holds do), so decide before writing.
 func Rejected(reason string) Result { return Result{Rejected: true, Reason: reason} }
 
 // RejectedWith is Rejected carrying the domain's result message too (the
