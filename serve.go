@@ -67,25 +67,10 @@ func (e *Env) Await(ctx context.Context, token string) error {
 
 // AwaitToken is Await returning the parsed token (nil for none).
 func (e *Env) AwaitToken(ctx context.Context, token string) (*consistency.Token, error) {
-	if token == "" {
-		return nil, nil
+	if e.Results == nil {
+		return nil, connect.NewError(connect.CodeInternal, errors.New("heed.Env has no Results: build services through cli (serve, dev) or set Env.Results"))
 	}
-	t, err := consistency.Parse(token)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, e.ReadWaitMax)
-	defer cancel()
-	if err := consistency.WaitWithin(ctx, e.Pool, e.Topic, t, e.Ends); err != nil {
-		switch {
-		case errors.Is(err, consistency.ErrNotYetApplied):
-			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; retry the read", err))
-		case errors.Is(err, consistency.ErrNotInTopic):
-			return nil, connect.NewError(connect.CodeInvalidArgument, err)
-		}
-		return nil, ReadError(err)
-	}
-	return &t, nil
+	return e.Results.Await(ctx, token)
 }
 
 // ReadError is the error a read query returns when the database failed:
