@@ -48,6 +48,25 @@ type Record = applier.Event
 // transaction that applied the event.
 type Result = applier.Result
 
+// Emit is a follow-up event a handler asks heed to publish (see Result's
+// Emits): written to the outbox in the transaction that applied the event,
+// published after it commits, so a command spanning two aggregates is never
+// a dual write.
+type Emit = applier.Emit
+
+// FollowUp is the follow-up event named name (unique among the event's
+// emits, stable across versions), keyed by key.
+func FollowUp(name, key string, event proto.Message) Emit {
+	return Emit{Name: name, Key: key, Event: event}
+}
+
+// FollowUpEventID is the event ID of the follow-up named name that the event
+// originID of domain d emits: what a domain's GetCommandResult follows
+// through a command's steps.
+func (d *Domain) FollowUpEventID(originID uuid.UUID, name string) uuid.UUID {
+	return d.ids.EventID(applier.FollowUpRequestID(originID, name))
+}
+
 // Applied is the result of an applied event that returns msg (nil: none),
 // marshaled deterministically.
 func Applied(msg proto.Message) (Result, error) {

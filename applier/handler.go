@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
 
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
 )
@@ -45,6 +46,32 @@ type Result struct {
 	// Data is the domain's own result, e.g. a marshaled protobuf message; nil
 	// for none.
 	Data []byte
+	// Emits are the follow-up events the event asks heed to publish (a
+	// transfer's credit to its destination, say): written to the outbox in
+	// the transaction that applied the event, published by the relay after
+	// it commits. An applied or a rejected event may emit.
+	Emits []Emit
+}
+
+// Emit is one follow-up event. Its request ID is derived from the emitting
+// event's ID and Name (FollowUpRequestID), so a replay, a rebuild and a
+// retried batch emit byte-identical follow-ups, and adding an emit to a
+// handler later changes no existing ID.
+type Emit struct {
+	// Name tells the event's emits apart: unique among them, stable across
+	// versions of the handler ("credit", "refund"), never a position.
+	Name string
+	// Key is the follow-up's aggregate: its record key.
+	Key string
+	// Event is the follow-up event, of a type the domain registered.
+	Event proto.Message
+}
+
+// FollowUpRequestID is the request ID of the follow-up named name of the
+// event originID: the follow-up's event ID is this request ID's, in the
+// domain's ID space.
+func FollowUpRequestID(originID uuid.UUID, name string) string {
+	return originID.String() + "/" + name
 }
 
 // Handler is the domain side of the applier.

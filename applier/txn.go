@@ -225,6 +225,11 @@ func processedRows(items []dedup.Item, results []Result) ([]dedup.Row, error) {
 			if r.Rejected {
 				rows[i].Outcome = dedup.Rejected
 			}
+			if len(r.Emits) > 0 {
+				// Never dropped in silence: the outbox that carries them is
+				// not built yet (issue 28).
+				return nil, fmt.Errorf("apply events: event %s emits %d follow-ups, which this heed cannot publish yet", it.ID, len(r.Emits))
+			}
 			rows[i].Reason, rows[i].Result = storable(r.Reason), r.Data
 		}
 	}
