@@ -3,8 +3,8 @@ package ledger_test
 import (
 	"testing"
 
-	"github.com/heed-dev/heed/ingest"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
+	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/ledger"
 )
 
