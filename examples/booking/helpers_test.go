@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,15 +29,7 @@ const serverLine = "  server    http://"
 // and returns its path. A missing go tool follows testenv's Require policy.
 func buildBooking(tb testing.TB) string {
 	tb.Helper()
-	goBin := testenv.LookPath(tb, "go")
-	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
-	defer cancel()
-	bin := filepath.Join(tb.TempDir(), "booking")
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/booking")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("go build ./cmd/booking: %v\n%s", err, out)
-	}
-	return bin
+	return testenv.BuildBinary(tb, "./examples/booking/cmd/booking")
 }
 
 // dev is `booking dev` run from the built binary on a fresh database and

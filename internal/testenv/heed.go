@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,15 @@ import (
 // (failpoints). A missing go tool follows the Require policy.
 func BuildHeed(tb testing.TB, tags ...string) string {
 	tb.Helper()
+	return BuildBinary(tb, "./cmd/heed", tags...)
+}
+
+// BuildBinary builds the main package pkg, a path from this module's root
+// (./examples/booking/cmd/booking), into a fresh tb.TempDir and returns its
+// path, the binary named after pkg's last element; tags, if any, are build
+// tags (failpoints). A missing go tool follows the Require policy.
+func BuildBinary(tb testing.TB, pkg string, tags ...string) string {
+	tb.Helper()
 	goBin := LookPath(tb, "go")
 	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
 	defer cancel()
@@ -21,15 +31,15 @@ func BuildHeed(tb testing.TB, tags ...string) string {
 	if err != nil || strings.TrimSpace(string(mod)) == "" {
 		tb.Fatalf("testenv: find the module root (go env GOMOD): %v", err)
 	}
-	bin := filepath.Join(tb.TempDir(), "heed")
+	bin := filepath.Join(tb.TempDir(), path.Base(pkg))
 	args := []string{"build", "-o", bin}
 	if len(tags) > 0 {
 		args = append(args, "-tags", strings.Join(tags, ","))
 	}
-	cmd := exec.CommandContext(ctx, goBin, append(args, "./cmd/heed")...)
+	cmd := exec.CommandContext(ctx, goBin, append(args, pkg)...)
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(mod)))
 	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("testenv: go build heed: %v\n%s", err, out)
+		tb.Fatalf("testenv: go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
