@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -78,11 +77,10 @@ func TestChaosBrokerRestart(t *testing.T) {
 		}
 	})
 	rng := rand.New(rand.NewPCG(seed, 1))
-	s := newStackBroker(t, 1, 2, log, true, "--stall-timeout", "2s")
+	s := newStackBroker(t, ledgerTarget, 1, 2, log, true, "--stall-timeout", "2s")
 	waitServing(t, s)
 
-	const accounts = 20
-	l := startLoad([]string{s.serves[0].addr}, 4, accounts, seed)
+	l := startLoad(ledgerTarget, []string{s.serves[0].addr}, 4, seed)
 	defer l.stop()
 	ctx := t.Context()
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -121,9 +119,9 @@ func TestChaosBrokerRestart(t *testing.T) {
 	checkMovedWithin(t, s, restarted, movedWithin)
 	took := time.Since(restarted)
 	stopWatch()
-	processed := checkExactlyOnce(t, s, acked)
-	t.Logf("seed %d, %v: %d commands acknowledged (%d sends retried, %d processed), through faults %v; every partition applied %v after the last broker restart; %s",
-		seed, duration, len(acked), retries, processed, log.counts, took.Round(100*time.Millisecond), stalls)
+	processed, summary := checkCommands(t, s, acked)
+	t.Logf("seed %d, %v: %d commands acknowledged (%d sends retried, %d processed), through faults %v; every partition applied %v after the last broker restart; %s; %s",
+		seed, duration, len(acked), retries, processed, log.counts, took.Round(100*time.Millisecond), stalls, summary)
 }
 
 // faultsNamed returns the faults of faults with these names.
@@ -148,14 +146,10 @@ func checkMovedWithin(t *testing.T, s *stack, since time.Time, within time.Durat
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	conn, err := pgx.Connect(t.Context(), s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := s.connect(t)
 	var ends kadm.ListedOffsets
 	testenv.Eventually(t, 10*time.Second, func() string {
-		if ends, err = kadm.NewClient(cl).ListEndOffsets(t.Context(), "heed.ledger.events"); err == nil {
+		if ends, err = kadm.NewClient(cl).ListEndOffsets(t.Context(), s.topic()); err == nil {
 			err = ends.Error()
 		}
 		if err != nil {
@@ -164,7 +158,7 @@ func checkMovedWithin(t *testing.T, s *stack, since time.Time, within time.Durat
 		return ""
 	})
 	testenv.Eventually(t, time.Until(since.Add(within)), func() string {
-		if behind := behindEnds(t, conn, ends); len(behind) > 0 {
+		if behind := behindEnds(t, s, conn, ends); len(behind) > 0 {
 			return fmt.Sprintf("%v after the broker's last restart: %s", time.Since(since).Round(100*time.Millisecond), strings.Join(behind, "; "))
 		}
 		return ""

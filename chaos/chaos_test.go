@@ -1,13 +1,19 @@
-// Package chaos drives built heed binaries (two serve, three apply, built
-// with failpoints) against a private Postgres and the embedded broker,
+// Package chaos drives built binaries of a domain (two serve, three apply,
+// built with failpoints) against a private Postgres and the embedded broker,
 // through many faults at once on a seeded schedule, and checks every
-// acknowledged command afterwards. TestChaos runs a short run in go test
-// ./...; HEED_CHAOS_LONG=1 makes it a long one, HEED_CHAOS_SEED replays one,
-// HEED_CHAOS_DURATION sets its length, HEED_CHAOS_DYNAMIC=1 runs the
-// appliers as dynamic group members, HEED_CHAOS_LOGDIR keeps the logs.
+// acknowledged command afterwards. It runs against each target: the
+// reference ledger (cmd/heed) and the booking example
+// (examples/booking/cmd/booking), a second domain on heed's public API.
+// TestChaos runs a short run of each in go test ./...; HEED_CHAOS_LONG=1
+// makes them long ones, HEED_CHAOS_SEED replays one, HEED_CHAOS_DURATION
+// sets their length, HEED_CHAOS_DYNAMIC=1 runs the appliers as dynamic group
+// members, HEED_CHAOS_LOGDIR keeps the logs; go test -run TestChaos/booking
+// runs one target.
 //
 // A run is made of small pieces: faults (faults_test.go), the load
-// (load_test.go) and checks (checks_test.go); later work adds its own.
+// (load_test.go), the checks (checks_test.go) and the targets
+// (target_test.go, ledger_test.go, booking_test.go); later work adds its
+// own.
 package chaos
 
 import (
@@ -21,15 +27,27 @@ import (
 	"time"
 )
 
-// TestChaos runs the load through faults drawn from faults on a seeded
-// schedule, then brings everything back and checks the invariants. A failure
-// prints the seed and the schedule.
+// TestChaos runs, for each target, the load through faults drawn from
+// faults on a seeded schedule, one of them a rebuild --verify --swap in the
+// second half if the draws brought none before; then it brings everything
+// back and checks the invariants: every partition applied to the topic's
+// end, each acknowledged command applied or rejected once, the target's
+// model of the projection, the projection equal to a rebuild of the topic,
+// and, last, that a recreated topic is refused. A failure prints the seed
+// and the schedule.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds heed and runs it as processes for a minute")
+		t.Skip("builds the binaries and runs them as processes for a minute each")
 	}
 	seed := chaosSeed(t)
-	duration, gap := 30*time.Second, 1500*time.Millisecond
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) { runChaos(t, tg, seed) })
+	}
+}
+
+// runChaos is TestChaos for one target.
+func runChaos(t *testing.T, tg *target, seed uint64) {
+	duration, gap := tg.short, 1500*time.Millisecond
 	if os.Getenv("HEED_CHAOS_LONG") != "" {
 		duration, gap = 10*time.Minute, time.Second
 	}
@@ -43,26 +61,31 @@ func TestChaos(t *testing.T) {
 	log := newSchedule(seed)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("chaos schedule:\n%s", log)
+			t.Logf("chaos schedule (%s):\n%s", tg.name, log)
 		}
 	})
 	rng := rand.New(rand.NewPCG(seed, 0))
-	s := newStack(t, 2, 3, log)
+	s := newStack(t, tg, 2, 3, log)
 	waitServing(t, s)
 
-	const accounts = 20
-	l := startLoad([]string{s.serves[0].addr, s.serves[1].addr}, 6, accounts, seed)
+	l := startLoad(tg, []string{s.serves[0].addr, s.serves[1].addr}, 6, seed)
 	defer l.stop()
 
 	ctx := t.Context()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	stalls := watchPartitions(watchCtx, s, log.start)
-	end := time.Now().Add(duration)
+	start := time.Now()
+	end, half := start.Add(duration), start.Add(duration/2)
+	swapped := false
 	var lastFault time.Time
 	for time.Now().Before(end) {
 		time.Sleep(gap/2 + time.Duration(rng.Int64N(int64(gap))))
 		f := faults[rng.IntN(len(faults))]
+		if !swapped && time.Now().After(half) {
+			f = faultsNamed("rebuild-swap")[0] // every run swaps under the load at least once
+		}
+		swapped = swapped || f.name == "rebuild-swap"
 		what, err := f.inject(ctx, s, rng)
 		if err != nil {
 			t.Errorf("fault %s: %v", f.name, err)
@@ -71,7 +94,7 @@ func TestChaos(t *testing.T) {
 		lastFault = time.Now()
 		log.add(f.name, what)
 		if logDir != "" {
-			_ = os.WriteFile(filepath.Join(logDir, "schedule.txt"), []byte(log.String()), 0o644)
+			_ = os.WriteFile(filepath.Join(logDir, tg.name+"-schedule.txt"), []byte(log.String()), 0o644)
 		}
 		// What a fault stopped comes back after a while, as a supervisor
 		// would bring it back.
@@ -88,15 +111,17 @@ func TestChaos(t *testing.T) {
 	checkDrained(t, s, l)
 	recovery, records := checkConverged(t, s, lastFault)
 	stopWatch()
-	processed := checkExactlyOnce(t, s, acked)
+	processed, summary := checkCommands(t, s, acked)
+	checkRebuild(t, s)
+	checkTopicGuard(t, s)
 	faultCount := 0
 	for kind, n := range log.counts {
-		if kind != "revive" && kind != "clear-failpoint" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
+		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
 			faultCount += n
 		}
 	}
-	t.Logf("seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault; %s",
-		seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls)
+	t.Logf("%s, seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault; %s; %s",
+		tg.name, seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls, summary)
 }
 
 // chaosSeed is HEED_CHAOS_SEED, or a new seed.

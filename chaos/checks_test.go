@@ -2,28 +2,31 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"maps"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/heed-dev/heed/envelope"
 	"github.com/heed-dev/heed/internal/testenv"
+	"github.com/heed-dev/heed/topic"
 )
 
-// waitServing waits until every server answers.
+// waitServing waits until every server takes a command.
 func waitServing(t *testing.T, s *stack) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, func() string {
 		for _, sl := range s.serves {
-			if err := send(clientFor(sl.addr), command{requestID: "probe-" + sl.name, account: "probe", kind: "open"}); err != nil {
+			if err := send(s.tg.client(sl.addr), s.tg.probe(sl.name)); err != nil {
 				return fmt.Sprintf("%s: %v", sl.name, err)
 			}
 		}
@@ -55,17 +58,13 @@ func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration,
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	conn, err := pgx.Connect(t.Context(), s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
-	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), "heed.ledger.events")
+	conn := s.connect(t)
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), s.topic())
 	if err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 120*time.Second, func() string {
-		behind := behindEnds(t, conn, ends)
+		behind := behindEnds(t, s, conn, ends)
 		if len(behind) > 0 {
 			s.revive() // a process that died late (a failpoint) comes back
 		}
@@ -78,11 +77,11 @@ func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration,
 
 // behindEnds lists the partitions whose applied position is not at their
 // end in ends, or the error reading it.
-func behindEnds(t *testing.T, conn *pgx.Conn, ends kadm.ListedOffsets) []string {
+func behindEnds(t *testing.T, s *stack, conn *pgx.Conn, ends kadm.ListedOffsets) []string {
 	var behind []string
 	ends.Each(func(o kadm.ListedOffset) {
 		var next int64
-		if err := conn.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM heed.applied_positions WHERE topic = 'heed.ledger.events' AND partition = $1`, o.Partition).Scan(&next); err != nil {
+		if err := conn.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM `+s.table("applied_positions")+` WHERE topic = $1 AND partition = $2`, s.topic(), o.Partition).Scan(&next); err != nil {
 			behind = append(behind, err.Error())
 		} else if next != o.Offset {
 			behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, next, o.Offset))
@@ -91,96 +90,141 @@ func behindEnds(t *testing.T, conn *pgx.Conn, ends kadm.ListedOffsets) []string 
 	return behind
 }
 
-// checkExactlyOnce checks the database against the acknowledged commands:
-// each applied or rejected exactly once (one processed row each, none
-// pending, nothing else processed but the probes), the balances equal to
-// the model their recorded outcomes give, and nothing quarantined. It
-// returns how many events are processed, probes included.
-func checkExactlyOnce(t *testing.T, s *stack, acked []command) int64 {
+// checkOutcomes checks the processed events against the acknowledged
+// commands: each applied or rejected exactly once (one processed row each,
+// by its event ID in the domain's ID space and its key; none pending,
+// nothing else processed but the probes), and nothing quarantined. It
+// returns each acknowledged command's outcome and how many events are
+// processed, probes included.
+func checkOutcomes(t *testing.T, s *stack, acked []command) ([]outcome, int64) {
 	t.Helper()
-	conn, err := pgx.Connect(t.Context(), s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(t.Context())
+	conn := s.connect(t)
 	type ref struct {
 		id  uuid.UUID
 		key string
 	}
-	rows, err := conn.Query(t.Context(), `SELECT event_id, aggregate, status FROM heed.processed_events WHERE aggregate <> 'probe'`)
+	rows, err := conn.Query(t.Context(), `SELECT event_id, aggregate, status FROM `+s.table("processed_events")+` WHERE aggregate <> 'probe'`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	outcome := map[ref]int16{}
+	found := map[ref]outcome{}
 	for rows.Next() {
 		var (
 			id     [16]byte
 			key    string
-			status int16
+			status outcome
 		)
 		if err := rows.Scan(&id, &key, &status); err != nil {
 			t.Fatal(err)
 		}
-		outcome[ref{id, key}] = status
+		found[ref{id, key}] = status
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if len(outcome) != len(acked) {
-		t.Errorf("%d events processed, %d commands acknowledged: want each acknowledged command processed once and nothing else", len(outcome), len(acked))
+	if len(found) != len(acked) {
+		t.Errorf("%d events processed, %d commands acknowledged: want each acknowledged command processed once and nothing else", len(found), len(acked))
 	}
-	model := map[string]int64{} // accounts opened, with their balances
+	ids := s.tg.dom.IDs()
+	outcomes := make([]outcome, len(acked))
 	missing := 0
-	for _, c := range acked {
-		st, ok := outcome[ref{envelope.EventID(c.requestID), c.account}]
+	for i, c := range acked {
+		st, ok := found[ref{ids.EventID(c.requestID), c.key}]
 		switch {
 		case !ok:
 			missing++
 			if missing <= 5 {
-				t.Errorf("acknowledged %s %s of %s (%d) was never applied or rejected", c.kind, c.requestID, c.account, c.amount)
+				t.Errorf("acknowledged %s %s of %s was never applied or rejected: %+v", c.kind, c.requestID, c.key, c)
 			}
-			continue
-		case st == 3: // rejected: no effect
-			continue
-		case st != 2:
+		case st != applied && st != rejected:
 			t.Errorf("%s %s has status %d, want applied or rejected", c.kind, c.requestID, st)
-			continue
 		}
-		switch c.kind {
-		case "open":
-			model[c.account] += 0
-		case "deposit":
-			model[c.account] += c.amount
-		case "withdraw":
-			model[c.account] -= c.amount
-		}
+		outcomes[i] = st
 	}
 	if missing > 0 {
 		t.Errorf("%d acknowledged commands lost", missing)
 	}
-	got := map[string]int64{}
-	brows, err := conn.Query(t.Context(), `SELECT account_id, balance FROM heed.accounts WHERE account_id <> 'probe'`)
+	var quarantined, processed int64
+	if err := conn.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM `+s.table("quarantine")+`), (SELECT count(*) FROM `+s.table("processed_events")+`)`).Scan(&quarantined, &processed); err != nil || quarantined != 0 {
+		t.Errorf("the quarantine holds %d records (%v), want none: nothing was poisoned", quarantined, err)
+	}
+	return outcomes, processed
+}
+
+// checkCommands checks every acknowledged command's outcome
+// (checkOutcomes), then the projection against them (the target's check);
+// it returns how many events are processed and the target's summary.
+func checkCommands(t *testing.T, s *stack, acked []command) (int64, string) {
+	t.Helper()
+	outcomes, processed := checkOutcomes(t, s, acked)
+	return processed, s.tg.check(t, s, acked, outcomes)
+}
+
+// checkRebuild runs the binary's rebuild --verify: the topic replayed into
+// a fresh schema must equal the live projection, table by table.
+func checkRebuild(t *testing.T, s *stack) {
+	t.Helper()
+	out, err := runHeed(t.Context(), s.bin, nil, "rebuild", "--brokers", s.brokerAddr, "--database-url", s.dbURL, "--verify", "--log-level", "warn")
+	if want := "verified: " + s.tg.dom.DefaultSchema() + "_rebuild equals " + s.tg.dom.DefaultSchema(); err != nil || !strings.Contains(out, want) {
+		t.Errorf("%s rebuild --verify: %v\n%s\nwant %q", s.tg.name, err, out, want)
+	}
+}
+
+// checkTopicGuard deletes the target's topic and creates it again (another
+// topic ID, as a wiped broker or a recreated topic has), then checks that
+// the running servers come to refuse commands, and that serve and apply
+// started now refuse to start, naming the other incarnation. It ends the
+// stack's use: nothing applies after it.
+func checkTopicGuard(t *testing.T, s *stack) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokerAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for brows.Next() {
-		var (
-			a string
-			b int64
-		)
-		if err := brows.Scan(&a, &b); err != nil {
-			t.Fatal(err)
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx := t.Context()
+	old, err := topic.Describe(ctx, cl, s.topic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.DeleteTopic(ctx, s.topic()); err != nil {
+		t.Fatalf("delete topic %s: %v", s.topic(), err)
+	}
+	// A running process may create it first (the embedded broker creates
+	// a topic a client asks for): that is a new incarnation too.
+	if _, err := adm.CreateTopic(ctx, old.Partitions, 1, nil, s.topic()); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		t.Fatalf("create topic %s again: %v", s.topic(), err)
+	}
+	now, err := topic.Describe(ctx, cl, s.topic())
+	if err != nil || now.ID == old.ID || now.Partitions != old.Partitions {
+		t.Fatalf("the recreated topic: %v, %v; want another topic ID than %v, %d partitions", now, err, old.ID, old.Partitions)
+	}
+	s.log.add("recreate-topic", fmt.Sprintf("topic %s deleted and created again (topic ID %v, was %v)", s.topic(), now.ID, old.ID))
+
+	// A running server checks every topic.DefaultGuardInterval: a probe it
+	// takes before then is written to the new topic.
+	testenv.Eventually(t, 30*time.Second, func() string {
+		for _, sl := range s.serves {
+			err := send(s.tg.client(sl.addr), s.tg.probe("after-recreate-"+sl.name))
+			if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "another incarnation") {
+				return fmt.Sprintf("%s, on the recreated topic, answered %v; want unavailable, another incarnation", sl.name, err)
+			}
 		}
-		got[a] = b
+		return ""
+	})
+	for _, verb := range []string{"serve", "apply"} {
+		args := []string{verb, "--brokers", s.brokerAddr, "--database-url", s.dbURL, "--log-level", "warn"}
+		if verb == "serve" {
+			args = append(args, "--listen", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
+		}
+		out, err := runHeed(ctx, s.bin, nil, args...)
+		var exit *exec.ExitError
+		want := "refusing to start on schema " + s.tg.dom.DefaultSchema()
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(out, want) || !strings.Contains(out, "another incarnation") {
+			t.Errorf("%s %s on the recreated topic: %v\n%s\nwant exit 1, %q, another incarnation", s.tg.name, verb, err, out, want)
+		}
 	}
-	if !maps.Equal(got, model) {
-		t.Errorf("balances %v, want %v (the model from the recorded outcomes)", got, model)
-	}
-	var quarantined, processed int64
-	if err := conn.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM heed.quarantine), (SELECT count(*) FROM heed.processed_events)`).Scan(&quarantined, &processed); err != nil || quarantined != 0 {
-		t.Errorf("the quarantine holds %d records (%v), want none: nothing was poisoned", quarantined, err)
-	}
-	return processed
 }
 
 // progress watches, during a run, how long each partition with records
@@ -215,13 +259,13 @@ func watchPartitions(ctx context.Context, s *stack, start time.Time) *progress {
 		moved := map[int32]time.Time{}
 		for ctx.Err() == nil {
 			time.Sleep(500 * time.Millisecond)
-			ends, err := adm.ListEndOffsets(ctx, "heed.ledger.events")
+			ends, err := adm.ListEndOffsets(ctx, s.topic())
 			if err != nil {
 				continue
 			}
 			now := time.Now()
 			var positions map[int32]int64
-			positions, conn = readPositions(ctx, conn, s.dbURL)
+			positions, conn = readPositions(ctx, s, conn)
 			ends.Each(func(o kadm.ListedOffset) {
 				p, ok := positions[o.Partition]
 				if _, seen := moved[o.Partition]; !seen || (ok && p != pos[o.Partition]) || (ok && p >= o.Offset) {
@@ -249,18 +293,19 @@ func (pr *progress) String() string {
 }
 
 // readPositions reads every partition's applied position on conn, dialing
-// dbURL when conn is nil or broken; none when the database cannot be read.
-// It returns the connection to use next time (nil after a failure).
-func readPositions(ctx context.Context, conn *pgx.Conn, dbURL string) (map[int32]int64, *pgx.Conn) {
+// the stack's database when conn is nil or broken; none when the database
+// cannot be read. It returns the connection to use next time (nil after a
+// failure).
+func readPositions(ctx context.Context, s *stack, conn *pgx.Conn) (map[int32]int64, *pgx.Conn) {
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if conn == nil || conn.IsClosed() {
 		var err error
-		if conn, err = pgx.Connect(cctx, dbURL); err != nil {
+		if conn, err = pgx.Connect(cctx, s.dbURL); err != nil {
 			return nil, nil
 		}
 	}
-	rows, err := conn.Query(cctx, `SELECT partition, next_offset FROM heed.applied_positions WHERE topic = 'heed.ledger.events'`)
+	rows, err := conn.Query(cctx, `SELECT partition, next_offset FROM `+s.table("applied_positions")+` WHERE topic = $1`, s.topic())
 	if err != nil {
 		conn.Close(context.Background())
 		return nil, nil

@@ -130,7 +130,11 @@ var faults = []fault{
 		// heed rebuild --verify --swap under the load, killed at a failpoint
 		// mid-replay half the time (the next run resumes), with an applier
 		// SIGKILLed while it runs; then --drop-old.
-		args := []string{"rebuild", "--brokers", s.brokerAddr, "--database-url", s.dbURL, "--batch-records", "500", "--hold-timeout", "30s", "--log-level", "warn"}
+		level := "warn"
+		if logDir != "" {
+			level = "info"
+		}
+		args := []string{"rebuild", "--brokers", s.brokerAddr, "--database-url", s.dbURL, "--batch-records", "500", "--hold-timeout", "30s", "--log-level", level}
 		var did []string
 		if rng.IntN(2) == 0 {
 			at := 1 + rng.IntN(5)
@@ -143,15 +147,17 @@ var faults = []fault{
 		victim := pick(rng, s.applies)
 		delay := time.Duration(rng.IntN(1500)) * time.Millisecond
 		killed := time.AfterFunc(delay, func() { s.kill(victim) })
+		started := time.Now()
 		out, err := runHeed(ctx, s.bin, nil, append(args, "--verify", "--swap")...)
 		killed.Stop()
+		s.keep("rebuild", fmt.Sprintf("rebuild --verify --swap, started at %.2fs, took %v: %v\n%s", started.Sub(s.log.start).Seconds(), time.Since(started), err, out))
 		if err != nil {
-			return "", fmt.Errorf("heed rebuild --verify --swap: %v\n%s", err, out)
+			return "", fmt.Errorf("%s rebuild --verify --swap: %v\n%s", s.tg.name, err, out)
 		}
 		if out, err := runHeed(ctx, s.bin, nil, "rebuild", "--database-url", s.dbURL, "--drop-old"); err != nil {
-			return "", fmt.Errorf("heed rebuild --drop-old: %v\n%s", err, out)
+			return "", fmt.Errorf("%s rebuild --drop-old: %v\n%s", s.tg.name, err, out)
 		}
-		did = append(did, fmt.Sprintf("rebuilt, verified and swapped with %s SIGKILLed %v in; old schema dropped", victim.name, delay))
+		did = append(did, fmt.Sprintf("rebuilt, verified and swapped in %v with %s SIGKILLed %v in; old schema dropped", time.Since(started).Round(100*time.Millisecond), victim.name, delay))
 		return strings.Join(did, "; "), nil
 	}},
 	{"rebalance-churn", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
@@ -161,7 +167,7 @@ var faults = []fault{
 	}},
 }
 
-// runHeed runs the heed binary with extra environment and returns its
+// runHeed runs a binary (heed, booking) with extra environment and returns its
 // combined output; bounded by two minutes.
 func runHeed(ctx context.Context, bin string, env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)

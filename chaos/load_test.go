@@ -10,25 +10,24 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"connectrpc.com/connect"
-
-	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
-	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
 )
 
-// command is one command the load sent and got acknowledged.
+// command is one command the load sent and got acknowledged. Which fields
+// it uses depends on the target's domain.
 type command struct {
 	requestID string
-	account   string
-	kind      string // open, deposit, withdraw
-	amount    int64
+	key       string // its aggregate, the record key: an account, a show
+	kind      string // open, deposit, withdraw; create, hold, confirm, release
+	amount    int64  // a deposit's or a withdrawal's
+	hold      string // the hold a hold, confirm or release names
+	seats     []string
+	ttl       time.Duration // a hold's
 }
 
-// load sends opens, deposits and withdrawals from workers, each to a random
-// server, each retried with its request ID (on any error: unavailable, a
-// timeout, a connection refused by a server that is down) until
-// acknowledged, and records every acknowledged command.
+// load sends the target's commands from workers, each to a random server,
+// each retried with its request ID (on any error: unavailable, a timeout, a
+// connection refused by a server that is down) until acknowledged, and
+// records every acknowledged command.
 type load struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -47,38 +46,30 @@ type load struct {
 // the reason, instead of hanging it.
 const drainTimeout = 2 * time.Minute
 
-func startLoad(addrs []string, workers, accounts int, seed uint64) *load {
+// startLoad starts workers workers sending tg's commands to the servers at
+// addrs; worker w draws from a generator seeded with seed and w.
+func startLoad(tg *target, addrs []string, workers int, seed uint64) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel}
-	clients := make([]ledgerv1connect.LedgerServiceClient, len(addrs))
+	senders := make([]sender, len(addrs))
 	for i, a := range addrs {
-		clients[i] = clientFor(a)
+		senders[i] = tg.client(a)
 	}
 	for w := range workers {
 		rng := rand.New(rand.NewPCG(seed, uint64(w)))
+		next := tg.worker(w, workers, rng)
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
 			for i := 0; ctx.Err() == nil; i++ {
-				c := command{requestID: fmt.Sprintf("w%d-%d", w, i), account: fmt.Sprint("acct-", rng.IntN(accounts))}
-				switch r := rng.IntN(10); {
-				case i < accounts/workers+1 || r == 0:
-					c.kind = "open" // every worker opens some first; later opens of an existing account are rejected
-					if i < accounts/workers+1 {
-						c.account = fmt.Sprint("acct-", (w+i*workers)%accounts)
-					}
-				case r < 7:
-					c.kind, c.amount = "deposit", int64(1+rng.IntN(100))
-				default:
-					c.kind, c.amount = "withdraw", int64(1+rng.IntN(150))
-				}
+				c := next(i)
 				// Once sent, a command is retried until acknowledged, even
 				// after stop: it may have been written already.
 				var err error
 				for try := 0; ; try++ {
 					if g := l.giveUp.Load(); try > 0 && g != 0 && time.Now().UnixNano() > g {
 						l.mu.Lock()
-						l.unacked = append(l.unacked, fmt.Sprintf("%s %s of %s, last error: %v", c.kind, c.requestID, c.account, err))
+						l.unacked = append(l.unacked, fmt.Sprintf("%s %s of %s, last error: %v", c.kind, c.requestID, c.key, err))
 						l.mu.Unlock()
 						return
 					}
@@ -88,39 +79,33 @@ func startLoad(addrs []string, workers, accounts int, seed uint64) *load {
 						l.mu.Unlock()
 						time.Sleep(time.Duration(20+rng.IntN(80)) * time.Millisecond)
 					}
-					if err = send(clients[rng.IntN(len(clients))], c); err == nil {
+					if err = send(senders[rng.IntN(len(senders))], c); err == nil {
 						break
 					}
 				}
 				l.mu.Lock()
 				l.acked = append(l.acked, c)
 				l.mu.Unlock()
-				time.Sleep(2 * time.Millisecond) // a steady load, not a flood
+				time.Sleep(tg.pause)
 			}
 		}()
 	}
 	return l
 }
 
-// clientFor is a Connect client of the server at addr.
-func clientFor(addr string) ledgerv1connect.LedgerServiceClient {
-	return ledgerv1connect.NewLedgerServiceClient(&http.Client{Timeout: 10 * time.Second}, "http://"+addr)
-}
+// A sender sends one command to one server and returns once it is
+// acknowledged, or the error.
+type sender func(ctx context.Context, c command) error
 
-func send(c ledgerv1connect.LedgerServiceClient, cmd command) error {
+// send sends c through to, bounded by five seconds.
+func send(to sender, c command) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var err error
-	switch cmd.kind {
-	case "open":
-		_, err = c.OpenAccount(ctx, connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: cmd.requestID, AccountId: cmd.account}))
-	case "deposit":
-		_, err = c.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{RequestId: cmd.requestID, AccountId: cmd.account, Amount: cmd.amount}))
-	case "withdraw":
-		_, err = c.Withdraw(ctx, connect.NewRequest(&ledgerv1.WithdrawRequest{RequestId: cmd.requestID, AccountId: cmd.account, Amount: cmd.amount}))
-	}
-	return err
+	return to(ctx, c)
 }
+
+// httpClient is the HTTP client of every sender.
+var httpClient = &http.Client{Timeout: 10 * time.Second}
 
 // stop ends the load once every command sent is acknowledged, or
 // drainTimeout has passed (see stuck), and returns the acknowledged commands

@@ -21,13 +21,14 @@ import (
 )
 
 // stack is what a chaos run drives: a private Postgres cluster it can crash,
-// the embedded broker, and heed serve and heed apply processes built with
-// failpoints, kept alive by the run: a process that died is started again.
+// the embedded broker, and serve and apply processes of the target's binary
+// built with failpoints, kept alive by the run: a process that died is started again.
 // The broker runs in this process (broker, so that faults reach it through
 // kfake's control hooks) or, for the broker restarts, as a heed broker
 // process (brokerProc) on a fixed address and data dir.
 type stack struct {
 	t          *testing.T
+	tg         *target
 	bin        string
 	pg         *devstack.Cluster
 	dbURL      string
@@ -51,7 +52,7 @@ type slot struct {
 	env  []string // the next start's extra environment (a failpoint), then cleared
 }
 
-// proc is a started heed process.
+// proc is a started process of the binary.
 type proc struct {
 	cmd  *exec.Cmd
 	out  bytes.Buffer // stdout and stderr, for a failure's report
@@ -74,19 +75,19 @@ func (p *proc) running() bool {
 	}
 }
 
-// newStack builds heed with failpoints and starts Postgres, the broker,
-// serves servers and applies appliers.
-func newStack(t *testing.T, serves, applies int, log *schedule) *stack {
+// newStack builds tg's binary with failpoints and starts Postgres, the
+// broker, serves servers and applies appliers.
+func newStack(t *testing.T, tg *target, serves, applies int, log *schedule) *stack {
 	t.Helper()
-	return newStackBroker(t, serves, applies, log, false)
+	return newStackBroker(t, tg, serves, applies, log, false)
 }
 
 // newStackBroker is newStack with, if brokerProcess, the broker as a heed
 // broker process that restartBroker can SIGKILL and start again, and
 // applyArgs added to every applier's.
-func newStackBroker(t *testing.T, serves, applies int, log *schedule, brokerProcess bool, applyArgs ...string) *stack {
+func newStackBroker(t *testing.T, tg *target, serves, applies int, log *schedule, brokerProcess bool, applyArgs ...string) *stack {
 	t.Helper()
-	s := &stack{t: t, bin: testenv.BuildHeed(t, "failpoints"), pg: testenv.Cluster(t), log: log}
+	s := &stack{t: t, tg: tg, bin: testenv.BuildBinary(t, tg.pkg, "failpoints"), pg: testenv.Cluster(t), log: log}
 	s.dbURL = s.pg.URL("postgres")
 	if brokerProcess {
 		s.brokerAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
@@ -144,7 +145,7 @@ func (s *stack) start(sl *slot) {
 	p := &proc{cmd: exec.Command(s.bin, sl.args...), done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if logDir != "" {
-		if f, err := os.OpenFile(filepath.Join(logDir, sl.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+		if f, err := os.OpenFile(filepath.Join(logDir, s.tg.name+"-"+sl.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
 			fmt.Fprintf(f, "==== %s started at %.2fs with %v\n", sl.name, time.Since(s.log.start).Seconds(), sl.env)
 			p.cmd.Stdout, p.cmd.Stderr = io.MultiWriter(p, f), io.MultiWriter(p, f)
 			go func() { <-p.done; f.Close() }()
@@ -259,6 +260,17 @@ func crashedAt(p *proc) string {
 // info) in NAME.log there, for looking into a run.
 var logDir = os.Getenv("HEED_CHAOS_LOGDIR")
 
+// keep appends text to NAME.log in logDir, if set.
+func (s *stack) keep(name, text string) {
+	if logDir == "" {
+		return
+	}
+	if f, err := os.OpenFile(filepath.Join(logDir, s.tg.name+"-"+name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+		fmt.Fprintln(f, text)
+		f.Close()
+	}
+}
+
 // staticMembers gives each applier slot its own --group-instance-id, as a
 // StatefulSet would, so that a restarted applier takes its partitions back
 // without a rebalance: the deployment docs/RELIABILITY.md recommends.
@@ -268,12 +280,12 @@ var staticMembers = os.Getenv("HEED_CHAOS_DYNAMIC") == ""
 // pick returns a random slot of slots.
 func pick(rng *rand.Rand, slots []*slot) *slot { return slots[rng.IntN(len(slots))] }
 
-// run runs heed with args to completion and fails the test if it fails.
+// run runs bin with args to completion and fails the test if it fails.
 func run(t *testing.T, bin string, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
-		t.Fatalf("heed %v: %v\n%s", args, err, out)
+		t.Fatalf("%s %v: %v\n%s", filepath.Base(bin), args, err, out)
 	}
 }
