@@ -45,7 +45,7 @@ var bookingTarget = &target{
 		return command{requestID: "probe-" + server, key: "probe", kind: "create", seats: []string{"1"}}
 	},
 	worker: bookingWorker,
-	check:  checkSeats,
+	check:  checkBooking,
 }
 
 // bookingWorker is worker w's commands: creates of the show entering its
@@ -121,7 +121,7 @@ type holdRef struct{ show, hold string }
 
 func (h holdRef) String() string { return h.show + "/" + h.hold }
 
-// checkSeats checks the booking projection against the acknowledged
+// checkBooking checks the booking projection against the acknowledged
 // commands' outcomes, which need no order between them: at most one create
 // applied per show and one hold per hold ID; a hold applied only in a show
 // created; a confirm or release applied only of a hold applied, and at most
@@ -131,7 +131,7 @@ func (h holdRef) String() string { return h.show + "/" + h.hold }
 // seat held by a hold applied and neither confirmed nor released, every
 // hold's status its commands' (a hold applied and neither confirmed nor
 // released held or expired, by record time).
-func checkSeats(t *testing.T, s *stack, acked []command, outcomes []outcome) string {
+func checkBooking(t *testing.T, s *stack, acked []command, outcomes []outcome) string {
 	t.Helper()
 	created := map[string]bool{}
 	held := map[holdRef][]string{} // applied holds' seats
