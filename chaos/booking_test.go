@@ -130,7 +130,8 @@ func (h holdRef) String() string { return h.show + "/" + h.hold }
 // every booked seat booked by the hold whose confirm applied, every held
 // seat held by a hold applied and neither confirmed nor released, every
 // hold's status its commands' (a hold applied and neither confirmed nor
-// released held or expired, by record time).
+// released held or expired), and no hold expired before its expires_at by
+// the record time of the event that found it so.
 func checkBooking(t *testing.T, s *stack, acked []command, outcomes []outcome) string {
 	t.Helper()
 	created := map[string]bool{}
