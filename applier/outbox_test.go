@@ -1,0 +1,362 @@
+package applier_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/envelope"
+	"github.com/heed-dev/heed/ingest"
+	"github.com/heed-dev/heed/internal/testenv"
+	"github.com/heed-dev/heed/outbox"
+)
+
+// The emitter domain is the counter's, whose events on a key starting with
+// "a-" also emit a follow-up named "echo": the same increment, to the key
+// "b-" + the key. emitBad, when set, makes every emit of the first event
+// of a batch invalid in the way it names.
+type emitter struct {
+	*counter
+	bad string
+}
+
+type batchEmitter struct {
+	batchCounter
+	bad string
+}
+
+var (
+	_ applier.Handler      = emitter{}
+	_ applier.BatchHandler = batchEmitter{}
+)
+
+func (e emitter) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) ([]applier.Result, error) {
+	res, err := e.counter.Apply(ctx, tx, events)
+	return withEmits(events, res, e.bad), err
+}
+
+func (e batchEmitter) Load(b *pgx.Batch, events []applier.Event) applier.Loaded {
+	return emitterLoad{e.batchCounter.Load(b, events), e.bad}
+}
+
+type emitterLoad struct {
+	applier.Loaded
+	bad string
+}
+
+func (l emitterLoad) Queue(events []applier.Event, b *pgx.Batch) ([]applier.Result, error) {
+	res, err := l.Loaded.Queue(events, b)
+	return withEmits(events, res, l.bad), err
+}
+
+func withEmits(events []applier.Event, res []applier.Result, bad string) []applier.Result {
+	if res == nil {
+		res = make([]applier.Result, len(events))
+	}
+	for i, ev := range events {
+		if !strings.HasPrefix(ev.AggregateID, "a-") {
+			continue
+		}
+		e := applier.Emit{Name: "echo", Key: "b-" + ev.AggregateID, Event: wrapperspb.Int64(ev.Payload.(int64))}
+		res[i].Emits = []applier.Emit{e}
+		switch bad {
+		case "twice":
+			res[i].Emits = append(res[i].Emits, e)
+		case "huge":
+			res[i].Emits[0].Key = strings.Repeat("k", 1000)
+		}
+	}
+	return res
+}
+
+func emitters() []struct {
+	name string
+	make func(bad string) applier.Handler
+} {
+	return []struct {
+		name string
+		make func(bad string) applier.Handler
+	}{
+		{"batched", func(bad string) applier.Handler { return batchEmitter{batchCounter{new(counter)}, bad} }},
+		{"plain", func(bad string) applier.Handler { return emitter{new(counter), bad} }},
+	}
+}
+
+// outboxRow is an outbox row as stored.
+type storedRow struct {
+	partition int32
+	offset    int64
+	name      string
+	eventID   uuid.UUID
+	key       string
+	value     []byte
+}
+
+func (s *stack) outbox(t *testing.T) []storedRow {
+	t.Helper()
+	rows, err := s.pool.Query(t.Context(), `SELECT origin_partition, origin_offset, name, event_id, key, value FROM outbox ORDER BY 1, 2, 3`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (storedRow, error) {
+		var x storedRow
+		err := r.Scan(&x.partition, &x.offset, &x.name, &x.eventID, &x.key, &x.value)
+		return x, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// publisher is an ingest.Publisher on the stack's topic.
+func (s *stack) publisher(t *testing.T) *ingest.Publisher {
+	t.Helper()
+	p, err := ingest.NewPublisher(ingest.Config{Brokers: s.broker, Topic: s.topic, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// ends is the sum of the topic's end offsets.
+func (s *stack) ends(t *testing.T) int64 {
+	t.Helper()
+	ends, err := kadm.NewClient(s.cl).ListEndOffsets(t.Context(), s.topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n
+}
+
+// waitFor polls cond until it returns "", failing the test with its last
+// answer after a minute.
+func waitFor(t *testing.T, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		msg := cond()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// An event's follow-up is written to the outbox in its transaction, with an
+// envelope derived from the event alone; the relay produces it once, and the
+// applier applies it once. Another projection replaying the topic writes the
+// same bytes, and its relay produces nothing (every follow-up is seen).
+func TestOutboxEmitAndRelay(t *testing.T) {
+	for _, hc := range emitters() {
+		t.Run(hc.name, func(t *testing.T) {
+			s := newStack(t)
+			ids := envelope.Space("emitter")
+			var relay *outbox.Relay
+			cfg := applier.Config{IDs: ids, OnEmit: func(p int32) { relay.Wake(p) }}
+			r := s.startConfig(t, hc.make(""), cfg)
+			relay = outbox.New(s.pool, s.publisher(t), outbox.Config{Topic: s.topic, Partitions: r.Partitions, Poll: 50 * time.Millisecond, Logger: testenv.Logger(t)})
+			ctx, cancel := context.WithCancel(context.Background())
+			relayDone := make(chan struct{})
+			go func() { relay.Run(ctx); close(relayDone) }() //nolint:errcheck // Run returns nil when ctx ends
+			t.Cleanup(func() { cancel(); <-relayDone })
+
+			s.produce(t, record(t, "a-1", "r1", 5), record(t, "a-2", "r2", 3), record(t, "c", "r3", 1))
+			want := map[string]int64{"a-1": 5, "a-2": 3, "c": 1, "b-a-1": 5, "b-a-2": 3}
+			waitFor(t, func() string {
+				if got := s.counters(t); len(got) != len(want) || got["b-a-1"] != 5 || got["b-a-2"] != 3 {
+					return fmt.Sprintf("follow-ups not applied: counters %v", got)
+				}
+				return ""
+			})
+			waitFor(t, func() string {
+				if b := relay.Backlog(); b.Unsent != 0 {
+					return "relay backlog not empty"
+				}
+				return ""
+			})
+			s.checkState(t, state{counters: want, processed: 5, position: 5})
+			if n := relay.Produced(); n != 2 {
+				t.Errorf("relay produced %d follow-ups, want 2", n)
+			}
+			if n := s.ends(t); n != 5 {
+				t.Errorf("topic holds %d records, want 5 (3 commands, 2 follow-ups, each once)", n)
+			}
+
+			// The rows are what FollowUpEnvelope builds from the event.
+			rows := s.outbox(t)
+			if len(rows) != 2 {
+				t.Fatalf("outbox has %d rows, want 2", len(rows))
+			}
+			for i, row := range rows {
+				origin := applier.Event{ID: envelope.EventID([]string{"r1", "r2"}[i]), Time: recordTime(t, s, row.offset)}
+				env, err := applier.FollowUpEnvelope(ids, origin, applier.Emit{Name: "echo", Key: row.key, Event: wrapperspb.Int64([]int64{5, 3}[i])})
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantValue, err := proto.MarshalOptions{Deterministic: true}.Marshal(env)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if row.offset != int64(i) || row.name != "echo" || !bytes.Equal(row.value, wantValue) ||
+					row.eventID != ids.EventID(applier.FollowUpRequestID(origin.ID, "echo")) {
+					t.Errorf("outbox row %d = %+v, want the follow-up built from the event at offset %d", i, row, i)
+				}
+			}
+			r.stop(t, 30*time.Second)
+			cancel()
+			<-relayDone
+
+			// A replay into another projection writes the same rows and
+			// finds nothing to send.
+			s2 := &stack{trips: new(roundTrips), topic: s.topic, broker: s.broker, cl: s.cl}
+			s2.pool = counterPool(t, s2.trips)
+			cfg2 := applier.Config{IDs: ids, Brokers: s.broker, Topic: s.topic, Group: "replay", Logger: testenv.Logger(t)}
+			a2, err := applier.New(cfg2, s2.pool, hc.make(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx2, cancel2 := context.WithCancel(context.Background())
+			done2 := make(chan error, 1)
+			go func() { done2 <- a2.Run(ctx2) }()
+			waitFor(t, func() string {
+				if s2.position(t) != 5 {
+					return "replay did not reach the topic's end"
+				}
+				return ""
+			})
+			cancel2()
+			if err := <-done2; err != nil {
+				t.Fatal(err)
+			}
+			replayed := s2.outbox(t)
+			if len(replayed) != len(rows) {
+				t.Fatalf("replayed outbox has %d rows, want %d", len(replayed), len(rows))
+			}
+			for i := range rows {
+				if !bytes.Equal(rows[i].value, replayed[i].value) || rows[i].eventID != replayed[i].eventID {
+					t.Errorf("replayed outbox row %d differs from the live one", i)
+				}
+			}
+			r2 := outbox.New(s2.pool, s.publisher(t), outbox.Config{Topic: s.topic})
+			if err := r2.Pass(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if n, b := r2.Produced(), r2.Backlog(); n != 0 || b.Unsent != 0 {
+				t.Errorf("a relay of the replayed projection produced %d and has %d unsent, want none: every follow-up was seen", n, b.Unsent)
+			}
+			if n := s.ends(t); n != 5 {
+				t.Errorf("topic holds %d records after the replay, want 5", n)
+			}
+		})
+	}
+}
+
+// recordTime is the stored record time of the projection's partition 0 at
+// offset: the applier's record time of the event there.
+func recordTime(t *testing.T, s *stack, offset int64) time.Time {
+	t.Helper()
+	var at time.Time
+	if err := s.pool.QueryRow(t.Context(), `SELECT event_time FROM outbox WHERE origin_partition = 0 AND origin_offset = $1`, offset).Scan(&at); err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// A relay that produced follow-ups but did not record it (a crash between
+// the ack and the mark) produces them again: the applier drops the
+// duplicates by event ID, and each follow-up is applied once.
+func TestOutboxDuplicatesHarmless(t *testing.T) {
+	s := newStack(t)
+	r := s.startConfig(t, batchEmitter{batchCounter{new(counter)}, ""}, applier.Config{})
+	s.produce(t, record(t, "a-1", "r1", 5))
+	waitFor(t, func() string {
+		if s.value(t, `SELECT count(*) FROM outbox`) != 1 {
+			return "no outbox row"
+		}
+		return ""
+	})
+	// Produce the row twice, as two relays would (the first one's mark
+	// lost), while the follow-up is not applied yet.
+	r.stop(t, 30*time.Second)
+	pub := s.publisher(t)
+	for range 2 {
+		relay := outbox.New(s.pool, pub, outbox.Config{Topic: s.topic})
+		if err := relay.Pass(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if relay.Produced() != 1 {
+			t.Fatalf("relay produced %d, want 1", relay.Produced())
+		}
+		if _, err := s.pool.Exec(t.Context(), `DELETE FROM heed_outbox_relay`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = s.startConfig(t, batchEmitter{batchCounter{new(counter)}, ""}, applier.Config{})
+	waitFor(t, func() string {
+		if s.position(t) != 3 {
+			return "the follow-ups were not consumed"
+		}
+		return ""
+	})
+	s.checkState(t, state{counters: map[string]int64{"a-1": 5, "b-a-1": 5}, processed: 2, position: 3})
+	if st := r.Stats(); st.Duplicates != 1 {
+		t.Errorf("applier found %d duplicates, want 1", st.Duplicates)
+	}
+	// The follow-up is seen now: a relay that lost its position sends
+	// nothing.
+	relay := outbox.New(s.pool, pub, outbox.Config{Topic: s.topic})
+	if err := relay.Pass(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if relay.Produced() != 0 || s.ends(t) != 3 {
+		t.Errorf("relay produced %d, topic holds %d records: want 0 and 3", relay.Produced(), s.ends(t))
+	}
+}
+
+// An emit that could never be produced quarantines the event that emits it:
+// the relay never meets it.
+func TestOutboxEmitPoison(t *testing.T) {
+	for _, bad := range []string{"twice", "huge"} {
+		for _, hc := range emitters() {
+			t.Run(bad+"/"+hc.name, func(t *testing.T) {
+				s := newStack(t)
+				s.startConfig(t, hc.make(bad), applier.Config{MaxEmitBytes: 512})
+				s.produce(t, record(t, "a-1", "r1", 5), record(t, "c", "r2", 1))
+				waitFor(t, func() string {
+					if s.position(t) != 2 {
+						return "batch not applied"
+					}
+					return ""
+				})
+				s.checkState(t, state{counters: map[string]int64{"c": 1}, processed: 1, quarantined: 1, position: 2})
+				if n := s.value(t, `SELECT count(*) FROM outbox`); n != 0 {
+					t.Errorf("outbox has %d rows, want none", n)
+				}
+				var reason string
+				if err := s.pool.QueryRow(t.Context(), `SELECT reason FROM quarantine`).Scan(&reason); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(reason, "follow-up") {
+					t.Errorf("quarantine reason %q does not name the follow-up", reason)
+				}
+			})
+		}
+	}
+}
