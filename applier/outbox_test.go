@@ -6,19 +6,25 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/envelope"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/outbox"
+	"github.com/heed-dev/heed/rebuild"
+	"github.com/heed-dev/heed/schema"
+	"github.com/heed-dev/heed/topic"
 )
 
 // The emitter domain is the counter's, whose events on a key starting with
@@ -186,11 +192,16 @@ func TestOutboxEmitAndRelay(t *testing.T) {
 				return ""
 			})
 			waitFor(t, func() string {
-				if b := relay.Backlog(); b.Unsent != 0 {
-					return "relay backlog not empty"
+				// The relay counts what it produced once it recorded it,
+				// which may be after the applier applied it.
+				if b := relay.Backlog(); b.Unsent != 0 || relay.Produced() < 2 {
+					return fmt.Sprintf("relay backlog %d, produced %d", b.Unsent, relay.Produced())
 				}
 				return ""
 			})
+			if err := relay.Pass(t.Context()); err != nil { // one more pass: nothing left to send
+				t.Fatal(err)
+			}
 			s.checkState(t, state{counters: want, processed: 5, position: 5})
 			if n := relay.Produced(); n != 2 {
 				t.Errorf("relay produced %d follow-ups, want 2", n)
@@ -358,5 +369,100 @@ func TestOutboxEmitPoison(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A rebuild replays the topic into the outbox without publishing: the
+// topic's end offsets stay, --verify finds the outbox equal, and after the
+// swap the relay (its progress carried over) sends nothing.
+func TestOutboxRebuild(t *testing.T) {
+	ctx := t.Context()
+	dbURL := testenv.PostgresURL(t)
+	sets := []schema.Migrations{{Name: "dedup", FS: dedup.Migrations}, {Name: "applier", FS: applier.Migrations}, {Name: "topic", FS: topic.Migrations},
+		{Name: "counters", FS: fstest.MapFS{"00001_counters.sql": {Data: []byte("-- +goose Up\n" + counterTableSQL + ";\n-- +goose Down\nDROP TABLE counters;\n")}}}}
+	pool, err := schema.Connect(ctx, dbURL, schema.Default, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := schema.Migrate(ctx, pool, schema.Default, sets, testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{pool: pool, trips: new(roundTrips), topic: "counters", broker: testenv.Broker(t, 2).Addrs()}
+	if s.cl, err = kgo.NewClient(kgo.SeedBrokers(s.broker...), kgo.DefaultProduceTopic(s.topic), kgo.AllowAutoTopicCreation()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.cl.Close)
+	h := batchEmitter{batchCounter{new(counter)}, ""}
+	var relay *outbox.Relay
+	r := s.startConfig(t, h, applier.Config{OnEmit: func(p int32) { relay.Wake(p) }})
+	pub := s.publisher(t)
+	relay = outbox.New(pool, pub, outbox.Config{Topic: s.topic, Partitions: r.Partitions, Poll: 50 * time.Millisecond})
+	rctx, cancel := context.WithCancel(context.Background())
+	relayDone := make(chan struct{})
+	go func() { relay.Run(rctx); close(relayDone) }() //nolint:errcheck // Run returns nil when ctx ends
+	t.Cleanup(func() { cancel(); <-relayDone })
+	for i := range 20 {
+		s.produce(t, record(t, fmt.Sprint("a-", i), fmt.Sprint("r", i), int64(i+1)))
+	}
+	waitFor(t, func() string {
+		c := s.counters(t)
+		if len(c) != 40 {
+			return fmt.Sprintf("%d counters, want 40 (20 events and their follow-ups)", len(c))
+		}
+		return ""
+	})
+	ends := s.ends(t)
+	if ends != 40 {
+		t.Fatalf("topic holds %d records, want 40", ends)
+	}
+
+	reb, err := rebuild.Open(ctx, rebuild.Config{DatabaseURL: dbURL, Live: schema.Default, Into: "rebuilt", Sets: sets, Handler: h,
+		Applier: applier.Config{Brokers: s.broker, Topic: s.topic, Group: "counters"}, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reb.Close()
+	if _, err := reb.CatchUp(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := reb.Verify(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	compared := false
+	for _, tr := range rep.Tables {
+		if tr.Table == "outbox" {
+			compared = tr.Equal && tr.LiveRows == 20
+		}
+	}
+	if !compared {
+		t.Errorf("verify did not find the outbox's 20 rows equal: %+v", rep.Tables)
+	}
+	if n := s.ends(t); n != ends {
+		t.Errorf("the rebuild moved the topic's end from %d to %d records: it published", ends, n)
+	}
+	// Its outbox rows are the live ones, byte for byte.
+	var differ int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT * FROM heed.outbox EXCEPT SELECT * FROM rebuilt.outbox) d`).Scan(&differ); err != nil || differ != 0 {
+		t.Errorf("%d live outbox rows not in the rebuilt outbox (%v)", differ, err)
+	}
+
+	cancel()
+	<-relayDone
+	produced := relay.Produced()
+	if _, err := reb.Swap(ctx, rebuild.SwapOptions{Old: "old", Verify: true, Timeout: 30 * time.Second}); err != nil {
+		t.Fatalf("swap: %v", err)
+	}
+	var carried int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM heed.heed_outbox_relay`).Scan(&carried); err != nil || carried == 0 {
+		t.Errorf("the swap carried %d relay positions over (%v), want the live ones", carried, err)
+	}
+	after := outbox.New(pool, pub, outbox.Config{Topic: s.topic})
+	if err := after.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after.Produced() != 0 || s.ends(t) != ends {
+		t.Errorf("after the swap the relay produced %d (the live one %d), the topic holds %d: want nothing sent again", after.Produced(), produced, s.ends(t))
 	}
 }
