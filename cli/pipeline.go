@@ -263,6 +263,10 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 // was built with (a topic.Guard, which it keeps checking until ctx ends).
 func relayPublisher(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, pool *pgxpool.Pool, adminCl *kgo.Client, x *ops) (*ingest.Publisher, error) {
 	guard := topic.NewGuard(pool, adminCl, kafka.topic, 0, logger)
+	if err := guard.Check(ctx); err != nil {
+		// The relay retries meanwhile; the guard's Run logs the outcome.
+		logger.Warn("the relay cannot check the topic's identity yet; it publishes once it can", "topic", kafka.topic, "err", err)
+	}
 	go guard.Run(ctx)
 	icfg := ingest.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, Logger: logger, IDs: kafka.dom.IDs(), Gate: guard}
 	var err error

@@ -33,10 +33,10 @@ func TestRelayCrashAfterAck(t *testing.T) {
 	}
 	bin := testenv.BuildHeed(t, "failpoints")
 	ps := startParts(t, bin)
-	serve := startHeed(t, bin, "serving Connect", append([]string{"serve", "--listen", ps.listen}, ps.common...)...)
+	serve := startHeedLog(t, bin, "serving Connect", append([]string{"serve", "--listen", ps.listen}, ps.common...)...)
 	defer serve.interrupt(t)
 	applyArgs := append([]string{"apply", "--relay=false", "--metrics-listen", ""}, ps.common...)
-	apply := startHeed(t, bin, "partitions assigned", applyArgs...)
+	apply := startHeedLog(t, bin, "partitions assigned", applyArgs...)
 	client := ledgerClient(ps.listen)
 	res, err := client.OpenAccount(t.Context(), connect.NewRequest(&ledgerv1.OpenAccountRequest{RequestId: "open-1", AccountId: "acct-1"}))
 	if err != nil {
@@ -102,7 +102,7 @@ VALUES ($1, 0, $2, 'credit', $3, 'acct-1', $4, $5, $6, $7)`, defaultTopic, origi
 		t.Fatalf("the relay recorded its progress (%d rows, %v) before it crashed", marked, err)
 	}
 
-	relay := startHeed(t, bin, "relay started", relayArgs...)
+	relay := startHeedLog(t, bin, "relay started", relayArgs...)
 	testenv.Eventually(t, 60*time.Second, func() string {
 		var next int64
 		if err := pool.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM heed.heed_outbox_relay`).Scan(&next); err != nil {
@@ -117,7 +117,7 @@ VALUES ($1, 0, $2, 'credit', $3, 'acct-1', $4, $5, $6, $7)`, defaultTopic, origi
 		t.Fatalf("the relays produced %d records in all, want 2 (the follow-up and its duplicate)", n)
 	}
 
-	apply = startHeed(t, bin, "partitions assigned", applyArgs...)
+	apply = startHeedLog(t, bin, "partitions assigned", applyArgs...)
 	defer apply.interrupt(t)
 	defer relay.interrupt(t)
 	testenv.Eventually(t, 60*time.Second, func() string {

@@ -235,7 +235,12 @@ func (r *Relay) relayPartition(ctx context.Context, p int32) (int, error) {
 	if len(recs) > 0 {
 		errs = r.prod.ProduceRecords(ctx, recs)
 	}
-	failpoint.Hit("relay/after-ack")
+	for _, err := range errs {
+		if err == nil {
+			failpoint.Hit("relay/after-ack")
+			break
+		}
+	}
 	// The position moves up to the first row that failed for now; rows the
 	// broker refused for good are recorded and passed.
 	next := pending[len(pending)-1].offset + 1
