@@ -466,3 +466,68 @@ func TestOutboxRebuild(t *testing.T) {
 		t.Errorf("after the swap the relay produced %d (the live one %d), the topic holds %d: want nothing sent again", after.Produced(), produced, s.ends(t))
 	}
 }
+
+// The relay moves with the partitions: a second member joins while the
+// first one's relay publishes, takes partitions over and relays them with
+// its own; every follow-up is applied once, and no row stays unsent.
+func TestOutboxRelayMovesWithPartitions(t *testing.T) {
+	s := newStackPartitions(t, 4)
+	pub := s.publisher(t)
+	member := func() (*running, *outbox.Relay) {
+		var relay *outbox.Relay
+		r := s.startConfig(t, batchEmitter{batchCounter{new(counter)}, ""}, applier.Config{OnEmit: func(p int32) { relay.Wake(p) }})
+		relay = outbox.New(s.pool, pub, outbox.Config{Topic: s.topic, Partitions: r.Partitions, Poll: 50 * time.Millisecond, Batch: 5})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { relay.Run(ctx); close(done) }() //nolint:errcheck // Run returns nil when ctx ends
+		t.Cleanup(func() { cancel(); <-done })
+		return r, relay
+	}
+	const n = 200
+	produce := func(from, to int) {
+		recs := make([]*kgo.Record, 0, to-from)
+		for i := from; i < to; i++ {
+			recs = append(recs, record(t, fmt.Sprint("a-", i), fmt.Sprint("r", i), 1))
+		}
+		s.produce(t, recs...)
+	}
+	_, first := member()
+	produce(0, n/2)
+	waitFor(t, func() string {
+		if first.Produced() == 0 {
+			return "the first relay produced nothing yet"
+		}
+		return ""
+	})
+	second, secondRelay := member() // a rebalance while the first relays
+	waitFor(t, func() string {
+		if len(second.Partitions()) == 0 {
+			return "the second member got no partition"
+		}
+		return ""
+	})
+	produce(n/2, n)
+	waitFor(t, func() string {
+		if got := s.value(t, `SELECT count(*) FROM counters WHERE key LIKE 'b-%'`); got != n {
+			return fmt.Sprintf("%d follow-ups applied, want %d", got, n)
+		}
+		return ""
+	})
+	if got := s.value(t, `SELECT count(*) FROM counters WHERE key LIKE 'b-%' AND n <> 1`); got != 0 {
+		t.Errorf("%d follow-ups applied more than once", got)
+	}
+	if got := s.value(t, `SELECT count(*) FROM processed_events`); got != 2*n {
+		t.Errorf("%d processed events, want %d", got, 2*n)
+	}
+	if secondRelay.Produced() == 0 {
+		t.Errorf("the second member's relay produced nothing for the partitions it took over")
+	}
+	waitFor(t, func() string {
+		if first.Backlog().Unsent != 0 || secondRelay.Backlog().Unsent != 0 {
+			return "rows left unsent"
+		}
+		return ""
+	})
+	t.Logf("first relay produced %d, second %d, %d records in the topic for %d commands and %d follow-ups",
+		first.Produced(), secondRelay.Produced(), s.ends(t), n, n)
+}

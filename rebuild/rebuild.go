@@ -4,6 +4,10 @@
 // It is domain-agnostic: the caller brings the migration sets and the
 // applier.Handler, as for a live applier.
 //
+// A rebuild never publishes: the follow-ups its handler emits go to the
+// rebuilt outbox (compared like any table) and no relay runs on it (package
+// outbox). The swap carries the live relay's progress over.
+//
 // The replay is an ordinary applier (package applier) in a consumer group of
 // its own, applying to the fresh schema: the same code as the live one, so
 // the rebuilt state is what the live applier would have built. Its batches
