@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -530,4 +531,76 @@ func TestOutboxRelayMovesWithPartitions(t *testing.T) {
 	})
 	t.Logf("first relay produced %d, second %d, %d records in the topic for %d commands and %d follow-ups",
 		first.Produced(), secondRelay.Produced(), s.ends(t), n, n)
+}
+
+// faultyProducer fails the records of key permanently (too large for the
+// broker) and, while transient is set, every record with a retriable error;
+// it produces the others through next.
+type faultyProducer struct {
+	next      outbox.Producer
+	key       string
+	transient bool
+}
+
+func (f *faultyProducer) ProduceRecords(ctx context.Context, recs []*kgo.Record) []error {
+	errs := make([]error, len(recs))
+	var pass []*kgo.Record
+	var idx []int
+	for i, r := range recs {
+		switch {
+		case f.transient:
+			errs[i] = fmt.Errorf("produce: %w", kerr.NotLeaderForPartition)
+		case string(r.Key) == f.key:
+			errs[i] = fmt.Errorf("produce: %w", kerr.MessageTooLarge)
+		default:
+			pass = append(pass, r)
+			idx = append(idx, i)
+		}
+	}
+	if len(pass) > 0 {
+		for k, err := range f.next.ProduceRecords(ctx, pass) {
+			errs[idx[k]] = err
+		}
+	}
+	return errs
+}
+
+// A row the broker refuses for good is recorded and passed, and the relay
+// goes on with the others; a transient failure moves nothing, and the next
+// pass sends the rows.
+func TestOutboxRelayFailures(t *testing.T) {
+	s := newStack(t)
+	r := s.startConfig(t, batchEmitter{batchCounter{new(counter)}, ""}, applier.Config{})
+	s.produce(t, record(t, "a-1", "r1", 1), record(t, "a-2", "r2", 2), record(t, "a-3", "r3", 3))
+	waitFor(t, func() string {
+		if s.value(t, `SELECT count(*) FROM outbox`) != 3 {
+			return "outbox rows missing"
+		}
+		return ""
+	})
+	r.stop(t, 30*time.Second) // nothing applies the follow-ups meanwhile
+	prod := &faultyProducer{next: s.publisher(t), key: "b-a-2", transient: true}
+	relay := outbox.New(s.pool, prod, outbox.Config{Topic: s.topic})
+	if err := relay.Pass(t.Context()); err == nil {
+		t.Fatal("a pass whose every produce failed reported no error")
+	}
+	if n := s.value(t, `SELECT coalesce(max(next_offset), 0) FROM heed_outbox_relay`); n != 0 || relay.Produced() != 0 || relay.Backlog().Unsent != 3 {
+		t.Fatalf("after a transient failure: position %d, produced %d, unsent %d; want 0, 0, 3", n, relay.Produced(), relay.Backlog().Unsent)
+	}
+	prod.transient = false
+	if err := relay.Pass(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if relay.Produced() != 2 || relay.Failures() != 1 || relay.Backlog().Unsent != 0 {
+		t.Errorf("produced %d, failed %d, unsent %d; want 2, 1, 0", relay.Produced(), relay.Failures(), relay.Backlog().Unsent)
+	}
+	if n := s.value(t, `SELECT count(*) FROM heed_outbox_failed WHERE origin_offset = 1 AND reason LIKE '%MESSAGE_TOO_LARGE%'`); n != 1 {
+		t.Errorf("heed_outbox_failed holds %d rows for the refused follow-up, want 1 with the broker's reason", n)
+	}
+	if n := s.value(t, `SELECT max(next_offset) FROM heed_outbox_relay`); n != 3 {
+		t.Errorf("relay position %d, want 3: past the refused row", n)
+	}
+	if n := s.ends(t); n != 5 {
+		t.Errorf("topic holds %d records, want 5 (3 commands, 2 follow-ups)", n)
+	}
 }

@@ -100,8 +100,9 @@ func (r *Relay) Produced() int64 { return r.produced.Load() }
 // Failures: see Produced.
 func (r *Relay) Failures() int64 { return r.failures.Load() }
 
-// Run relays until ctx ends; it returns nil then. Failures (the broker
-// down, the database) are logged and retried with backoff.
+// Run relays until ctx ends; it returns nil then. A failed pass (the
+// broker down, the database) is logged and tried again at the next poll
+// (Config.Poll) or wake.
 func (r *Relay) Run(ctx context.Context) error {
 	wait := r.cfg.Poll
 	for {
