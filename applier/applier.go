@@ -8,6 +8,8 @@
 //     member whose partition moved elsewhere cannot commit a late batch),
 //   - claims the batch's event IDs in the processed-event table (dedup),
 //   - applies the new events through the Handler,
+//   - writes the follow-up events they emit to the outbox (Result.Emits;
+//     package outbox publishes them after the commit),
 //   - quarantines records that can never apply,
 //
 // and only after that transaction commits are the records marked for the Kafka
@@ -48,7 +50,7 @@ import (
 var migrations embed.FS
 
 // Migrations holds the goose migrations for the applier's tables (applied
-// positions and quarantine).
+// positions, quarantine, outbox).
 var Migrations, _ = fs.Sub(migrations, "migrations")
 
 // Config configures an Applier. Brokers, Topic and Group are required.
