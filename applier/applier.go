@@ -8,6 +8,8 @@
 //     member whose partition moved elsewhere cannot commit a late batch),
 //   - claims the batch's event IDs in the processed-event table (dedup),
 //   - applies the new events through the Handler,
+//   - writes the follow-up events they emit to the outbox (Result.Emits;
+//     package outbox publishes them after the commit),
 //   - quarantines records that can never apply,
 //
 // and only after that transaction commits are the records marked for the Kafka
@@ -29,6 +31,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +40,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/heed-dev/heed/envelope"
 	"github.com/heed-dev/heed/internal/lograte"
 
 	"embed"
@@ -46,7 +50,7 @@ import (
 var migrations embed.FS
 
 // Migrations holds the goose migrations for the applier's tables (applied
-// positions and quarantine).
+// positions, quarantine, outbox).
 var Migrations, _ = fs.Sub(migrations, "migrations")
 
 // Config configures an Applier. Brokers, Topic and Group are required.
@@ -120,6 +124,19 @@ type Config struct {
 	// Observer, if set, is told of every committed batch and every retried
 	// attempt (metrics, traces).
 	Observer Observer
+	// IDs derives the event IDs of the follow-ups handlers emit
+	// (Result.Emits) from their request IDs: the domain's ID space
+	// (default: envelope.LegacySpace, the ledger's).
+	IDs envelope.IDSpace
+	// MaxEmitBytes bounds a follow-up's record (value, key and headers):
+	// an emit larger than this quarantines the event that emits it, since
+	// the relay could never produce it (default DefaultMaxEmitBytes; keep
+	// it at or below the topic's max.message.bytes).
+	MaxEmitBytes int
+	// OnEmit, if set, is called after a batch of partition that wrote
+	// follow-ups to the outbox committed (to wake a relay). It must be
+	// quick and safe for concurrent use.
+	OnEmit func(partition int32)
 }
 
 // Observer receives what an Applier does. Its methods are called from the
@@ -172,6 +189,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = 5 * time.Second
+	}
+	if c.MaxEmitBytes <= 0 {
+		c.MaxEmitBytes = DefaultMaxEmitBytes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -474,6 +494,14 @@ func (a *Applier) limit(p int32) (int64, bool) {
 		return 0, false
 	}
 	return a.limits[p], true
+}
+
+// Partitions lists the partitions this member owns now, in order: a relay
+// running with it publishes their outbox rows (see package outbox).
+func (a *Applier) Partitions() []int32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Sorted(maps.Keys(a.parts))
 }
 
 // Stats returns counters of what this Applier has done so far.

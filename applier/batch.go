@@ -347,6 +347,9 @@ func (w *partition) applyOnce(ctx context.Context, batch []*kgo.Record, skipLook
 	if err := w.commit(ctx, t, out); err != nil {
 		return err
 	}
+	if t.emitted > 0 && a.cfg.OnEmit != nil {
+		a.cfg.OnEmit(w.p)
+	}
 
 	w.next, w.recTime = next, last
 	for off := range w.poison {

@@ -97,7 +97,7 @@ FROM quarantine_decisions WHERE topic = $1 AND partition = $2 AND "offset" = $3`
 // record no longer open) does nothing and says why: it is decided by the
 // record and the state alone, the same on every replay. Only a failure of
 // the database is an error.
-func decide(ctx context.Context, tx pgx.Tx, h Handler, topic string, rec *kgo.Record) (Decision, error) {
+func decide(ctx context.Context, tx pgx.Tx, h Handler, ec emitConfig, topic string, rec *kgo.Record) (Decision, error) {
 	out := Decision{Target: -1, Result: RedriveResult{Dropped: -1, Poison: -1}}
 	var kind string
 	for _, hd := range rec.Headers {
@@ -136,7 +136,7 @@ func decide(ctx context.Context, tx pgx.Tx, h Handler, topic string, rec *kgo.Re
 	if err != nil {
 		return out, fmt.Errorf("savepoint: %w", err)
 	}
-	res, err := resolveTx(ctx, sp, h, topic, rec.Partition, d.GetOffset(), storable(note))
+	res, err := resolveTx(ctx, sp, h, ec, topic, rec.Partition, d.GetOffset(), storable(note))
 	if errors.Is(err, ErrNotQuarantined) {
 		_ = sp.Rollback(ctx) // nothing was written before the record was found missing
 		out.Note = fmt.Sprintf("no open quarantined or parked record at offset %d (re-driven or dropped before, or never quarantined): nothing to do", d.GetOffset())
@@ -181,7 +181,7 @@ func (w *partition) applyControl(ctx context.Context, rec *kgo.Record) error {
 		// Carrying it out failed alone, twice, with an error a record may
 		// cause (see applyBatch): record that, rather than stall.
 		d = Decision{Target: -1, Result: RedriveResult{Dropped: -1, Poison: -1}, Note: "could not be carried out: " + reason}
-	} else if d, err = decide(ctx, tx, a.handler, a.cfg.Topic, rec); err != nil {
+	} else if d, err = decide(ctx, tx, a.handler, emitConfig{ids: a.cfg.IDs, maxBytes: a.cfg.MaxEmitBytes}, a.cfg.Topic, rec); err != nil {
 		return fmt.Errorf("carry out the quarantine decision at offset %d: %w", rec.Offset, err)
 	}
 	r := d.Result

@@ -48,6 +48,11 @@ type RedriveResult struct {
 // Postgres) stays quarantined with its new reason, and the key's later records
 // stay parked behind it. Once none is left open, the key is released.
 //
+// Follow-ups the re-driven events emit go to the outbox like the applier's,
+// with IDs in the legacy ID space (envelope.LegacySpace) and the default
+// size bound: the applier, carrying out heed quarantine's decisions, uses its
+// Config's.
+//
 // Redrive and Drop change the projection directly: a projection rebuilt from
 // the topic does not see the decision. heed quarantine writes it to the topic
 // instead (DecisionRecord), and the applier carries it out when it reaches it
@@ -97,7 +102,7 @@ func resolve(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, p
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("lock the partition's applied position: %w", err)
 		}
-		res, err = resolveTx(ctx, tx, h, topic, partition, offset, dropNote)
+		res, err = resolveTx(ctx, tx, h, emitConfig{}, topic, partition, offset, dropNote)
 		return err
 	})
 	if err != nil {
@@ -109,7 +114,7 @@ func resolve(ctx context.Context, pool *pgxpool.Pool, h Handler, topic string, p
 // resolveTx re-drives (dropNote "") or drops the open record at
 // partition/offset in tx, whose caller holds the partition's applied
 // position locked, as Redrive and Drop describe.
-func resolveTx(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, offset int64, dropNote string) (RedriveResult, error) {
+func resolveTx(ctx context.Context, tx pgx.Tx, h Handler, ec emitConfig, topic string, partition int32, offset int64, dropNote string) (RedriveResult, error) {
 	res := RedriveResult{Dropped: -1, Poison: -1}
 	var key []byte
 	err := tx.QueryRow(ctx, `SELECT key FROM quarantine WHERE topic = $1 AND partition = $2 AND "offset" = $3
@@ -139,7 +144,7 @@ AND state = 'open' AND kind IN ('poison', 'parked')`, topic, partition, offset).
 		recs = without(recs, offset)
 	}
 	for i, r := range recs {
-		reason, err := redriveOne(ctx, tx, h, topic, partition, r, window, &res)
+		reason, err := redriveOne(ctx, tx, h, ec, topic, partition, r, window, &res)
 		if err != nil {
 			return res, err
 		}
@@ -193,7 +198,7 @@ func without(recs []openRecord, offset int64) []openRecord {
 
 // redriveOne applies r in a savepoint of tx and marks it redriven; it returns
 // a reason, and applies nothing, when r still cannot apply.
-func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partition int32, r openRecord, window time.Duration, res *RedriveResult) (string, error) {
+func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, ec emitConfig, topic string, partition int32, r openRecord, window time.Duration, res *RedriveResult) (string, error) {
 	d := decode(h, r.record(topic, partition))
 	if d.poison != "" {
 		return d.poison, nil
@@ -211,6 +216,9 @@ func redriveOne(ctx context.Context, tx pgx.Tx, h Handler, topic string, partiti
 			var rows []dedup.Row
 			if rows, err = processedRows([]dedup.Item{item}, results); err == nil {
 				err = dedup.SetOutcome(ctx, sp, rows[0])
+			}
+			if err == nil {
+				err = insertOutbox(ctx, sp, ec, topic, d.event, results)
 			}
 		}
 	}

@@ -59,6 +59,8 @@ type txn struct {
 	// parked holds the partition's parked keys by hash (see parkKey), read
 	// in begin.
 	parked map[string]bool
+	// emitted is how many outbox rows commit wrote.
+	emitted int
 }
 
 // parkedKeysSQL reads a partition's parked keys: those with a poison record
@@ -154,7 +156,8 @@ func (w *partition) begin(ctx context.Context, conn *pgxpool.Conn, next int64, n
 // Handler's Apply runs with the transaction), records the new events with
 // their results (by COPY when there are copyMinRows or more), then sends the
 // last round trip: the handler's writes, the INSERT of fewer new events, the
-// quarantine and parking of out.bad and COMMIT. Failures are
+// outbox rows of their follow-ups, the quarantine and parking of out.bad
+// and COMMIT. Failures are
 // returned wrapped; release rolls back.
 func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	a := w.a
@@ -176,6 +179,12 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 		if err != nil {
 			return err
 		}
+		emits, err := outboxRows(a.cfg.IDs, a.cfg.MaxEmitBytes, fresh, results)
+		if err != nil {
+			return err
+		}
+		queueOutbox(b, a.cfg.Topic, emits)
+		t.emitted = len(emits)
 		if len(out.superseded) > 0 {
 			kept := rows[:0]
 			for i, r := range rows {
@@ -212,7 +221,8 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 const copyMinRows = 500
 
 // processedRows pairs the new events' items with the results the handler
-// returned for the events (nil: all applied, no data).
+// returned for the events (nil: all applied, no data). The results' emits
+// are outboxRows'.
 func processedRows(items []dedup.Item, results []Result) ([]dedup.Row, error) {
 	if results != nil && len(results) != len(items) {
 		return nil, fmt.Errorf("apply events: the handler returned %d results for %d events", len(results), len(items))
@@ -224,11 +234,6 @@ func processedRows(items []dedup.Item, results []Result) ([]dedup.Row, error) {
 			r := results[i]
 			if r.Rejected {
 				rows[i].Outcome = dedup.Rejected
-			}
-			if len(r.Emits) > 0 {
-				// Never dropped in silence: the outbox that carries them is
-				// not built yet (issue 28).
-				return nil, fmt.Errorf("apply events: event %s emits %d follow-ups, which this heed cannot publish yet", it.ID, len(r.Emits))
 			}
 			rows[i].Reason, rows[i].Result = storable(r.Reason), r.Data
 		}

@@ -22,6 +22,7 @@ type applyCmd struct {
 	kafka kafkaFlags
 	db    dbFlags
 	apply applyFlags
+	relay relayFlags
 	obs   obsFlags
 	log   logFlags
 }
@@ -30,6 +31,7 @@ func (c *applyCmd) flags(fs *flag.FlagSet) {
 	c.kafka.register(fs, true)
 	c.db.register(fs, "", "Postgres URL to apply to, e.g. postgres://postgres@127.0.0.1:5432/heed")
 	c.apply.register(fs)
+	c.relay.register(fs)
 	registerShutdown(fs, &c.apply.shutdownTimeout)
 	c.obs.register(fs, "127.0.0.1:9465", true)
 	c.log.register(fs)
@@ -54,7 +56,7 @@ func (c *applyCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	}
 	defer pool.Close()
 	x.metrics.WatchPool(pool)
-	return applyFrom(ctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs)
+	return applyFrom(ctx, logger, c.kafka, c.apply, c.relay, c.db, pool, x, c.obs)
 }
 
 // validate checks every flag before apply starts anything.

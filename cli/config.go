@@ -231,6 +231,22 @@ func (a *applyFlags) register(fs *flag.FlagSet) {
 	a.registerBatch(fs, 4000, 4<<20)
 }
 
+// relayFlags are the flags of the relay that runs inside apply and dev.
+type relayFlags struct {
+	on   bool
+	poll time.Duration
+}
+
+func (r *relayFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&r.on, "relay", true, "publish the follow-up events the handlers emit (the outbox) for the partitions this applier owns; turn it off only when heed relay runs instead")
+	registerRelayPoll(fs, &r.poll)
+}
+
+// registerRelayPoll registers --relay-poll.
+func registerRelayPoll(fs *flag.FlagSet, d *time.Duration) {
+	fs.DurationVar(d, "relay-poll", 2*time.Second, "how often the relay looks for unsent follow-ups when no commit woke it")
+}
+
 // registerBatch registers the batch limits alone, with their defaults.
 func (a *applyFlags) registerBatch(fs *flag.FlagSet, records, bytes int) {
 	fs.IntVar(&a.batchRecords, "batch-records", records, "most records applied in one database transaction")

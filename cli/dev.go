@@ -32,6 +32,7 @@ type devCmd struct {
 	db           dbFlags
 	serve        serveFlags
 	apply        applyFlags
+	relay        relayFlags
 	dataDir      string
 	brokerListen string
 	obs          obsFlags
@@ -44,6 +45,7 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	c.db.register(fs, "", "Postgres URL; empty: the local server at 127.0.0.1:5432 (database heed), else a private cluster under --data-dir")
 	c.serve.register(fs)
 	c.apply.register(fs)
+	c.relay.register(fs)
 	registerShutdown(fs, &c.serve.shutdownTimeout)
 	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where the embedded broker (and a private Postgres, if one is needed) keep their data, one heed dev or broker at a time")
 	fs.StringVar(&c.brokerListen, "broker-listen", devstack.DefaultBrokerListen, "address the embedded broker serves the Kafka protocol on")
@@ -153,7 +155,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		case <-gctx.Done():
 			return nil
 		}
-		return applyFrom(gctx, logger, c.kafka, c.apply, c.db, pool, x, c.obs)
+		return applyFrom(gctx, logger, c.kafka, c.apply, c.relay, c.db, pool, x, c.obs)
 	})
 	return g.Wait()
 }

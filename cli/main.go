@@ -80,7 +80,7 @@ type actionCommand interface {
 // verbs are the binary's verbs; bench, which measures the reference ledger,
 // only where the ledger is one of the domains.
 func verbs(domains []*heed.Domain) []verb {
-	vs := []verb{devVerb, brokerVerb, serveVerb, applyVerb, migrateVerb, topicVerb, quarantineVerb, rebuildVerb, auditVerb, tokenVerb, healthcheckVerb}
+	vs := []verb{devVerb, brokerVerb, serveVerb, applyVerb, relayVerb, migrateVerb, topicVerb, quarantineVerb, rebuildVerb, auditVerb, tokenVerb, healthcheckVerb}
 	for _, d := range domains {
 		if d.Name() == "ledger" {
 			vs = append(vs, benchVerb)

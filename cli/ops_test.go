@@ -225,7 +225,7 @@ func TestOperations(t *testing.T) {
 		t.Errorf("heed_rpc_requests_total{code=unauthenticated} = %v, want the 3 refused requests", n)
 	}
 	for _, family := range []string{"heed_applier_lag_records", "heed_applier_stalled_partitions", "heed_applier_position", "heed_topic_end_offset", "heed_quarantine_records",
-		"heed_db_pool_acquired_connections", "heed_apply_retries_total", "heed_produce_errors_total", "go_goroutines", "process_resident_memory_bytes"} {
+		"heed_db_pool_acquired_connections", "heed_apply_retries_total", "heed_relay_unsent_rows", "heed_relay_oldest_unsent_age_seconds", "heed_relay_produced_total", "heed_relay_failures_total", "heed_produce_errors_total", "go_goroutines", "process_resident_memory_bytes"} {
 		if sample(after, family, nil) < 0 {
 			t.Errorf("/metrics has no %s", family)
 		}

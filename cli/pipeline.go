@@ -22,6 +22,7 @@ import (
 	"github.com/heed-dev/heed/gen/heed/command/v1/commandv1connect"
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/observe"
+	"github.com/heed-dev/heed/outbox"
 	"github.com/heed-dev/heed/retention"
 	"github.com/heed-dev/heed/schema"
 	"github.com/heed-dev/heed/topic"
@@ -80,6 +81,7 @@ func applierConfig(logger *slog.Logger, kafka kafkaFlags, af applyFlags) applier
 		DedupWindow:      af.retention,
 		StallTimeout:     af.stallTimeout,
 		Logger:           logger,
+		IDs:              kafka.dom.IDs(),
 	}
 }
 
@@ -205,14 +207,19 @@ func topicError(db dbFlags, err error) error {
 	return err
 }
 
-// applyFrom runs the domain's applier until ctx ends.
-func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, db dbFlags, pool *pgxpool.Pool, x *ops, obs obsFlags) error {
+// applyFrom runs the domain's applier until ctx ends and, with rf.on, the
+// relay of the outbox rows of the partitions it owns.
+func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af applyFlags, rf relayFlags, db dbFlags, pool *pgxpool.Pool, x *ops, obs obsFlags) error {
 	cfg := applierConfig(logger, kafka, af)
 	var err error
 	if cfg.KafkaOpts, err = x.kafkaOpts(kafka, "applier"); err != nil {
 		return err
 	}
 	cfg.Observer = observe.Observers(x.metrics, x.tracing)
+	var relay *outbox.Relay
+	if rf.on {
+		cfg.OnEmit = func(p int32) { relay.Wake(p) }
+	}
 	a, err := applier.New(cfg, pool, db.dom.Handler())
 	if err != nil {
 		return err
@@ -222,6 +229,19 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 		return err
 	}
 	defer adminCl.Close()
+	if rf.on {
+		pub, err := relayPublisher(ctx, logger, kafka, pool, adminCl, x)
+		if err != nil {
+			return err
+		}
+		defer pub.Close()
+		relay = outbox.New(pool, pub, outbox.Config{Topic: kafka.topic, Partitions: a.Partitions, Poll: rf.poll, Logger: logger.With("component", "relay")})
+		x.metrics.WatchRelay(relay)
+		rctx, stopRelay := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { _ = relay.Run(rctx); close(done) }() // Run returns nil when rctx ends
+		defer func() { stopRelay(); <-done }()
+	}
 	x.commonChecks(db, pool, adminCl)
 	x.applyChecks(kafka, pool, adminCl, obs.readyMaxLag)
 	x.metrics.WatchStalls(a.Stalled)
@@ -236,6 +256,24 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 		return fmt.Errorf("applier: %w", topicError(db, err))
 	}
 	return nil
+}
+
+// relayPublisher is the producer a relay publishes follow-ups through:
+// idempotent, acks=all, keys hashed over the partition count the projection
+// was built with (a topic.Guard, which it keeps checking until ctx ends).
+func relayPublisher(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, pool *pgxpool.Pool, adminCl *kgo.Client, x *ops) (*ingest.Publisher, error) {
+	guard := topic.NewGuard(pool, adminCl, kafka.topic, 0, logger)
+	if err := guard.Check(ctx); err != nil {
+		// The relay retries meanwhile; the guard's Run logs the outcome.
+		logger.Warn("the relay cannot check the topic's identity yet; it publishes once it can", "topic", kafka.topic, "err", err)
+	}
+	go guard.Run(ctx)
+	icfg := ingest.Config{Brokers: kafka.brokerList(), Topic: kafka.topic, Logger: logger, IDs: kafka.dom.IDs(), Gate: guard}
+	var err error
+	if icfg.KafkaOpts, err = x.kafkaOpts(kafka, "relay"); err != nil {
+		return nil, err
+	}
+	return ingest.NewPublisher(icfg)
 }
 
 // recordReader reads one record of kafka's topic with a client of its own:

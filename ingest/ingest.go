@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -262,6 +263,34 @@ func (p *Publisher) Publish(ctx context.Context, aggregateID, requestID string, 
 	}
 	failpoint.Hit("ingest/after-produce")
 	return env.GetEventId(), consistency.Token{Partition: rec.Partition, Offset: rec.Offset}.String(), nil
+}
+
+// ProduceRecords writes recs, prebuilt (an outbox's follow-ups), through the
+// publisher's producer (idempotent, acks=all, keys hashed over the Gate's
+// partition count), and waits for every ack. It returns one error per record,
+// nil for the acknowledged ones; all of them are the Gate's refusal when it
+// refuses writes. Records of one key keep their order: the producer writes
+// them to one partition in order, and fails the ones after a failed one.
+func (p *Publisher) ProduceRecords(ctx context.Context, recs []*kgo.Record) []error {
+	errs := make([]error, len(recs))
+	if p.cfg.Gate != nil {
+		if err := p.cfg.Gate.Admit(); err != nil {
+			for i := range errs {
+				errs[i] = fmt.Errorf("writes are refused: %w", err)
+			}
+			return errs
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(len(recs))
+	for i, rec := range recs {
+		p.cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+			errs[i] = err
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	return errs
 }
 
 // produceError maps a failed produce to the code a caller can act on.

@@ -23,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/heed-dev/heed/applier"
+	"github.com/heed-dev/heed/outbox"
 )
 
 // Metrics holds a registry with heed's metrics. Create it with NewMetrics;
@@ -296,3 +297,42 @@ func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) err
 
 // ErrNotReady is wrapped by the errors of failing readiness checks.
 var ErrNotReady = errors.New("not ready")
+
+// Relay is what WatchRelay reads: an outbox.Relay.
+type Relay interface {
+	Produced() int64
+	Failures() int64
+	Backlog() outbox.Backlog
+}
+
+var _ Relay = (*outbox.Relay)(nil)
+
+var (
+	relayUnsent   = prometheus.NewDesc("heed_relay_unsent_rows", "Follow-ups in the outbox of the partitions this process relays that are neither produced, seen (applied) nor failed, at the relay's last pass.", nil, nil)
+	relayOldest   = prometheus.NewDesc("heed_relay_oldest_unsent_age_seconds", "Age (from the emitting record's time) of the oldest unsent follow-up; 0 when none.", nil, nil)
+	relayProduced = prometheus.NewDesc("heed_relay_produced_total", "Follow-ups the relay produced (acknowledged by the broker).", nil, nil)
+	relayFailures = prometheus.NewDesc("heed_relay_failures_total", "Follow-ups the broker refused for good (recorded in heed_outbox_failed; the relay went on).", nil, nil)
+)
+
+// WatchRelay exports r's backlog and counts (heed_relay_*).
+func (m *Metrics) WatchRelay(r Relay) { m.reg.MustRegister(relayCollector{r}) }
+
+type relayCollector struct{ r Relay }
+
+func (c relayCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{relayUnsent, relayOldest, relayProduced, relayFailures} {
+		ch <- d
+	}
+}
+
+func (c relayCollector) Collect(ch chan<- prometheus.Metric) {
+	b := c.r.Backlog()
+	age := 0.0
+	if !b.Oldest.IsZero() {
+		age = max(time.Since(b.Oldest).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(relayUnsent, prometheus.GaugeValue, float64(b.Unsent))
+	ch <- prometheus.MustNewConstMetric(relayOldest, prometheus.GaugeValue, age)
+	ch <- prometheus.MustNewConstMetric(relayProduced, prometheus.CounterValue, float64(c.r.Produced()))
+	ch <- prometheus.MustNewConstMetric(relayFailures, prometheus.CounterValue, float64(c.r.Failures()))
+}

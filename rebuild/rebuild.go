@@ -4,6 +4,10 @@
 // It is domain-agnostic: the caller brings the migration sets and the
 // applier.Handler, as for a live applier.
 //
+// A rebuild never publishes: the follow-ups its handler emits go to the
+// rebuilt outbox (compared like any table) and no relay runs on it (package
+// outbox). The swap carries the live relay's progress over.
+//
 // The replay is an ordinary applier (package applier) in a consumer group of
 // its own, applying to the fresh schema: the same code as the live one, so
 // the rebuilt state is what the live applier would have built. Its batches
@@ -568,6 +572,11 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 			return res, fmt.Errorf("swap: nothing swapped: %w: %s", ErrDiffers, rep.Summary())
 		}
 	}
+	if liveExists && !res.OtherIncarnation {
+		if err := carryRelay(ctx, tx, r.cfg.Live, r.cfg.Into); err != nil {
+			return nil, err
+		}
+	}
 	if liveExists {
 		if _, err := tx.Exec(ctx, `UPDATE `+pgx.Identifier{r.cfg.Live, "applied_positions"}.Sanitize()+` SET retired_at = now()`); err != nil {
 			return nil, fmt.Errorf("swap: retire the live positions: %w", err)
@@ -584,6 +593,31 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 	}
 	r.log.Info("swapped", "live", r.cfg.Live, "old", opts.Old, "positions", at)
 	return res, nil
+}
+
+// relayTables are the outbox relay's progress, which is not part of the
+// projection (a rebuild never publishes): a swap carries the live one over.
+var relayTables = []string{"heed_outbox_relay", "heed_outbox_failed"}
+
+// carryRelay copies the live relay's progress into the rebuilt projection,
+// in the swap's transaction, so that its relay sends only rows the live one
+// had not sent. A row the live relay produces after the copy, before the
+// rename, is sent again unless applied by then: a duplicate, which the
+// applier drops by its event ID.
+func carryRelay(ctx context.Context, tx pgx.Tx, live, into string) error {
+	for _, t := range relayTables {
+		var has bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{live, t}.Sanitize()).Scan(&has); err != nil {
+			return fmt.Errorf("swap: find %s.%s: %w", live, t, err)
+		}
+		if !has {
+			continue // a live projection from before the outbox
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+pgx.Identifier{into, t}.Sanitize()+` SELECT * FROM `+pgx.Identifier{live, t}.Sanitize()+` ON CONFLICT DO NOTHING`); err != nil {
+			return fmt.Errorf("swap: carry the relay's progress (%s) over: %w", t, err)
+		}
+	}
+	return nil
 }
 
 // DropOld drops schemaName, which must hold a projection a swap retired: a

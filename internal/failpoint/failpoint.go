@@ -21,7 +21,9 @@
 // are handed back to the Kafka client without a start offset, so the client
 // never fetches them although the group assigned them: what a broker restart
 // left behind in issue 26) and ingest/after-produce (the broker acknowledged
-// a command, the client not answered).
+// a command, the client not answered) and relay/after-ack (the broker
+// acknowledged a run of follow-ups, the relay's position not moved past
+// them).
 package failpoint
 
 // Points are the names Hit is called with.
@@ -32,4 +34,5 @@ var Points = []string{
 	"apply/revoke",
 	"apply/drop-assigned",
 	"ingest/after-produce",
+	"relay/after-ack",
 }
