@@ -286,3 +286,44 @@ func TestTransfersConserveMoneyAcrossPartitions(t *testing.T) {
 		t.Error("no transfer settled or was refunded")
 	}
 }
+
+// A request ID identifies a transfer within its source account (as for every
+// command), so two sources may send one request ID: both transfers are
+// debited and both must be credited, even to one destination. Their debits
+// share an event ID (the request ID's) and differ by key; their credits must
+// not share one, or the second would be taken for a retry of the first and
+// its money lost in flight: the follow-up's ID has to depend on the origin's
+// key too.
+func TestTransfersReusingARequestID(t *testing.T) {
+	needOutbox(t)
+	p := newPipeline(t, pipelineOpts{partitions: 4})
+	p.startApplier(t)
+	for _, a := range []string{"alice", "bob", "carol"} {
+		p.open(t, "open-"+a, a)
+	}
+	p.waitApplied(t, p.deposit(t, "dep-alice", "alice", 100).GetConsistencyToken())
+	p.waitApplied(t, p.deposit(t, "dep-bob", "bob", 100).GetConsistencyToken())
+	first := p.transfer(t, "same", "alice", "carol", 10)
+	second := p.transfer(t, "same", "bob", "carol", 20)
+	for _, res := range []*ledgerv1.TransferResponse{first, second} {
+		r, err := p.client.GetCommandResult(t.Context(), connect.NewRequest(&ledgerv1.GetCommandResultRequest{
+			Ref: &ledgerv1.GetCommandResultRequest_RequestId{RequestId: "same"}, ConsistencyToken: res.GetConsistencyToken()}))
+		if err == nil || connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("GetCommandResult(same) without account_id: %v, %v; want invalid_argument naming both", r, err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := p.balances(t)
+		if got["carol"] == 30 {
+			if got["alice"] != 90 || got["bob"] != 80 {
+				t.Errorf("balances %v, want alice 90, bob 80, carol 30", got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("balances %v: carol did not receive both transfers", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
