@@ -24,6 +24,7 @@ func TestFollowTransfer(t *testing.T) {
 		refused  = commandv1.CommandStatus_COMMAND_STATUS_REJECTED
 		waiting  = commandv1.CommandStatus_COMMAND_STATUS_PENDING
 		quarant  = commandv1.CommandStatus_COMMAND_STATUS_QUARANTINED
+		dropped  = commandv1.CommandStatus_COMMAND_STATUS_DROPPED
 	)
 	followUpID := domain().FollowUpEventID
 	debitID := uuid.MustParse("0193a8f2-0000-7000-8000-000000000001")
@@ -72,6 +73,12 @@ func TestFollowTransfer(t *testing.T) {
 		{name: "followed from the credit", start: creditRefused, known: map[uuid.UUID]*command.Outcome{refundID: refundedOK},
 			state: refunded, steps: []step{{StepRefund, applied, "alice", 100}}},
 		{name: "a step unreadable", start: debited, wantErr: true},
+		{name: "credit dropped, refunded", start: debited, known: map[uuid.UUID]*command.Outcome{
+			creditID: {EventID: creditID, Status: dropped, Key: "bob", Reason: "by an operator"}, refundID: refundedOK},
+			state: refunded, steps: []step{{StepCredit, dropped, "bob", 0}, {StepRefund, applied, "alice", 100}}},
+		{name: "credit dropped, refund in flight", start: debited, known: map[uuid.UUID]*command.Outcome{
+			creditID: {EventID: creditID, Status: dropped, Key: "bob"}, refundID: notYet(refundID, "alice")},
+			state: pending, steps: []step{{StepCredit, dropped, "bob", 0}, {StepRefund, waiting, "alice", 0}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			get := func(_ context.Context, ref command.Ref) (*command.Outcome, error) {

@@ -190,9 +190,11 @@ const maxSteps = 2
 // is a step of a transfer: it reads, with get, the outcome of each follow-up
 // the steps emitted (the follow-up's event ID is followUpID of the step's and
 // the name its result names), until one is not decided yet or emitted none.
-// The state is the last decided step's, or PENDING when a step it emitted is
-// not decided (pending, quarantined, parked or dropped: see steps). Errors are
-// get's.
+// A credit an operator dropped is followed to its refund, which the drop
+// emits (onDrop), when the transfer's source is known (followed from the
+// debit). The state is the last decided step's, or PENDING when a step it
+// emitted is not decided (pending, quarantined, parked, or dropped with no
+// refund to follow: see steps). Errors are get's.
 func followTransfer(ctx context.Context, get func(context.Context, command.Ref) (*command.Outcome, error),
 	followUpID func(uuid.UUID, string) uuid.UUID, o *command.Outcome, out *ledgerv1.GetCommandResultResponse) error {
 	res, ok := o.Message.(*ledgerv1.CommandResult)
@@ -200,9 +202,13 @@ func followTransfer(ctx context.Context, get func(context.Context, command.Ref) 
 		return nil
 	}
 	out.TransferState = res.GetTransferState()
+	prev, source := o.EventID, ""
 	for i := 0; i < maxSteps && res.GetNext() != nil; i++ {
 		next := res.GetNext()
-		id := followUpID(o.EventID, next.GetName())
+		if next.GetName() == StepCredit {
+			source = o.Key // the debit's account
+		}
+		id := followUpID(prev, next.GetName())
 		var err error
 		if o, err = get(ctx, command.Ref{EventID: id.String(), Key: next.GetAccountId()}); err != nil {
 			return err
@@ -212,12 +218,17 @@ func followTransfer(ctx context.Context, get func(context.Context, command.Ref) 
 			Reason: o.Reason, AccountId: next.GetAccountId(),
 		}
 		out.Steps = append(out.Steps, step)
-		if res, ok = o.Message.(*ledgerv1.CommandResult); !ok {
-			out.TransferState = ledgerv1.TransferState_TRANSFER_STATE_PENDING // in flight, or stuck (see the step)
+		prev = id
+		out.TransferState = ledgerv1.TransferState_TRANSFER_STATE_PENDING // in flight, or stuck (see the step)
+		switch res, ok = o.Message.(*ledgerv1.CommandResult); {
+		case ok:
+			step.BalanceAfter = res.GetBalanceAfter()
+			out.TransferState = res.GetTransferState()
+		case step.Status == ledgerv1.CommandStatus_COMMAND_STATUS_DROPPED && next.GetName() == StepCredit && source != "":
+			res = &ledgerv1.CommandResult{Next: &ledgerv1.NextStep{Name: StepRefund, AccountId: source}}
+		default:
 			return nil
 		}
-		step.BalanceAfter = res.GetBalanceAfter()
-		out.TransferState = res.GetTransferState()
 	}
 	return nil
 }

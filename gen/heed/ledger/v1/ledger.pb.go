@@ -862,7 +862,8 @@ type GetCommandResultResponse struct {
 	// when its debit was, PENDING while a step is in flight (see steps).
 	TransferState TransferState `protobuf:"varint,6,opt,name=transfer_state,json=transferState,proto3,enum=heed.ledger.v1.TransferState" json:"transfer_state,omitempty"`
 	// The transfer's steps after this command, in order, as far as they went: the credit to
-	// the destination, then, when the credit was rejected, the refund to the source.
+	// the destination, then, when the credit was rejected (or dropped by an operator), the
+	// refund to the source.
 	Steps         []*TransferStep `protobuf:"bytes,7,rep,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
