@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -11,8 +12,10 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/dedup"
 	"github.com/heed-dev/heed/envelope"
 	envelopev1 "github.com/heed-dev/heed/gen/heed/envelope/v1"
@@ -325,5 +328,42 @@ func TestTransfersReusingARequestID(t *testing.T) {
 			t.Fatalf("balances %v: carol did not receive both transfers", got)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A transfer's later steps, written straight to the topic (as the relay
+// would), apply with the applier of today when they emit nothing: a credit
+// to an existing account settles the transfer; a refund that cannot apply
+// (the source's balance would overflow) is quarantined, its account parked,
+// never rejected: its amount is not lost in silence.
+func TestTransferStepsFromTheTopic(t *testing.T) {
+	p := newPipeline(t, pipelineOpts{partitions: 2})
+	p.startApplier(t)
+	p.open(t, "open-bob", "bob")
+	p.open(t, "open-alice", "alice")
+	p.waitApplied(t, p.deposit(t, "dep-alice", "alice", math.MaxInt64-10).GetConsistencyToken())
+
+	credit := p.produceRaw(t, rawRecord(t, "credit-1", "bob", &ledgerv1.TransferCredited{FromAccountId: "alice", ToAccountId: "bob", Amount: 30}))[0]
+	refund := p.produceRaw(t, rawRecord(t, "refund-1", "alice", &ledgerv1.TransferRefunded{FromAccountId: "alice", ToAccountId: "bob", Amount: 30}))[0]
+	later := p.deposit(t, "dep-alice-2", "alice", 1)
+	p.waitCaughtUp(t)
+
+	tokenOf := func(r *kgo.Record) string {
+		return consistency.Token{Partition: r.Partition, Offset: r.Offset}.String()
+	}
+	c := p.result(t, "credit-1", tokenOf(credit))
+	if c.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_APPLIED || c.GetTransferState() != ledgerv1.TransferState_TRANSFER_STATE_SETTLED ||
+		c.GetBalanceAfter() != 30 || len(c.GetSteps()) != 0 {
+		t.Errorf("credit: %v, want applied, SETTLED, balance 30", c)
+	}
+	r := p.result(t, "refund-1", tokenOf(refund))
+	if r.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_QUARANTINED || !strings.Contains(r.GetReason(), "the refund of a transfer cannot apply: refund of 30 would overflow") {
+		t.Errorf("refund: %v, want QUARANTINED saying it would overflow", r)
+	}
+	if d := p.result(t, "dep-alice-2", later.GetConsistencyToken()); d.GetStatus() != ledgerv1.CommandStatus_COMMAND_STATUS_PARKED {
+		t.Errorf("alice's deposit after the refund: %v, want PARKED behind it", d)
+	}
+	if got, want := p.balances(t), map[string]int64{"alice": math.MaxInt64 - 10, "bob": 30}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("balances %v, want %v", got, want)
 	}
 }
