@@ -137,9 +137,11 @@ func (l *loaded) read(rows pgx.Rows) error {
 // the effects of the events before them, queues onto b the writes of the
 // changed accounts and returns every event's result: rejected with the reason,
 // or applied, with the balance after it (as it stays, when rejected) as a
-// CommandResult. It returns an
-// error, and queues nothing, when the read has not arrived or an event's
-// account was not loaded.
+// CommandResult, and for a transfer's step where the transfer stands and the
+// follow-up it emits (the credit of an applied debit, the refund of a rejected
+// credit). It returns an error, and queues nothing, when the read has not
+// arrived or an event's account was not loaded, and a heed.Quarantine error
+// for a refund that cannot apply: money is never dropped in silence.
 func (l *loaded) Queue(events []heed.Record, b *pgx.Batch) ([]heed.Result, error) {
 	if !l.done {
 		return nil, errors.New("decide events: the accounts were not read (the batch holding the read was not sent, or failed)")
@@ -150,10 +152,22 @@ func (l *loaded) Queue(events []heed.Record, b *pgx.Batch) ([]heed.Result, error
 		if !ok {
 			return nil, fmt.Errorf("decide event %s: account %q was not loaded", ev.ID, ev.AggregateID)
 		}
-		if reason := decide(a, ev.Payload); reason != "" {
-			results[i].Rejected, results[i].Reason = true, reason
+		d := decide(a, ev.Payload)
+		if d.quarantine != "" {
+			return nil, heed.Quarantine(ev.Offset, d.quarantine)
 		}
-		results[i].Data = commandResult(a.balance) // after the event, or as it stays when rejected
+		if d.reason != "" {
+			results[i].Rejected, results[i].Reason = true, d.reason
+		}
+		if d.next.Event != nil {
+			results[i].Emits = []heed.Emit{d.next}
+		}
+		// after the event, or as it stays when rejected
+		if d.transfer == ledgerv1.TransferState_TRANSFER_STATE_UNSPECIFIED {
+			results[i].Data = commandResult(a.balance)
+		} else {
+			results[i].Data = transferResult(a.balance, d.transfer, d.next)
+		}
 	}
 	queueAccounts(b, l.accounts)
 	return results, nil
@@ -171,35 +185,122 @@ func commandResult(balance int64) []byte {
 	return protowire.AppendVarint(b, uint64(balance))
 }
 
-// decide applies one event to a in memory and returns "" or why it is rejected.
-func decide(a *account, payload any) string {
+// transferResult is the CommandResult of a transfer's step, marshaled as
+// proto.Marshal would: the balance, the transfer's state and, when the step
+// emitted one, its follow-up (next's Name and Key).
+func transferResult(balance int64, state ledgerv1.TransferState, next heed.Emit) []byte {
+	b := commandResult(balance)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(state))
+	if next.Event == nil {
+		return b
+	}
+	var n []byte
+	n = protowire.AppendTag(n, 1, protowire.BytesType)
+	n = protowire.AppendString(n, next.Name)
+	n = protowire.AppendTag(n, 2, protowire.BytesType)
+	n = protowire.AppendString(n, next.Key)
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	return protowire.AppendBytes(b, n)
+}
+
+// The names of a transfer's follow-ups: persisted in their IDs (see
+// heed.Emit), never to change.
+const (
+	// StepCredit is the follow-up of an applied TransferDebited: the
+	// TransferCredited of the destination.
+	StepCredit = "credit"
+	// StepRefund is the follow-up of a rejected TransferCredited: the
+	// TransferRefunded of the source.
+	StepRefund = "refund"
+)
+
+// decision is what deciding one event did to its account.
+type decision struct {
+	// reason is why the event is rejected; "" when applied.
+	reason string
+	// transfer is where the transfer stands after a transfer's step;
+	// unspecified for other events.
+	transfer ledgerv1.TransferState
+	// next is the follow-up the event emits; its Event is nil for none.
+	next heed.Emit
+	// quarantine is why the event can never apply; "" when decided.
+	quarantine string
+}
+
+// decide applies one event to a in memory and returns what it did.
+func decide(a *account, payload any) decision {
+	const (
+		pending  = ledgerv1.TransferState_TRANSFER_STATE_PENDING
+		settled  = ledgerv1.TransferState_TRANSFER_STATE_SETTLED
+		refunded = ledgerv1.TransferState_TRANSFER_STATE_REFUNDED
+		rejected = ledgerv1.TransferState_TRANSFER_STATE_REJECTED
+	)
 	switch p := payload.(type) {
 	case *ledgerv1.AccountOpened:
 		if a.exists {
-			return fmt.Sprintf("account %s already exists", p.GetAccountId())
+			return decision{reason: fmt.Sprintf("account %s already exists", p.GetAccountId())}
 		}
 		a.exists, a.balance, a.dirty = true, 0, true
 	case *ledgerv1.FundsDeposited:
-		switch {
-		case !a.exists:
-			return fmt.Sprintf("account %s does not exist", p.GetAccountId())
-		case a.balance > math.MaxInt64-p.GetAmount():
-			return fmt.Sprintf("deposit of %d would overflow the balance %d", p.GetAmount(), a.balance)
+		if reason := credit(a, p.GetAccountId(), p.GetAmount(), "deposit"); reason != "" {
+			return decision{reason: reason}
 		}
-		a.balance += p.GetAmount()
-		a.dirty = true
 	case *ledgerv1.FundsWithdrawn:
-		switch {
-		case !a.exists:
-			return fmt.Sprintf("account %s does not exist", p.GetAccountId())
-		case a.balance < p.GetAmount():
-			return fmt.Sprintf("insufficient funds: balance %d, withdrawal %d", a.balance, p.GetAmount())
+		if reason := debit(a, p.GetAccountId(), p.GetAmount(), "withdrawal"); reason != "" {
+			return decision{reason: reason}
 		}
-		a.balance -= p.GetAmount()
-		a.dirty = true
+	case *ledgerv1.TransferDebited:
+		if reason := debit(a, p.GetFromAccountId(), p.GetAmount(), "transfer"); reason != "" {
+			return decision{reason: reason, transfer: rejected}
+		}
+		return decision{transfer: pending, next: heed.FollowUp(StepCredit, p.GetToAccountId(), &ledgerv1.TransferCredited{
+			FromAccountId: p.GetFromAccountId(), ToAccountId: p.GetToAccountId(), Amount: p.GetAmount(),
+		})}
+	case *ledgerv1.TransferCredited:
+		if reason := credit(a, p.GetToAccountId(), p.GetAmount(), "transfer"); reason != "" {
+			return decision{reason: reason + "; refunding " + p.GetFromAccountId(), transfer: pending,
+				next: heed.FollowUp(StepRefund, p.GetFromAccountId(), &ledgerv1.TransferRefunded{
+					FromAccountId: p.GetFromAccountId(), ToAccountId: p.GetToAccountId(), Amount: p.GetAmount(),
+				})}
+		}
+		return decision{transfer: settled}
+	case *ledgerv1.TransferRefunded:
+		if reason := credit(a, p.GetFromAccountId(), p.GetAmount(), "refund"); reason != "" {
+			return decision{quarantine: "the refund of a transfer cannot apply: " + reason}
+		}
+		return decision{transfer: refunded}
 	default:
-		return fmt.Sprintf("unexpected payload %T", payload)
+		return decision{reason: fmt.Sprintf("unexpected payload %T", payload)}
 	}
+	return decision{}
+}
+
+// credit adds amount to a, the account id, or returns why it cannot: what,
+// a deposit say, names the credit.
+func credit(a *account, id string, amount int64, what string) string {
+	switch {
+	case !a.exists:
+		return fmt.Sprintf("account %s does not exist", id)
+	case a.balance > math.MaxInt64-amount:
+		return fmt.Sprintf("%s of %d would overflow the balance %d", what, amount, a.balance)
+	}
+	a.balance += amount
+	a.dirty = true
+	return ""
+}
+
+// debit takes amount from a, the account id, or returns why it cannot: what,
+// a withdrawal say, names the debit.
+func debit(a *account, id string, amount int64, what string) string {
+	switch {
+	case !a.exists:
+		return fmt.Sprintf("account %s does not exist", id)
+	case a.balance < amount:
+		return fmt.Sprintf("insufficient funds: balance %d, %s %d", a.balance, what, amount)
+	}
+	a.balance -= amount
+	a.dirty = true
 	return ""
 }
 

@@ -25,9 +25,10 @@ import (
 
 // genCommand is one command of a generated stream.
 type genCommand struct {
-	kind      string // open, deposit, withdraw
+	kind      string // open, deposit, withdraw, transfer
 	requestID string
-	account   string
+	account   string // a transfer's source
+	to        string // a transfer's destination
 	amount    int64
 	// target is, for an operator's drop or redrive, which junk record of
 	// the stream (0: the first) the decision names.
@@ -46,6 +47,8 @@ func (c genCommand) String() string {
 		return fmt.Sprintf("junk(%s)@%v", c.account, c.at)
 	case "drop", "redrive":
 		return fmt.Sprintf("%s(junk %d)@%v", c.kind, c.target, c.at)
+	case "transfer":
+		return fmt.Sprintf("transfer(%s,%s->%s,%d)@%v", c.requestID, c.account, c.to, c.amount, c.at)
 	}
 	return fmt.Sprintf("%s(%s,%s,%d)@%v", c.kind, c.requestID, c.account, c.amount, c.at)
 }
@@ -150,6 +153,8 @@ func (p *pipeline) produceAt(t *testing.T, start time.Time, c genCommand) {
 		msg = &ledgerv1.FundsDeposited{AccountId: c.account, Amount: c.amount}
 	case "withdraw":
 		msg = &ledgerv1.FundsWithdrawn{AccountId: c.account, Amount: c.amount}
+	case "transfer":
+		msg = &ledgerv1.TransferDebited{FromAccountId: c.account, ToAccountId: c.to, Amount: c.amount}
 	}
 	rec := rawRecord(t, c.requestID, c.account, msg)
 	rec.Timestamp = start.Add(c.at)
@@ -157,7 +162,10 @@ func (p *pipeline) produceAt(t *testing.T, start time.Time, c genCommand) {
 }
 
 // genStream draws n commands over accounts: opens (some accounts never
-// opened: unknown), deposits, withdrawals that often overdraw, resends of an
+// opened: unknown), deposits, withdrawals that often overdraw, transfers
+// between accounts (on different partitions, some to or from accounts never
+// opened: refunded or rejected; until the outbox exists, only from accounts
+// never opened, see transferSource), resends of an
 // earlier command (a duplicate) and request IDs reused with other content
 // or for another account, and records that are not events (junk, which
 // quarantines and parks its account) with operators' drops and re-drives of
@@ -184,8 +192,11 @@ func genStream(rng *rand.Rand, n, accounts int) []genCommand {
 			c = genCommand{kind: "open", account: acct()}
 		case r < 55:
 			c = genCommand{kind: "deposit", account: acct(), amount: 1 + rng.Int64N(50)}
-		case r < 80:
+		case r < 72:
 			c = genCommand{kind: "withdraw", account: acct(), amount: 1 + rng.Int64N(80)}
+		case r < 80:
+			c = genCommand{kind: "transfer", account: transferSource(rng, accounts), amount: 1 + rng.Int64N(60)}
+			c.to = transferDestination(rng, accounts, c.account)
 		case r < 90 && len(out) > 0:
 			out = append(out, out[rng.IntN(len(out))]) // a duplicate
 			continue
@@ -193,7 +204,12 @@ func genStream(rng *rand.Rand, n, accounts int) []genCommand {
 			c = out[rng.IntN(len(out))] // its request ID, other content
 			c.amount++
 			if rng.IntN(2) == 0 {
-				c.account = acct()
+				if c.kind == "transfer" {
+					c.account = transferSource(rng, accounts)
+					c.to = transferDestination(rng, accounts, c.account)
+				} else {
+					c.account = acct()
+				}
 			}
 			out = append(out, c)
 			continue
@@ -204,6 +220,31 @@ func genStream(rng *rand.Rand, n, accounts int) []genCommand {
 		out = append(out, c)
 	}
 	return out
+}
+
+// transferSource draws a transfer's source: any account, or one never opened
+// (the debit is rejected). Until the outbox exists (outboxLanded), only the
+// latter: a debit that applies emits its credit, which this heed cannot
+// publish yet.
+func transferSource(rng *rand.Rand, accounts int) string {
+	if !outboxLanded || rng.IntN(6) == 0 {
+		return fmt.Sprintf("ghost%d", rng.IntN(3))
+	}
+	return fmt.Sprintf("a%d", rng.IntN(accounts))
+}
+
+// transferDestination draws a transfer's destination, another account than
+// from: sometimes one never opened (the credit is refunded).
+func transferDestination(rng *rand.Rand, accounts int, from string) string {
+	for {
+		to := fmt.Sprintf("a%d", rng.IntN(accounts))
+		if rng.IntN(6) == 0 {
+			to = fmt.Sprintf("ghost%d", rng.IntN(3))
+		}
+		if to != from {
+			return to
+		}
+	}
 }
 
 // send sends c through the RPC and reports what is not an outcome of the
@@ -218,6 +259,9 @@ func (p *pipeline) send(ctx context.Context, c genCommand) error {
 		_, err = p.client.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{RequestId: c.requestID, AccountId: c.account, Amount: c.amount}))
 	case "withdraw":
 		_, err = p.client.Withdraw(ctx, connect.NewRequest(&ledgerv1.WithdrawRequest{RequestId: c.requestID, AccountId: c.account, Amount: c.amount}))
+	case "transfer":
+		_, err = p.client.Transfer(ctx, connect.NewRequest(&ledgerv1.TransferRequest{
+			RequestId: c.requestID, FromAccountId: c.account, ToAccountId: c.to, Amount: c.amount}))
 	}
 	if code := connect.CodeOf(err); err != nil && code != connect.CodeInvalidArgument && code != connect.CodeFailedPrecondition {
 		return err
@@ -316,7 +360,8 @@ func replayDiffers(t *testing.T, seed uint64, stream []genCommand, windowed bool
 
 // TestReplayDeterministic is the property that the topic is the truth: for
 // random command streams (duplicates, request IDs reused with other content
-// or for another account, overdrafts, unknown accounts, junk records that
+// or for another account, overdrafts, unknown accounts, transfers (see
+// genStream), junk records that
 // park their account, operators' drops and re-drives of them as control
 // records, 12 accounts over 3 partitions), the state built live, through applier restarts with random
 // batch sizes, equals the state a rebuild replays from the topic with

@@ -33,6 +33,15 @@ func Domain() *heed.Domain {
 	heed.Accept(d, heed.Check(func(key string, m *ledgerv1.FundsWithdrawn) error {
 		return checkAmount(key, m.GetAccountId(), m.GetAmount())
 	}))
+	heed.Accept(d, heed.Check(func(key string, m *ledgerv1.TransferDebited) error {
+		return checkTransfer(key, m.GetFromAccountId(), m.GetToAccountId(), m.GetAmount())
+	}))
+	heed.Accept(d, heed.Check(func(key string, m *ledgerv1.TransferCredited) error {
+		return checkTransfer(key, m.GetToAccountId(), m.GetFromAccountId(), m.GetAmount())
+	}))
+	heed.Accept(d, heed.Check(func(key string, m *ledgerv1.TransferRefunded) error {
+		return checkTransfer(key, m.GetFromAccountId(), m.GetToAccountId(), m.GetAmount())
+	}))
 	heed.Batch(d, Applier{})
 	heed.Serve(d, func(env *heed.Env) ([]heed.Service, error) {
 		svc := NewService(env.Publisher, env.Pool, env.Topic, env.ReadWaitMax, WithTopicEnds(env.Ends), WithRecordReader(env.ReadRecord))
@@ -73,9 +82,37 @@ func checkAmount(key, id string, amount int64) error {
 	return nil
 }
 
+// checkTransfer is the rule of a transfer's steps: checkAmount for the
+// account the step is for (keyed by it), and a valid other account.
+func checkTransfer(key, id, other string, amount int64) error {
+	if err := checkAmount(key, id, amount); err != nil {
+		return err
+	}
+	if !validAccountID(other) {
+		return fmt.Errorf("the other account_id %q does not match %s", other, accountIDPattern)
+	}
+	if other == id {
+		return fmt.Errorf("a transfer from account %q to itself", id)
+	}
+	return nil
+}
+
+// domain returns the ledger's Domain, built once: what its handler decodes
+// with and its services derive follow-up IDs with. (A function, not a
+// sync.OnceValue, since Domain's service refers back to it.)
+func domain() *heed.Domain {
+	domainOnce.Do(func() { domainValue = Domain() })
+	return domainValue
+}
+
+var (
+	domainOnce  sync.Once
+	domainValue *heed.Domain
+)
+
 // decoder is the domain's handler, whose Decode Applier.Decode is.
 var decoder = sync.OnceValue(func() interface {
 	Decode(*envelopev1.Envelope) (any, error)
 } {
-	return Domain().Handler()
+	return domain().Handler()
 })

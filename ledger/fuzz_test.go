@@ -113,10 +113,33 @@ func FuzzCommandValidation(f *testing.F) {
 	})
 }
 
+// keyAccount returns the account an event is keyed by and, for a transfer's
+// step, the other account.
+func keyAccount(t *testing.T, msg proto.Message) (string, *string) {
+	t.Helper()
+	switch m := msg.(type) {
+	case interface{ GetAccountId() string }:
+		return m.GetAccountId(), nil
+	case *ledgerv1.TransferDebited:
+		to := m.GetToAccountId()
+		return m.GetFromAccountId(), &to
+	case *ledgerv1.TransferCredited:
+		from := m.GetFromAccountId()
+		return m.GetToAccountId(), &from
+	case *ledgerv1.TransferRefunded:
+		to := m.GetToAccountId()
+		return m.GetFromAccountId(), &to
+	}
+	t.Fatalf("Decode returned a %T", msg)
+	return "", nil
+}
+
 // FuzzApplierDecode feeds ledger.Applier.Decode envelopes of any type,
 // aggregate and payload bytes. It never panics; it refuses with a reason that
 // is text Postgres can store, or returns the event of the envelope's type, for
-// the aggregate, with a valid account_id and (for funds) an amount above zero.
+// the aggregate, with a valid account_id (a transfer's step: keyed by its
+// account, the other one valid and another) and (for funds) an amount above
+// zero.
 func FuzzApplierDecode(f *testing.F) {
 	payload := func(m proto.Message) []byte {
 		b, err := proto.Marshal(m)
@@ -131,6 +154,10 @@ func FuzzApplierDecode(f *testing.F) {
 	f.Add("heed.ledger.v1.FundsWithdrawn", "alice", payload(&ledgerv1.FundsWithdrawn{AccountId: "alice", Amount: -7}))
 	f.Add("heed.ledger.v1.FundsDeposited", "bob", payload(&ledgerv1.FundsDeposited{AccountId: "alice", Amount: 5}))
 	f.Add("heed.ledger.v1.AccountOpened", "a\x00", payload(&ledgerv1.AccountOpened{AccountId: "a\x00"}))
+	f.Add("heed.ledger.v1.TransferDebited", "alice", payload(&ledgerv1.TransferDebited{FromAccountId: "alice", ToAccountId: "bob", Amount: 3}))
+	f.Add("heed.ledger.v1.TransferDebited", "alice", payload(&ledgerv1.TransferDebited{FromAccountId: "alice", ToAccountId: "alice", Amount: 3}))
+	f.Add("heed.ledger.v1.TransferCredited", "bob", payload(&ledgerv1.TransferCredited{FromAccountId: "alice", ToAccountId: "bob", Amount: 3}))
+	f.Add("heed.ledger.v1.TransferRefunded", "bob", payload(&ledgerv1.TransferRefunded{FromAccountId: "alice", ToAccountId: "bob", Amount: 3}))
 	f.Add("heed.ledger.v1.Bogus", "alice", []byte{})
 	f.Add("heed.ledger.v1.AccountOpened", "alice", []byte("\x0a\x02\xff\xfe"))
 	f.Fuzz(func(t *testing.T, typ, aggregateID string, value []byte) {
@@ -145,18 +172,19 @@ func FuzzApplierDecode(f *testing.F) {
 			}
 			return
 		}
-		msg, ok := got.(interface {
-			proto.Message
-			GetAccountId() string
-		})
+		msg, ok := got.(proto.Message)
 		if !ok {
 			t.Fatalf("Decode returned %T", got)
 		}
 		if name := string(msg.ProtoReflect().Descriptor().FullName()); name != typ {
 			t.Errorf("Decode of a %s returned a %s", typ, name)
 		}
-		if id := msg.GetAccountId(); id != aggregateID || !accountPattern.MatchString(id) {
+		id, other := keyAccount(t, msg)
+		if id != aggregateID || !accountPattern.MatchString(id) {
 			t.Errorf("Decode accepted account_id %q for aggregate %q", id, aggregateID)
+		}
+		if other != nil && (*other == id || !accountPattern.MatchString(*other)) {
+			t.Errorf("Decode accepted a transfer between %q and %q", id, *other)
 		}
 		if m, ok := got.(interface{ GetAmount() int64 }); ok && m.GetAmount() <= 0 {
 			t.Errorf("Decode accepted amount %d", m.GetAmount())

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
@@ -33,6 +34,9 @@ type Service struct {
 	results *command.Results
 	// opts configure results (WithTopicEnds, WithRecordReader).
 	opts []command.Option
+	// followUpID derives a follow-up's event ID from its origin's and name:
+	// the ledger Domain's.
+	followUpID func(originID uuid.UUID, name string) uuid.UUID
 }
 
 var _ ledgerv1connect.LedgerServiceHandler = (*Service)(nil)
@@ -66,7 +70,7 @@ func WithRecordReader(r RecordReader) ServiceOption {
 // whose positions consistency tokens are checked against. A read with a
 // consistency token waits at most maxWait (and at most its deadline).
 func NewService(pub Publisher, pool *pgxpool.Pool, topic string, maxWait time.Duration, opts ...ServiceOption) *Service {
-	s := &Service{pub: pub, pool: pool}
+	s := &Service{pub: pub, pool: pool, followUpID: func(id uuid.UUID, name string) uuid.UUID { return domain().FollowUpEventID(id, name) }}
 	for _, o := range opts {
 		o(s)
 	}
@@ -103,6 +107,20 @@ func (s *Service) Withdraw(ctx context.Context, req *connect.Request[ledgerv1.Wi
 		return nil, err
 	}
 	return connect.NewResponse(&ledgerv1.WithdrawResponse{EventId: id, ConsistencyToken: token}), nil
+}
+
+// Transfer publishes TransferDebited, keyed by the source: the transfer's
+// first step, whose event ID it returns. Its later steps are follow-ups the
+// applier emits (see Applier); GetCommandResult follows them.
+func (s *Service) Transfer(ctx context.Context, req *connect.Request[ledgerv1.TransferRequest]) (*connect.Response[ledgerv1.TransferResponse], error) {
+	m := req.Msg
+	id, token, err := s.pub.Publish(ctx, m.GetFromAccountId(), m.GetRequestId(), &ledgerv1.TransferDebited{
+		FromAccountId: m.GetFromAccountId(), ToAccountId: m.GetToAccountId(), Amount: m.GetAmount(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ledgerv1.TransferResponse{EventId: id, ConsistencyToken: token}), nil
 }
 
 // GetAccount reads an account, after waiting for its consistency token if given.
@@ -158,7 +176,61 @@ func (s *Service) GetCommandResult(ctx context.Context, req *connect.Request[led
 	if res, ok := o.Message.(*ledgerv1.CommandResult); ok {
 		out.BalanceAfter = res.GetBalanceAfter()
 	}
+	if err := followTransfer(ctx, s.results.Get, s.followUpID, o, out); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(out), nil
+}
+
+// maxSteps bounds how many follow-ups followTransfer reads: a transfer has
+// at most two (the credit, then the refund).
+const maxSteps = 2
+
+// followTransfer fills in out's transfer_state and steps when o, decided,
+// is a step of a transfer: it reads, with get, the outcome of each follow-up
+// the steps emitted (the follow-up's event ID is followUpID of the step's and
+// the name its result names), until one is not decided yet or emitted none.
+// A credit an operator dropped is followed to its refund, which the drop
+// emits (onDrop), when the transfer's source is known (followed from the
+// debit). The state is the last decided step's, or PENDING when a step it
+// emitted is not decided (pending, quarantined, parked, or dropped with no
+// refund to follow: see steps). Errors are get's.
+func followTransfer(ctx context.Context, get func(context.Context, command.Ref) (*command.Outcome, error),
+	followUpID func(uuid.UUID, string) uuid.UUID, o *command.Outcome, out *ledgerv1.GetCommandResultResponse) error {
+	res, ok := o.Message.(*ledgerv1.CommandResult)
+	if !ok {
+		return nil
+	}
+	out.TransferState = res.GetTransferState()
+	prev, source := o.EventID, ""
+	for i := 0; i < maxSteps && res.GetNext() != nil; i++ {
+		next := res.GetNext()
+		if next.GetName() == StepCredit {
+			source = o.Key // the debit's account
+		}
+		id := followUpID(prev, next.GetName())
+		var err error
+		if o, err = get(ctx, command.Ref{EventID: id.String(), Key: next.GetAccountId()}); err != nil {
+			return err
+		}
+		step := &ledgerv1.TransferStep{
+			Name: next.GetName(), EventId: id.String(), Status: ledgerv1.CommandStatus(o.Status),
+			Reason: o.Reason, AccountId: next.GetAccountId(),
+		}
+		out.Steps = append(out.Steps, step)
+		prev = id
+		out.TransferState = ledgerv1.TransferState_TRANSFER_STATE_PENDING // in flight, or stuck (see the step)
+		switch res, ok = o.Message.(*ledgerv1.CommandResult); {
+		case ok:
+			step.BalanceAfter = res.GetBalanceAfter()
+			out.TransferState = res.GetTransferState()
+		case step.Status == ledgerv1.CommandStatus_COMMAND_STATUS_DROPPED && next.GetName() == StepCredit && source != "":
+			res = &ledgerv1.CommandResult{Next: &ledgerv1.NextStep{Name: StepRefund, AccountId: source}}
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 func readError(err error) error {

@@ -21,6 +21,68 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TransferState is where a transfer stands.
+type TransferState int32
+
+const (
+	// Not a transfer, or not decided yet.
+	TransferState_TRANSFER_STATE_UNSPECIFIED TransferState = 0
+	// Debited from the source; the credit to the destination, or the refund to the source,
+	// has not applied yet: the amount is in flight.
+	TransferState_TRANSFER_STATE_PENDING TransferState = 1
+	// Credited to the destination: the transfer is done.
+	TransferState_TRANSFER_STATE_SETTLED TransferState = 2
+	// The destination could not be credited, and the source was credited back.
+	TransferState_TRANSFER_STATE_REFUNDED TransferState = 3
+	// The debit was rejected (see the reason): no money moved.
+	TransferState_TRANSFER_STATE_REJECTED TransferState = 4
+)
+
+// Enum value maps for TransferState.
+var (
+	TransferState_name = map[int32]string{
+		0: "TRANSFER_STATE_UNSPECIFIED",
+		1: "TRANSFER_STATE_PENDING",
+		2: "TRANSFER_STATE_SETTLED",
+		3: "TRANSFER_STATE_REFUNDED",
+		4: "TRANSFER_STATE_REJECTED",
+	}
+	TransferState_value = map[string]int32{
+		"TRANSFER_STATE_UNSPECIFIED": 0,
+		"TRANSFER_STATE_PENDING":     1,
+		"TRANSFER_STATE_SETTLED":     2,
+		"TRANSFER_STATE_REFUNDED":    3,
+		"TRANSFER_STATE_REJECTED":    4,
+	}
+)
+
+func (x TransferState) Enum() *TransferState {
+	p := new(TransferState)
+	*p = x
+	return p
+}
+
+func (x TransferState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TransferState) Descriptor() protoreflect.EnumDescriptor {
+	return file_heed_ledger_v1_events_proto_enumTypes[0].Descriptor()
+}
+
+func (TransferState) Type() protoreflect.EnumType {
+	return &file_heed_ledger_v1_events_proto_enumTypes[0]
+}
+
+func (x TransferState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TransferState.Descriptor instead.
+func (TransferState) EnumDescriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{0}
+}
+
 // AccountOpened asks to open an account. Rejected when the account already exists.
 type AccountOpened struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -174,20 +236,273 @@ func (x *FundsWithdrawn) GetAmount() int64 {
 	return 0
 }
 
+// TransferDebited asks to move amount (minor units) from from_account_id to
+// to_account_id: the record is keyed by the source. Applying it debits the source,
+// rejected when the source does not exist or its balance would go negative, and then
+// emits the follow-up "credit", a TransferCredited keyed by the destination.
+type TransferDebited struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FromAccountId string                 `protobuf:"bytes,1,opt,name=from_account_id,json=fromAccountId,proto3" json:"from_account_id,omitempty"`
+	ToAccountId   string                 `protobuf:"bytes,2,opt,name=to_account_id,json=toAccountId,proto3" json:"to_account_id,omitempty"`
+	Amount        int64                  `protobuf:"varint,3,opt,name=amount,proto3" json:"amount,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferDebited) Reset() {
+	*x = TransferDebited{}
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferDebited) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferDebited) ProtoMessage() {}
+
+func (x *TransferDebited) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferDebited.ProtoReflect.Descriptor instead.
+func (*TransferDebited) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TransferDebited) GetFromAccountId() string {
+	if x != nil {
+		return x.FromAccountId
+	}
+	return ""
+}
+
+func (x *TransferDebited) GetToAccountId() string {
+	if x != nil {
+		return x.ToAccountId
+	}
+	return ""
+}
+
+func (x *TransferDebited) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+// TransferCredited is a transfer's second step, the follow-up "credit" of its
+// TransferDebited, keyed by the destination: applying it credits the destination. When
+// it cannot (the destination does not exist, or its balance would overflow) it is
+// rejected and emits the follow-up "refund", a TransferRefunded keyed by the source.
+type TransferCredited struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FromAccountId string                 `protobuf:"bytes,1,opt,name=from_account_id,json=fromAccountId,proto3" json:"from_account_id,omitempty"`
+	ToAccountId   string                 `protobuf:"bytes,2,opt,name=to_account_id,json=toAccountId,proto3" json:"to_account_id,omitempty"`
+	Amount        int64                  `protobuf:"varint,3,opt,name=amount,proto3" json:"amount,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferCredited) Reset() {
+	*x = TransferCredited{}
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferCredited) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferCredited) ProtoMessage() {}
+
+func (x *TransferCredited) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferCredited.ProtoReflect.Descriptor instead.
+func (*TransferCredited) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TransferCredited) GetFromAccountId() string {
+	if x != nil {
+		return x.FromAccountId
+	}
+	return ""
+}
+
+func (x *TransferCredited) GetToAccountId() string {
+	if x != nil {
+		return x.ToAccountId
+	}
+	return ""
+}
+
+func (x *TransferCredited) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+// TransferRefunded is the follow-up "refund" of a rejected TransferCredited, keyed by
+// the source: applying it credits the source back. It is never rejected: one that cannot
+// apply (the source's balance would overflow) is quarantined, so the money is never lost
+// in silence.
+type TransferRefunded struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FromAccountId string                 `protobuf:"bytes,1,opt,name=from_account_id,json=fromAccountId,proto3" json:"from_account_id,omitempty"`
+	ToAccountId   string                 `protobuf:"bytes,2,opt,name=to_account_id,json=toAccountId,proto3" json:"to_account_id,omitempty"`
+	Amount        int64                  `protobuf:"varint,3,opt,name=amount,proto3" json:"amount,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRefunded) Reset() {
+	*x = TransferRefunded{}
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRefunded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRefunded) ProtoMessage() {}
+
+func (x *TransferRefunded) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRefunded.ProtoReflect.Descriptor instead.
+func (*TransferRefunded) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TransferRefunded) GetFromAccountId() string {
+	if x != nil {
+		return x.FromAccountId
+	}
+	return ""
+}
+
+func (x *TransferRefunded) GetToAccountId() string {
+	if x != nil {
+		return x.ToAccountId
+	}
+	return ""
+}
+
+func (x *TransferRefunded) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+// NextStep names the follow-up a transfer's step emitted: its event ID is derived from the
+// step's event ID and name.
+type NextStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "credit" or "refund".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The account the follow-up is for: its record key.
+	AccountId     string `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NextStep) Reset() {
+	*x = NextStep{}
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NextStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NextStep) ProtoMessage() {}
+
+func (x *NextStep) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NextStep.ProtoReflect.Descriptor instead.
+func (*NextStep) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NextStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NextStep) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
 // CommandResult is what the applier records with a ledger command's outcome, as the
 // processed-event row's result bytes: GetCommandResult reads it back.
 type CommandResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The account's balance right after the command: after it when applied, as it stayed when
 	// rejected.
-	BalanceAfter  int64 `protobuf:"varint,1,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
+	BalanceAfter int64 `protobuf:"varint,1,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
+	// For a step of a transfer: where the transfer stands right after it (PENDING when it
+	// emitted the next step).
+	TransferState TransferState `protobuf:"varint,2,opt,name=transfer_state,json=transferState,proto3,enum=heed.ledger.v1.TransferState" json:"transfer_state,omitempty"`
+	// For a step of a transfer that emitted a follow-up: which one.
+	Next          *NextStep `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_heed_ledger_v1_events_proto_msgTypes[3]
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -199,7 +514,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_heed_ledger_v1_events_proto_msgTypes[3]
+	mi := &file_heed_ledger_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -212,7 +527,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{3}
+	return file_heed_ledger_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CommandResult) GetBalanceAfter() int64 {
@@ -220,6 +535,20 @@ func (x *CommandResult) GetBalanceAfter() int64 {
 		return x.BalanceAfter
 	}
 	return 0
+}
+
+func (x *CommandResult) GetTransferState() TransferState {
+	if x != nil {
+		return x.TransferState
+	}
+	return TransferState_TRANSFER_STATE_UNSPECIFIED
+}
+
+func (x *CommandResult) GetNext() *NextStep {
+	if x != nil {
+		return x.Next
+	}
+	return nil
 }
 
 var File_heed_ledger_v1_events_proto protoreflect.FileDescriptor
@@ -237,9 +566,33 @@ const file_heed_ledger_v1_events_proto_rawDesc = "" +
 	"\x0eFundsWithdrawn\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x16\n" +
-	"\x06amount\x18\x02 \x01(\x03R\x06amount\"4\n" +
+	"\x06amount\x18\x02 \x01(\x03R\x06amount\"u\n" +
+	"\x0fTransferDebited\x12&\n" +
+	"\x0ffrom_account_id\x18\x01 \x01(\tR\rfromAccountId\x12\"\n" +
+	"\rto_account_id\x18\x02 \x01(\tR\vtoAccountId\x12\x16\n" +
+	"\x06amount\x18\x03 \x01(\x03R\x06amount\"v\n" +
+	"\x10TransferCredited\x12&\n" +
+	"\x0ffrom_account_id\x18\x01 \x01(\tR\rfromAccountId\x12\"\n" +
+	"\rto_account_id\x18\x02 \x01(\tR\vtoAccountId\x12\x16\n" +
+	"\x06amount\x18\x03 \x01(\x03R\x06amount\"v\n" +
+	"\x10TransferRefunded\x12&\n" +
+	"\x0ffrom_account_id\x18\x01 \x01(\tR\rfromAccountId\x12\"\n" +
+	"\rto_account_id\x18\x02 \x01(\tR\vtoAccountId\x12\x16\n" +
+	"\x06amount\x18\x03 \x01(\x03R\x06amount\"=\n" +
+	"\bNextStep\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x02 \x01(\tR\taccountId\"\xa8\x01\n" +
 	"\rCommandResult\x12#\n" +
-	"\rbalance_after\x18\x01 \x01(\x03R\fbalanceAfterB\xb1\x01\n" +
+	"\rbalance_after\x18\x01 \x01(\x03R\fbalanceAfter\x12D\n" +
+	"\x0etransfer_state\x18\x02 \x01(\x0e2\x1d.heed.ledger.v1.TransferStateR\rtransferState\x12,\n" +
+	"\x04next\x18\x03 \x01(\v2\x18.heed.ledger.v1.NextStepR\x04next*\xa1\x01\n" +
+	"\rTransferState\x12\x1e\n" +
+	"\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16TRANSFER_STATE_PENDING\x10\x01\x12\x1a\n" +
+	"\x16TRANSFER_STATE_SETTLED\x10\x02\x12\x1b\n" +
+	"\x17TRANSFER_STATE_REFUNDED\x10\x03\x12\x1b\n" +
+	"\x17TRANSFER_STATE_REJECTED\x10\x04B\xb1\x01\n" +
 	"\x12com.heed.ledger.v1B\vEventsProtoP\x01Z4github.com/heed-dev/heed/gen/heed/ledger/v1;ledgerv1\xa2\x02\x03HLX\xaa\x02\x0eHeed.Ledger.V1\xca\x02\x0eHeed\\Ledger\\V1\xe2\x02\x1aHeed\\Ledger\\V1\\GPBMetadata\xea\x02\x10Heed::Ledger::V1b\x06proto3"
 
 var (
@@ -254,19 +607,27 @@ func file_heed_ledger_v1_events_proto_rawDescGZIP() []byte {
 	return file_heed_ledger_v1_events_proto_rawDescData
 }
 
-var file_heed_ledger_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_heed_ledger_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_heed_ledger_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_heed_ledger_v1_events_proto_goTypes = []any{
-	(*AccountOpened)(nil),  // 0: heed.ledger.v1.AccountOpened
-	(*FundsDeposited)(nil), // 1: heed.ledger.v1.FundsDeposited
-	(*FundsWithdrawn)(nil), // 2: heed.ledger.v1.FundsWithdrawn
-	(*CommandResult)(nil),  // 3: heed.ledger.v1.CommandResult
+	(TransferState)(0),       // 0: heed.ledger.v1.TransferState
+	(*AccountOpened)(nil),    // 1: heed.ledger.v1.AccountOpened
+	(*FundsDeposited)(nil),   // 2: heed.ledger.v1.FundsDeposited
+	(*FundsWithdrawn)(nil),   // 3: heed.ledger.v1.FundsWithdrawn
+	(*TransferDebited)(nil),  // 4: heed.ledger.v1.TransferDebited
+	(*TransferCredited)(nil), // 5: heed.ledger.v1.TransferCredited
+	(*TransferRefunded)(nil), // 6: heed.ledger.v1.TransferRefunded
+	(*NextStep)(nil),         // 7: heed.ledger.v1.NextStep
+	(*CommandResult)(nil),    // 8: heed.ledger.v1.CommandResult
 }
 var file_heed_ledger_v1_events_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0, // 0: heed.ledger.v1.CommandResult.transfer_state:type_name -> heed.ledger.v1.TransferState
+	7, // 1: heed.ledger.v1.CommandResult.next:type_name -> heed.ledger.v1.NextStep
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_heed_ledger_v1_events_proto_init() }
@@ -279,13 +640,14 @@ func file_heed_ledger_v1_events_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heed_ledger_v1_events_proto_rawDesc), len(file_heed_ledger_v1_events_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_heed_ledger_v1_events_proto_goTypes,
 		DependencyIndexes: file_heed_ledger_v1_events_proto_depIdxs,
+		EnumInfos:         file_heed_ledger_v1_events_proto_enumTypes,
 		MessageInfos:      file_heed_ledger_v1_events_proto_msgTypes,
 	}.Build()
 	File_heed_ledger_v1_events_proto = out.File

@@ -461,6 +461,135 @@ func (x *WithdrawResponse) GetConsistencyToken() string {
 	return ""
 }
 
+type TransferRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's idempotency key: send the same value when retrying the same command. It
+	// identifies the transfer within its source account, as request_id does for Withdraw.
+	// 1-128 characters, none of them NUL (U+0000).
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The source, debited first: the command's account. 1-64 characters of A-Z, a-z, 0-9,
+	// '_', '-' and '.'.
+	FromAccountId string `protobuf:"bytes,2,opt,name=from_account_id,json=fromAccountId,proto3" json:"from_account_id,omitempty"`
+	// The destination, credited once the debit applied; another account than the source.
+	ToAccountId string `protobuf:"bytes,3,opt,name=to_account_id,json=toAccountId,proto3" json:"to_account_id,omitempty"`
+	// Minor units (cents), greater than zero.
+	Amount        int64 `protobuf:"varint,4,opt,name=amount,proto3" json:"amount,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRequest) Reset() {
+	*x = TransferRequest{}
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRequest) ProtoMessage() {}
+
+func (x *TransferRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
+func (*TransferRequest) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TransferRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *TransferRequest) GetFromAccountId() string {
+	if x != nil {
+		return x.FromAccountId
+	}
+	return ""
+}
+
+func (x *TransferRequest) GetToAccountId() string {
+	if x != nil {
+		return x.ToAccountId
+	}
+	return ""
+}
+
+func (x *TransferRequest) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+type TransferResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ID of the transfer's first event (the debit of the source): pass it to
+	// GetCommandResult to follow the transfer.
+	EventId          string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	ConsistencyToken string `protobuf:"bytes,2,opt,name=consistency_token,json=consistencyToken,proto3" json:"consistency_token,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TransferResponse) Reset() {
+	*x = TransferResponse{}
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferResponse) ProtoMessage() {}
+
+func (x *TransferResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferResponse.ProtoReflect.Descriptor instead.
+func (*TransferResponse) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TransferResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *TransferResponse) GetConsistencyToken() string {
+	if x != nil {
+		return x.ConsistencyToken
+	}
+	return ""
+}
+
 type GetAccountRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	AccountId string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
@@ -472,7 +601,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +613,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +626,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetAccountRequest) GetAccountId() string {
@@ -523,7 +652,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +664,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +677,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetAccountResponse) GetAccount() *Account {
@@ -569,7 +698,7 @@ type Account struct {
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +710,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +723,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Account) GetAccountId() string {
@@ -634,7 +763,7 @@ type GetCommandResultRequest struct {
 
 func (x *GetCommandResultRequest) Reset() {
 	*x = GetCommandResultRequest{}
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +775,7 @@ func (x *GetCommandResultRequest) String() string {
 func (*GetCommandResultRequest) ProtoMessage() {}
 
 func (x *GetCommandResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +788,7 @@ func (x *GetCommandResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResultRequest.ProtoReflect.Descriptor instead.
 func (*GetCommandResultRequest) Descriptor() ([]byte, []int) {
-	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetCommandResultRequest) GetRef() isGetCommandResultRequest_Ref {
@@ -727,14 +856,22 @@ type GetCommandResultResponse struct {
 	// stayed when rejected.
 	BalanceAfter int64 `protobuf:"varint,4,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
 	// The account the command was for, once the applier decided it.
-	AccountId     string `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	AccountId string `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// For a transfer (or one of its steps), once decided: where it stands, following it from
+	// this command through the steps it emitted. SETTLED or REFUNDED once it ended, REJECTED
+	// when its debit was, PENDING while a step is in flight (see steps).
+	TransferState TransferState `protobuf:"varint,6,opt,name=transfer_state,json=transferState,proto3,enum=heed.ledger.v1.TransferState" json:"transfer_state,omitempty"`
+	// The transfer's steps after this command, in order, as far as they went: the credit to
+	// the destination, then, when the credit was rejected (or dropped by an operator), the
+	// refund to the source.
+	Steps         []*TransferStep `protobuf:"bytes,7,rep,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetCommandResultResponse) Reset() {
 	*x = GetCommandResultResponse{}
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +883,7 @@ func (x *GetCommandResultResponse) String() string {
 func (*GetCommandResultResponse) ProtoMessage() {}
 
 func (x *GetCommandResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +896,7 @@ func (x *GetCommandResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResultResponse.ProtoReflect.Descriptor instead.
 func (*GetCommandResultResponse) Descriptor() ([]byte, []int) {
-	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetCommandResultResponse) GetEventId() string {
@@ -797,11 +934,116 @@ func (x *GetCommandResultResponse) GetAccountId() string {
 	return ""
 }
 
+func (x *GetCommandResultResponse) GetTransferState() TransferState {
+	if x != nil {
+		return x.TransferState
+	}
+	return TransferState_TRANSFER_STATE_UNSPECIFIED
+}
+
+func (x *GetCommandResultResponse) GetSteps() []*TransferStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// TransferStep is one follow-up step of a transfer and what became of it.
+type TransferStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "credit" or "refund".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The step's event ID, derived from the previous step's event ID and name.
+	EventId string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// PENDING until it applies; APPLIED or REJECTED (see reason) once decided; QUARANTINED,
+	// PARKED or DROPPED as for any command.
+	Status CommandStatus `protobuf:"varint,3,opt,name=status,proto3,enum=heed.ledger.v1.CommandStatus" json:"status,omitempty"`
+	Reason string        `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The account the step was for.
+	AccountId string `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// The account's balance right after the step, once decided.
+	BalanceAfter  int64 `protobuf:"varint,6,opt,name=balance_after,json=balanceAfter,proto3" json:"balance_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferStep) Reset() {
+	*x = TransferStep{}
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferStep) ProtoMessage() {}
+
+func (x *TransferStep) ProtoReflect() protoreflect.Message {
+	mi := &file_heed_ledger_v1_ledger_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferStep.ProtoReflect.Descriptor instead.
+func (*TransferStep) Descriptor() ([]byte, []int) {
+	return file_heed_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TransferStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TransferStep) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *TransferStep) GetStatus() CommandStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CommandStatus_COMMAND_STATUS_UNSPECIFIED
+}
+
+func (x *TransferStep) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *TransferStep) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *TransferStep) GetBalanceAfter() int64 {
+	if x != nil {
+		return x.BalanceAfter
+	}
+	return 0
+}
+
 var File_heed_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1bheed/ledger/v1/ledger.proto\x12\x0eheed.ledger.v1\x1a\x1bbuf/validate/validate.proto\"\x9c\x02\n" +
+	"\x1bheed/ledger/v1/ledger.proto\x12\x0eheed.ledger.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bheed/ledger/v1/events.proto\"\x9c\x02\n" +
 	"\x12OpenAccountRequest\x12\xc7\x01\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
@@ -830,6 +1072,17 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x06amount\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x06amount\"Z\n" +
 	"\x10WithdrawResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12+\n" +
+	"\x11consistency_token\x18\x02 \x01(\tR\x10consistencyToken\"\x84\x04\n" +
+	"\x0fTransferRequest\x12\xc7\x01\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tB\xa7\x01\xbaH\xa3\x01\xba\x01\x98\x01\n" +
+	"\x11request_id.no_nul\x12imust not contain a NUL character (U+0000): request IDs are stored as Postgres text, which cannot hold one\x1a\x18!this.contains('\\u0000')r\x05\x10\x01\x18\x80\x01R\trequestId\x12E\n" +
+	"\x0ffrom_account_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[A-Za-z0-9_.-]{1,64}$R\rfromAccountId\x12A\n" +
+	"\rto_account_id\x18\x03 \x01(\tB\x1d\xbaH\x1ar\x182\x16^[A-Za-z0-9_.-]{1,64}$R\vtoAccountId\x12\x1f\n" +
+	"\x06amount\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x06amount:|\xbaHy\x1aw\n" +
+	"\x1atransfer.distinct_accounts\x12-from_account_id and to_account_id must differ\x1a*this.from_account_id != this.to_account_id\"Z\n" +
+	"\x10TransferResponse\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12+\n" +
 	"\x11consistency_token\x18\x02 \x01(\tR\x10consistencyToken\"\x88\x01\n" +
 	"\x11GetAccountRequest\x12<\n" +
 	"\n" +
@@ -849,14 +1102,24 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x11consistency_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x10consistencyToken\x12?\n" +
 	"\n" +
 	"account_id\x18\x04 \x01(\tB \xbaH\x1d\xd8\x01\x01r\x182\x16^[A-Za-z0-9_.-]{1,64}$R\taccountIdB\f\n" +
-	"\x03ref\x12\x05\xbaH\x02\b\x01\"\xc8\x01\n" +
+	"\x03ref\x12\x05\xbaH\x02\b\x01\"\xc2\x02\n" +
 	"\x18GetCommandResultResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x125\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1d.heed.ledger.v1.CommandStatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
 	"\rbalance_after\x18\x04 \x01(\x03R\fbalanceAfter\x12\x1d\n" +
 	"\n" +
-	"account_id\x18\x05 \x01(\tR\taccountId*\xb0\x02\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId\x12D\n" +
+	"\x0etransfer_state\x18\x06 \x01(\x0e2\x1d.heed.ledger.v1.TransferStateR\rtransferState\x122\n" +
+	"\x05steps\x18\a \x03(\v2\x1c.heed.ledger.v1.TransferStepR\x05steps\"\xd0\x01\n" +
+	"\fTransferStep\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x125\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1d.heed.ledger.v1.CommandStatusR\x06status\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId\x12#\n" +
+	"\rbalance_after\x18\x06 \x01(\x03R\fbalanceAfter*\xb0\x02\n" +
 	"\rCommandStatus\x12\x1e\n" +
 	"\x1aCOMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -867,11 +1130,12 @@ const file_heed_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x16COMMAND_STATUS_DROPPED\x10\x06\x12\x1a\n" +
 	"\x16COMMAND_STATUS_UNKNOWN\x10\a\x12\x1b\n" +
 	"\x17COMMAND_STATUS_CONFLICT\x10\b\x12\x1a\n" +
-	"\x16COMMAND_STATUS_EXPIRED\x10\t2\xc8\x03\n" +
+	"\x16COMMAND_STATUS_EXPIRED\x10\t2\x97\x04\n" +
 	"\rLedgerService\x12V\n" +
 	"\vOpenAccount\x12\".heed.ledger.v1.OpenAccountRequest\x1a#.heed.ledger.v1.OpenAccountResponse\x12J\n" +
 	"\aDeposit\x12\x1e.heed.ledger.v1.DepositRequest\x1a\x1f.heed.ledger.v1.DepositResponse\x12M\n" +
-	"\bWithdraw\x12\x1f.heed.ledger.v1.WithdrawRequest\x1a .heed.ledger.v1.WithdrawResponse\x12X\n" +
+	"\bWithdraw\x12\x1f.heed.ledger.v1.WithdrawRequest\x1a .heed.ledger.v1.WithdrawResponse\x12M\n" +
+	"\bTransfer\x12\x1f.heed.ledger.v1.TransferRequest\x1a .heed.ledger.v1.TransferResponse\x12X\n" +
 	"\n" +
 	"GetAccount\x12!.heed.ledger.v1.GetAccountRequest\x1a\".heed.ledger.v1.GetAccountResponse\"\x03\x90\x02\x01\x12j\n" +
 	"\x10GetCommandResult\x12'.heed.ledger.v1.GetCommandResultRequest\x1a(.heed.ledger.v1.GetCommandResultResponse\"\x03\x90\x02\x01B\xb1\x01\n" +
@@ -890,7 +1154,7 @@ func file_heed_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 }
 
 var file_heed_ledger_v1_ledger_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_heed_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_heed_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_heed_ledger_v1_ledger_proto_goTypes = []any{
 	(CommandStatus)(0),               // 0: heed.ledger.v1.CommandStatus
 	(*OpenAccountRequest)(nil),       // 1: heed.ledger.v1.OpenAccountRequest
@@ -899,30 +1163,39 @@ var file_heed_ledger_v1_ledger_proto_goTypes = []any{
 	(*DepositResponse)(nil),          // 4: heed.ledger.v1.DepositResponse
 	(*WithdrawRequest)(nil),          // 5: heed.ledger.v1.WithdrawRequest
 	(*WithdrawResponse)(nil),         // 6: heed.ledger.v1.WithdrawResponse
-	(*GetAccountRequest)(nil),        // 7: heed.ledger.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),       // 8: heed.ledger.v1.GetAccountResponse
-	(*Account)(nil),                  // 9: heed.ledger.v1.Account
-	(*GetCommandResultRequest)(nil),  // 10: heed.ledger.v1.GetCommandResultRequest
-	(*GetCommandResultResponse)(nil), // 11: heed.ledger.v1.GetCommandResultResponse
+	(*TransferRequest)(nil),          // 7: heed.ledger.v1.TransferRequest
+	(*TransferResponse)(nil),         // 8: heed.ledger.v1.TransferResponse
+	(*GetAccountRequest)(nil),        // 9: heed.ledger.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),       // 10: heed.ledger.v1.GetAccountResponse
+	(*Account)(nil),                  // 11: heed.ledger.v1.Account
+	(*GetCommandResultRequest)(nil),  // 12: heed.ledger.v1.GetCommandResultRequest
+	(*GetCommandResultResponse)(nil), // 13: heed.ledger.v1.GetCommandResultResponse
+	(*TransferStep)(nil),             // 14: heed.ledger.v1.TransferStep
+	(TransferState)(0),               // 15: heed.ledger.v1.TransferState
 }
 var file_heed_ledger_v1_ledger_proto_depIdxs = []int32{
-	9,  // 0: heed.ledger.v1.GetAccountResponse.account:type_name -> heed.ledger.v1.Account
+	11, // 0: heed.ledger.v1.GetAccountResponse.account:type_name -> heed.ledger.v1.Account
 	0,  // 1: heed.ledger.v1.GetCommandResultResponse.status:type_name -> heed.ledger.v1.CommandStatus
-	1,  // 2: heed.ledger.v1.LedgerService.OpenAccount:input_type -> heed.ledger.v1.OpenAccountRequest
-	3,  // 3: heed.ledger.v1.LedgerService.Deposit:input_type -> heed.ledger.v1.DepositRequest
-	5,  // 4: heed.ledger.v1.LedgerService.Withdraw:input_type -> heed.ledger.v1.WithdrawRequest
-	7,  // 5: heed.ledger.v1.LedgerService.GetAccount:input_type -> heed.ledger.v1.GetAccountRequest
-	10, // 6: heed.ledger.v1.LedgerService.GetCommandResult:input_type -> heed.ledger.v1.GetCommandResultRequest
-	2,  // 7: heed.ledger.v1.LedgerService.OpenAccount:output_type -> heed.ledger.v1.OpenAccountResponse
-	4,  // 8: heed.ledger.v1.LedgerService.Deposit:output_type -> heed.ledger.v1.DepositResponse
-	6,  // 9: heed.ledger.v1.LedgerService.Withdraw:output_type -> heed.ledger.v1.WithdrawResponse
-	8,  // 10: heed.ledger.v1.LedgerService.GetAccount:output_type -> heed.ledger.v1.GetAccountResponse
-	11, // 11: heed.ledger.v1.LedgerService.GetCommandResult:output_type -> heed.ledger.v1.GetCommandResultResponse
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	15, // 2: heed.ledger.v1.GetCommandResultResponse.transfer_state:type_name -> heed.ledger.v1.TransferState
+	14, // 3: heed.ledger.v1.GetCommandResultResponse.steps:type_name -> heed.ledger.v1.TransferStep
+	0,  // 4: heed.ledger.v1.TransferStep.status:type_name -> heed.ledger.v1.CommandStatus
+	1,  // 5: heed.ledger.v1.LedgerService.OpenAccount:input_type -> heed.ledger.v1.OpenAccountRequest
+	3,  // 6: heed.ledger.v1.LedgerService.Deposit:input_type -> heed.ledger.v1.DepositRequest
+	5,  // 7: heed.ledger.v1.LedgerService.Withdraw:input_type -> heed.ledger.v1.WithdrawRequest
+	7,  // 8: heed.ledger.v1.LedgerService.Transfer:input_type -> heed.ledger.v1.TransferRequest
+	9,  // 9: heed.ledger.v1.LedgerService.GetAccount:input_type -> heed.ledger.v1.GetAccountRequest
+	12, // 10: heed.ledger.v1.LedgerService.GetCommandResult:input_type -> heed.ledger.v1.GetCommandResultRequest
+	2,  // 11: heed.ledger.v1.LedgerService.OpenAccount:output_type -> heed.ledger.v1.OpenAccountResponse
+	4,  // 12: heed.ledger.v1.LedgerService.Deposit:output_type -> heed.ledger.v1.DepositResponse
+	6,  // 13: heed.ledger.v1.LedgerService.Withdraw:output_type -> heed.ledger.v1.WithdrawResponse
+	8,  // 14: heed.ledger.v1.LedgerService.Transfer:output_type -> heed.ledger.v1.TransferResponse
+	10, // 15: heed.ledger.v1.LedgerService.GetAccount:output_type -> heed.ledger.v1.GetAccountResponse
+	13, // 16: heed.ledger.v1.LedgerService.GetCommandResult:output_type -> heed.ledger.v1.GetCommandResultResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_heed_ledger_v1_ledger_proto_init() }
@@ -930,7 +1203,8 @@ func file_heed_ledger_v1_ledger_proto_init() {
 	if File_heed_ledger_v1_ledger_proto != nil {
 		return
 	}
-	file_heed_ledger_v1_ledger_proto_msgTypes[9].OneofWrappers = []any{
+	file_heed_ledger_v1_events_proto_init()
+	file_heed_ledger_v1_ledger_proto_msgTypes[11].OneofWrappers = []any{
 		(*GetCommandResultRequest_RequestId)(nil),
 		(*GetCommandResultRequest_EventId)(nil),
 	}
@@ -940,7 +1214,7 @@ func file_heed_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heed_ledger_v1_ledger_proto_rawDesc), len(file_heed_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,8 @@ const (
 	LedgerServiceDepositProcedure = "/heed.ledger.v1.LedgerService/Deposit"
 	// LedgerServiceWithdrawProcedure is the fully-qualified name of the LedgerService's Withdraw RPC.
 	LedgerServiceWithdrawProcedure = "/heed.ledger.v1.LedgerService/Withdraw"
+	// LedgerServiceTransferProcedure is the fully-qualified name of the LedgerService's Transfer RPC.
+	LedgerServiceTransferProcedure = "/heed.ledger.v1.LedgerService/Transfer"
 	// LedgerServiceGetAccountProcedure is the fully-qualified name of the LedgerService's GetAccount
 	// RPC.
 	LedgerServiceGetAccountProcedure = "/heed.ledger.v1.LedgerService/GetAccount"
@@ -56,6 +58,11 @@ type LedgerServiceClient interface {
 	Deposit(context.Context, *connect.Request[v1.DepositRequest]) (*connect.Response[v1.DepositResponse], error)
 	// Withdraw takes amount from an account; rejected if the balance would go negative.
 	Withdraw(context.Context, *connect.Request[v1.WithdrawRequest]) (*connect.Response[v1.WithdrawResponse], error)
+	// Transfer moves amount from one account to another, in steps that each touch one
+	// account: the source is debited (or the transfer rejected), then the destination
+	// credited, or, when it cannot be, the source refunded. GetCommandResult follows it to
+	// its end.
+	Transfer(context.Context, *connect.Request[v1.TransferRequest]) (*connect.Response[v1.TransferResponse], error)
 	// GetAccount reads an account's balance. With a consistency_token it first waits until
 	// the command that returned the token has been applied (read-your-writes).
 	GetAccount(context.Context, *connect.Request[v1.GetAccountRequest]) (*connect.Response[v1.GetAccountResponse], error)
@@ -93,6 +100,12 @@ func NewLedgerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(ledgerServiceMethods.ByName("Withdraw")),
 			connect.WithClientOptions(opts...),
 		),
+		transfer: connect.NewClient[v1.TransferRequest, v1.TransferResponse](
+			httpClient,
+			baseURL+LedgerServiceTransferProcedure,
+			connect.WithSchema(ledgerServiceMethods.ByName("Transfer")),
+			connect.WithClientOptions(opts...),
+		),
 		getAccount: connect.NewClient[v1.GetAccountRequest, v1.GetAccountResponse](
 			httpClient,
 			baseURL+LedgerServiceGetAccountProcedure,
@@ -115,6 +128,7 @@ type ledgerServiceClient struct {
 	openAccount      *connect.Client[v1.OpenAccountRequest, v1.OpenAccountResponse]
 	deposit          *connect.Client[v1.DepositRequest, v1.DepositResponse]
 	withdraw         *connect.Client[v1.WithdrawRequest, v1.WithdrawResponse]
+	transfer         *connect.Client[v1.TransferRequest, v1.TransferResponse]
 	getAccount       *connect.Client[v1.GetAccountRequest, v1.GetAccountResponse]
 	getCommandResult *connect.Client[v1.GetCommandResultRequest, v1.GetCommandResultResponse]
 }
@@ -132,6 +146,11 @@ func (c *ledgerServiceClient) Deposit(ctx context.Context, req *connect.Request[
 // Withdraw calls heed.ledger.v1.LedgerService.Withdraw.
 func (c *ledgerServiceClient) Withdraw(ctx context.Context, req *connect.Request[v1.WithdrawRequest]) (*connect.Response[v1.WithdrawResponse], error) {
 	return c.withdraw.CallUnary(ctx, req)
+}
+
+// Transfer calls heed.ledger.v1.LedgerService.Transfer.
+func (c *ledgerServiceClient) Transfer(ctx context.Context, req *connect.Request[v1.TransferRequest]) (*connect.Response[v1.TransferResponse], error) {
+	return c.transfer.CallUnary(ctx, req)
 }
 
 // GetAccount calls heed.ledger.v1.LedgerService.GetAccount.
@@ -152,6 +171,11 @@ type LedgerServiceHandler interface {
 	Deposit(context.Context, *connect.Request[v1.DepositRequest]) (*connect.Response[v1.DepositResponse], error)
 	// Withdraw takes amount from an account; rejected if the balance would go negative.
 	Withdraw(context.Context, *connect.Request[v1.WithdrawRequest]) (*connect.Response[v1.WithdrawResponse], error)
+	// Transfer moves amount from one account to another, in steps that each touch one
+	// account: the source is debited (or the transfer rejected), then the destination
+	// credited, or, when it cannot be, the source refunded. GetCommandResult follows it to
+	// its end.
+	Transfer(context.Context, *connect.Request[v1.TransferRequest]) (*connect.Response[v1.TransferResponse], error)
 	// GetAccount reads an account's balance. With a consistency_token it first waits until
 	// the command that returned the token has been applied (read-your-writes).
 	GetAccount(context.Context, *connect.Request[v1.GetAccountRequest]) (*connect.Response[v1.GetAccountResponse], error)
@@ -185,6 +209,12 @@ func NewLedgerServiceHandler(svc LedgerServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(ledgerServiceMethods.ByName("Withdraw")),
 		connect.WithHandlerOptions(opts...),
 	)
+	ledgerServiceTransferHandler := connect.NewUnaryHandler(
+		LedgerServiceTransferProcedure,
+		svc.Transfer,
+		connect.WithSchema(ledgerServiceMethods.ByName("Transfer")),
+		connect.WithHandlerOptions(opts...),
+	)
 	ledgerServiceGetAccountHandler := connect.NewUnaryHandler(
 		LedgerServiceGetAccountProcedure,
 		svc.GetAccount,
@@ -207,6 +237,8 @@ func NewLedgerServiceHandler(svc LedgerServiceHandler, opts ...connect.HandlerOp
 			ledgerServiceDepositHandler.ServeHTTP(w, r)
 		case LedgerServiceWithdrawProcedure:
 			ledgerServiceWithdrawHandler.ServeHTTP(w, r)
+		case LedgerServiceTransferProcedure:
+			ledgerServiceTransferHandler.ServeHTTP(w, r)
 		case LedgerServiceGetAccountProcedure:
 			ledgerServiceGetAccountHandler.ServeHTTP(w, r)
 		case LedgerServiceGetCommandResultProcedure:
@@ -230,6 +262,10 @@ func (UnimplementedLedgerServiceHandler) Deposit(context.Context, *connect.Reque
 
 func (UnimplementedLedgerServiceHandler) Withdraw(context.Context, *connect.Request[v1.WithdrawRequest]) (*connect.Response[v1.WithdrawResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("heed.ledger.v1.LedgerService.Withdraw is not implemented"))
+}
+
+func (UnimplementedLedgerServiceHandler) Transfer(context.Context, *connect.Request[v1.TransferRequest]) (*connect.Response[v1.TransferResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("heed.ledger.v1.LedgerService.Transfer is not implemented"))
 }
 
 func (UnimplementedLedgerServiceHandler) GetAccount(context.Context, *connect.Request[v1.GetAccountRequest]) (*connect.Response[v1.GetAccountResponse], error) {
