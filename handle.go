@@ -61,10 +61,10 @@ func FollowUp(name, key string, event proto.Message) Emit {
 }
 
 // FollowUpEventID is the event ID of the follow-up named name that the event
-// originID of domain d emits: what a domain's GetCommandResult follows
-// through a command's steps.
-func (d *Domain) FollowUpEventID(originID uuid.UUID, name string) uuid.UUID {
-	return d.ids.EventID(applier.FollowUpRequestID(originID, name))
+// originID keyed by originKey, of domain d, emits: what a domain's
+// GetCommandResult follows through a command's steps.
+func (d *Domain) FollowUpEventID(originID uuid.UUID, originKey, name string) uuid.UUID {
+	return d.ids.EventID(applier.FollowUpRequestID(originID, originKey, name))
 }
 
 // Applied is the result of an applied event that returns msg (nil: none),

@@ -2,6 +2,8 @@ package applier
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"time"
 
 	"github.com/google/uuid"
@@ -54,7 +56,7 @@ type Result struct {
 }
 
 // Emit is one follow-up event. Its request ID is derived from the emitting
-// event's ID and Name (FollowUpRequestID), so a replay, a rebuild and a
+// event's ID and key and Name (FollowUpRequestID), so a replay, a rebuild and a
 // retried batch emit byte-identical follow-ups, and adding an emit to a
 // handler later changes no existing ID.
 type Emit struct {
@@ -68,10 +70,14 @@ type Emit struct {
 }
 
 // FollowUpRequestID is the request ID of the follow-up named name of the
-// event originID: the follow-up's event ID is this request ID's, in the
-// domain's ID space.
-func FollowUpRequestID(originID uuid.UUID, name string) string {
-	return originID.String() + "/" + name
+// event originID keyed by originKey: the follow-up's event ID is this request
+// ID's, in the domain's ID space. The origin's key is part of it because a
+// request ID names one command per key (two accounts' commands may share one,
+// and so their event ID): without it, two such commands' follow-ups to one
+// key would share an ID, and the second would be taken for a reuse.
+func FollowUpRequestID(originID uuid.UUID, originKey, name string) string {
+	h := sha256.Sum256([]byte(originKey))
+	return originID.String() + "/" + base64.RawURLEncoding.EncodeToString(h[:12]) + "/" + name
 }
 
 // Handler is the domain side of the applier.

@@ -54,7 +54,7 @@ func (r OutboxRow) Headers() [][2]string {
 }
 
 // FollowUpEnvelope is the envelope of the follow-up e of the event origin in
-// the ID space ids: request ID FollowUpRequestID(origin.ID, e.Name), its
+// the ID space ids: request ID FollowUpRequestID(origin.ID, origin.AggregateID, e.Name), its
 // event ID in ids, occurred_at the origin's record time (never the wall
 // clock: a replay builds the same bytes). It fails only for an event that
 // cannot be marshaled.
@@ -63,7 +63,7 @@ func FollowUpEnvelope(ids envelope.IDSpace, origin Event, e Emit) (*envelopev1.E
 	if err := anypb.MarshalFrom(payload, e.Event, proto.MarshalOptions{Deterministic: true}); err != nil {
 		return nil, fmt.Errorf("marshal follow-up %q: %w", e.Name, err)
 	}
-	rid := FollowUpRequestID(origin.ID, e.Name)
+	rid := FollowUpRequestID(origin.ID, origin.AggregateID, e.Name)
 	return &envelopev1.Envelope{
 		EventId:     ids.EventID(rid).String(),
 		Type:        string(e.Event.ProtoReflect().Descriptor().FullName()),

@@ -227,7 +227,7 @@ func TestOutboxEmitAndRelay(t *testing.T) {
 					t.Fatal(err)
 				}
 				if row.offset != int64(i) || row.name != "echo" || !bytes.Equal(row.value, wantValue) ||
-					row.eventID != ids.EventID(applier.FollowUpRequestID(origin.ID, "echo")) {
+					row.eventID != ids.EventID(applier.FollowUpRequestID(origin.ID, origin.AggregateID, "echo")) {
 					t.Errorf("outbox row %d = %+v, want the follow-up built from the event at offset %d", i, row, i)
 				}
 			}

@@ -28,8 +28,8 @@ func TestFollowTransfer(t *testing.T) {
 	)
 	followUpID := domain().FollowUpEventID
 	debitID := uuid.MustParse("0193a8f2-0000-7000-8000-000000000001")
-	creditID := followUpID(debitID, StepCredit)
-	refundID := followUpID(creditID, StepRefund)
+	creditID := followUpID(debitID, "alice", StepCredit)
+	refundID := followUpID(creditID, "bob", StepRefund)
 	debited := &command.Outcome{EventID: debitID, Status: applied, Key: "alice", Message: &ledgerv1.CommandResult{
 		BalanceAfter: 70, TransferState: pending, Next: &ledgerv1.NextStep{Name: StepCredit, AccountId: "bob"}}}
 	credited := &command.Outcome{EventID: creditID, Status: applied, Key: "bob",

@@ -24,6 +24,7 @@ import (
 	"github.com/heed-dev/heed/ingest"
 	"github.com/heed-dev/heed/internal/testenv"
 	"github.com/heed-dev/heed/ledger"
+	"github.com/heed-dev/heed/outbox"
 	"github.com/heed-dev/heed/schema"
 )
 
@@ -147,6 +148,16 @@ func newPipeline(t *testing.T, opts pipelineOpts) *pipeline {
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+	})
+
+	// The relay of follow-ups (issue 28), as `heed apply` runs it.
+	relay := outbox.New(pool, pub, outbox.Config{Topic: p.topic, Poll: 20 * time.Millisecond, Logger: logger})
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	relayed := make(chan error, 1)
+	go func() { relayed <- relay.Run(relayCtx) }()
+	t.Cleanup(func() {
+		stopRelay()
+		<-relayed
 	})
 
 	p.client = ledgerv1connect.NewLedgerServiceClient(http.DefaultClient, p.baseURL)

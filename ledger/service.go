@@ -36,7 +36,7 @@ type Service struct {
 	opts []command.Option
 	// followUpID derives a follow-up's event ID from its origin's and name:
 	// the ledger Domain's.
-	followUpID func(originID uuid.UUID, name string) uuid.UUID
+	followUpID func(originID uuid.UUID, originKey, name string) uuid.UUID
 }
 
 var _ ledgerv1connect.LedgerServiceHandler = (*Service)(nil)
@@ -70,7 +70,7 @@ func WithRecordReader(r RecordReader) ServiceOption {
 // whose positions consistency tokens are checked against. A read with a
 // consistency token waits at most maxWait (and at most its deadline).
 func NewService(pub Publisher, pool *pgxpool.Pool, topic string, maxWait time.Duration, opts ...ServiceOption) *Service {
-	s := &Service{pub: pub, pool: pool, followUpID: func(id uuid.UUID, name string) uuid.UUID { return domain().FollowUpEventID(id, name) }}
+	s := &Service{pub: pub, pool: pool, followUpID: func(id uuid.UUID, key, name string) uuid.UUID { return domain().FollowUpEventID(id, key, name) }}
 	for _, o := range opts {
 		o(s)
 	}
@@ -196,19 +196,19 @@ const maxSteps = 2
 // emitted is not decided (pending, quarantined, parked, or dropped with no
 // refund to follow: see steps). Errors are get's.
 func followTransfer(ctx context.Context, get func(context.Context, command.Ref) (*command.Outcome, error),
-	followUpID func(uuid.UUID, string) uuid.UUID, o *command.Outcome, out *ledgerv1.GetCommandResultResponse) error {
+	followUpID func(uuid.UUID, string, string) uuid.UUID, o *command.Outcome, out *ledgerv1.GetCommandResultResponse) error {
 	res, ok := o.Message.(*ledgerv1.CommandResult)
 	if !ok {
 		return nil
 	}
 	out.TransferState = res.GetTransferState()
-	prev, source := o.EventID, ""
+	prev, prevKey, source := o.EventID, o.Key, ""
 	for i := 0; i < maxSteps && res.GetNext() != nil; i++ {
 		next := res.GetNext()
 		if next.GetName() == StepCredit {
 			source = o.Key // the debit's account
 		}
-		id := followUpID(prev, next.GetName())
+		id := followUpID(prev, prevKey, next.GetName())
 		var err error
 		if o, err = get(ctx, command.Ref{EventID: id.String(), Key: next.GetAccountId()}); err != nil {
 			return err
@@ -218,7 +218,7 @@ func followTransfer(ctx context.Context, get func(context.Context, command.Ref) 
 			Reason: o.Reason, AccountId: next.GetAccountId(),
 		}
 		out.Steps = append(out.Steps, step)
-		prev = id
+		prev, prevKey = id, next.GetAccountId()
 		out.TransferState = ledgerv1.TransferState_TRANSFER_STATE_PENDING // in flight, or stuck (see the step)
 		switch res, ok = o.Message.(*ledgerv1.CommandResult); {
 		case ok:

@@ -344,7 +344,7 @@ func runTransfers(t *testing.T, seed uint64) []string {
 					t.Fatal(err)
 				}
 				trace = append(trace, fmt.Sprintf("emit %s %s %x", e.Name, e.Key, b))
-				id := domain().FollowUpEventID(ev.ID, e.Name)
+				id := domain().FollowUpEventID(ev.ID, ev.AggregateID, e.Name)
 				originOf[id] = originOf[ev.ID]
 				offset++
 				fu := heed.Record{ID: id, AggregateID: e.Key, Offset: offset, Payload: e.Event,

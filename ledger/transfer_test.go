@@ -27,7 +27,7 @@ import (
 // outbox and relay). Until it does, the applier refuses a result that emits
 // one, so a transfer's debit that applies never commits: the tests of a
 // transfer's later steps skip. Set it to true when the core is merged.
-const outboxLanded = false
+const outboxLanded = true
 
 func needOutbox(t *testing.T) {
 	t.Helper()
@@ -191,6 +191,7 @@ func (p *pipeline) followTransfer(t *testing.T, res *ledgerv1.TransferResponse) 
 type sentTransfer struct {
 	id     uuid.UUID
 	from   string
+	to     string
 	amount int64
 }
 
@@ -223,12 +224,12 @@ func (p *pipeline) money(t *testing.T, sent []sentTransfer) (balances, inFlight 
 		if outcome(s.id) != dedup.Applied {
 			continue // not debited
 		}
-		credit := d.FollowUpEventID(s.id, ledger.StepCredit)
+		credit := d.FollowUpEventID(s.id, s.from, ledger.StepCredit)
 		switch outcome(credit) {
 		case dedup.Applied:
 			continue
 		case dedup.Rejected:
-			if outcome(d.FollowUpEventID(credit, ledger.StepRefund)) == dedup.Applied {
+			if outcome(d.FollowUpEventID(credit, s.to, ledger.StepRefund)) == dedup.Applied {
 				continue
 			}
 		}
@@ -264,7 +265,7 @@ func TestTransfersConserveMoneyAcrossPartitions(t *testing.T) {
 		}
 		amount := 1 + rng.Int64N(300)
 		res := p.transfer(t, fmt.Sprintf("t-%d", i), from, to, amount)
-		sent = append(sent, sentTransfer{id: uuid.MustParse(res.GetEventId()), from: from, amount: amount})
+		sent = append(sent, sentTransfer{id: uuid.MustParse(res.GetEventId()), from: from, to: to, amount: amount})
 		if i%10 == 0 {
 			if b, f := p.money(t, sent); b+f != total {
 				t.Fatalf("after %d transfers: balances %d + in flight %d != deposits %d", i+1, b, f, total)
