@@ -217,7 +217,7 @@ func TestOutboxEmitAndRelay(t *testing.T) {
 				t.Fatalf("outbox has %d rows, want 2", len(rows))
 			}
 			for i, row := range rows {
-				origin := applier.Event{ID: envelope.EventID([]string{"r1", "r2"}[i]), Time: recordTime(t, s, row.offset)}
+				origin := applier.Event{ID: envelope.EventID([]string{"r1", "r2"}[i]), AggregateID: []string{"a-1", "a-2"}[i], Time: recordTime(t, s, row.offset)}
 				env, err := applier.FollowUpEnvelope(ids, origin, applier.Emit{Name: "echo", Key: row.key, Event: wrapperspb.Int64([]int64{5, 3}[i])})
 				if err != nil {
 					t.Fatal(err)
