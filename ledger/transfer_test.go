@@ -303,12 +303,17 @@ func TestTransfersReusingARequestID(t *testing.T) {
 	p := newPipeline(t, pipelineOpts{partitions: 4})
 	p.startApplier(t)
 	for _, a := range []string{"alice", "bob", "carol"} {
-		p.open(t, "open-"+a, a)
+		p.waitApplied(t, p.open(t, "open-"+a, a).GetConsistencyToken()) // carol's too: a credit before it would be refunded
 	}
 	p.waitApplied(t, p.deposit(t, "dep-alice", "alice", 100).GetConsistencyToken())
 	p.waitApplied(t, p.deposit(t, "dep-bob", "bob", 100).GetConsistencyToken())
 	first := p.transfer(t, "same", "alice", "carol", 10)
 	second := p.transfer(t, "same", "bob", "carol", 20)
+	// Both debits applied (they may sit on different partitions: one's token
+	// says nothing of the other), a request ID naming two commands is refused
+	// without the account.
+	p.waitApplied(t, first.GetConsistencyToken())
+	p.waitApplied(t, second.GetConsistencyToken())
 	for _, res := range []*ledgerv1.TransferResponse{first, second} {
 		r, err := p.client.GetCommandResult(t.Context(), connect.NewRequest(&ledgerv1.GetCommandResultRequest{
 			Ref: &ledgerv1.GetCommandResultRequest_RequestId{RequestId: "same"}, ConsistencyToken: res.GetConsistencyToken()}))
