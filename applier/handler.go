@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -67,6 +68,20 @@ type Emit struct {
 	Key string
 	// Event is the follow-up event, of a type the domain registered.
 	Event proto.Message
+}
+
+// IsFollowUpRequestID reports whether requestID has the shape
+// FollowUpRequestID gives: an event ID, a key hash and a name.
+func IsFollowUpRequestID(requestID string) bool {
+	id, rest, ok := strings.Cut(requestID, "/")
+	if !ok || len(id) != 36 {
+		return false
+	}
+	if _, err := uuid.Parse(id); err != nil {
+		return false
+	}
+	tag, name, ok := strings.Cut(rest, "/")
+	return ok && len(tag) == 16 && name != ""
 }
 
 // FollowUpRequestID is the request ID of the follow-up named name of the

@@ -604,3 +604,21 @@ func TestOutboxRelayFailures(t *testing.T) {
 		t.Errorf("topic holds %d records, want 5 (3 commands, 2 follow-ups)", n)
 	}
 }
+
+// A follow-up's request ID is told from a client's, whatever the key.
+func TestIsFollowUpRequestID(t *testing.T) {
+	id := uuid.MustParse("0193a8f2-0000-7000-8000-000000000001")
+	for _, key := range []string{"", "alice", strings.Repeat("k", 5000)} {
+		if rid := applier.FollowUpRequestID(id, key, "credit"); !applier.IsFollowUpRequestID(rid) {
+			t.Errorf("IsFollowUpRequestID(%q) = false for a follow-up's", rid)
+		}
+	}
+	if a, b := applier.FollowUpRequestID(id, "alice", "credit"), applier.FollowUpRequestID(id, "bob", "credit"); a == b {
+		t.Errorf("two origin keys give one follow-up request ID %s", a)
+	}
+	for _, rid := range []string{"d1", "deposit/1", id.String(), id.String() + "/credit", id.String() + "/short/credit", "x/aaaaaaaaaaaaaaaa/credit"} {
+		if applier.IsFollowUpRequestID(rid) {
+			t.Errorf("IsFollowUpRequestID(%q) = true for a client's", rid)
+		}
+	}
+}

@@ -139,6 +139,12 @@ func (c *quarantineCmd) decide(ctx context.Context, pool *pgxpool.Pool, stderr i
 	case r.State != "open" || (r.Kind != "poison" && r.Kind != "parked"):
 		return applier.Decision{}, redriveError(fmt.Errorf("%w: partition %d offset %d is a %s record, %s", applier.ErrNotQuarantined, p, off, r.Kind, r.State))
 	}
+	if c.action == "drop" {
+		var env envelopev1.Envelope
+		if proto.Unmarshal(r.Value, &env) == nil && applier.IsFollowUpRequestID(env.GetRequestId()) {
+			return applier.Decision{}, fmt.Errorf("refusing to drop partition %d offset %d: it is a follow-up (request_id %s) another event emitted, and dropping it would skip what its domain owes when it cannot apply (a transfer's credit owes its refund); re-drive it once it can apply instead (heed quarantine redrive); nothing was changed", p, off, env.GetRequestId())
+		}
+	}
 	cl, err := c.kafka.newClient(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchMaxBytes(maxControlBytes))
 	if err != nil {
 		return applier.Decision{}, err
