@@ -138,8 +138,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
   server    %s://%s (Connect, gRPC, gRPC-Web; reflection on)
   auth      %s
   metrics   %s
-`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, scheme, addr, authNote, metricsNote)
-		fmt.Fprint(stdout, c.db.dom.BannerText(addr))
+%s`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, scheme, addr, authNote, metricsNote, c.db.dom.BannerText(addr)) // one write: readers of the banner see it whole
 	}
 
 	// The applier starts once the server found the topic to match the

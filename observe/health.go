@@ -57,8 +57,14 @@ type Health struct {
 // NewHealth returns a Health over checks.
 func NewHealth(checks ...Check) *Health { return &Health{checks: checks} }
 
-// Add adds checks (before serving).
-func (h *Health) Add(checks ...Check) { h.checks = append(h.checks, checks...) }
+// Add adds checks; safe while the checks are served (heed dev's applier adds
+// its checks once the server is up). The next Results runs them.
+func (h *Health) Add(checks ...Check) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.checks = append(h.checks, checks...)
+	h.last = nil
+}
 
 // Results runs the checks (or returns the last results, if under a second
 // old) and returns each check's error by name.
