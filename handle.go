@@ -286,9 +286,6 @@ func (h *handler) Decode(env *envelopev1.Envelope) (any, error) {
 
 // Apply applies events one by one with their handlers (the simple form).
 func (h *handler) Apply(ctx context.Context, tx pgx.Tx, events []applier.Event) ([]applier.Result, error) {
-	if h.d.batch != nil {
-		return batchHandler{h}.Apply(ctx, tx, events)
-	}
 	results := make([]applier.Result, len(events))
 	t := narrowTx{tx}
 	for i := range events {

@@ -61,16 +61,11 @@ type Env struct {
 // *connect.Error: invalid_argument for a malformed token or one outside the
 // topic, unavailable when the write is not applied in time.
 func (e *Env) Await(ctx context.Context, token string) error {
-	_, err := e.AwaitToken(ctx, token)
-	return err
-}
-
-// AwaitToken is Await returning the parsed token (nil for none).
-func (e *Env) AwaitToken(ctx context.Context, token string) (*consistency.Token, error) {
 	if e.Results == nil {
-		return nil, connect.NewError(connect.CodeInternal, errors.New("heed.Env has no Results: build services through cli (serve, dev) or set Env.Results"))
+		return connect.NewError(connect.CodeInternal, errors.New("heed.Env has no Results: build services through cli (serve, dev) or set Env.Results"))
 	}
-	return e.Results.Await(ctx, token)
+	_, err := e.Results.Await(ctx, token)
+	return err
 }
 
 // ReadError is the error a read query returns when the database failed:
