@@ -1,5 +1,6 @@
-// Package retention prunes the processed-event table, which otherwise grows
-// with every event forever, without ever changing a decision.
+// Package retention prunes the processed-event table and the outbox's
+// produced rows, which otherwise grow with every event forever, without ever
+// changing a decision.
 //
 // Whether an event is a duplicate is decided by the topic alone (see package
 // dedup's window): an event with record time T is a duplicate of a processed
@@ -151,8 +152,23 @@ func Cutoff(ctx context.Context, pool *pgxpool.Pool, cfg Config) (cutoff time.Ti
 	return earliest.Add(-window), true, nil
 }
 
-// Prune deletes the processed events whose event_time is before cutoff, a
-// chunk per statement, records the cutoff and returns how many went.
+// pruneOutboxSQL deletes a chunk of the outbox rows the relay is done with
+// (below its position: produced) whose event_time is before the cutoff. A
+// row not produced yet stays whatever its age, and so does one the broker
+// refused for good (heed_outbox_failed names it; the row holds its value).
+// Nothing reads a produced row again: the relay starts at its position, a
+// rebuild writes its own rows and a swap carries the position over, and
+// rebuild --verify leaves out rows before the cutoff (package rebuild).
+const pruneOutboxSQL = `DELETE FROM outbox WHERE ctid = ANY (ARRAY(
+SELECT o.ctid FROM outbox o JOIN heed_outbox_relay r ON r.topic = o.topic AND r.origin_partition = o.origin_partition
+WHERE o.event_time < $1 AND o.origin_offset < r.next_offset
+AND NOT EXISTS (SELECT FROM heed_outbox_failed f WHERE f.topic = o.topic AND f.origin_partition = o.origin_partition
+AND f.origin_offset = o.origin_offset AND f.name = o.name)
+LIMIT $2))`
+
+// Prune deletes the processed events whose event_time is before cutoff, and
+// the outbox rows as old that were produced (pruneOutboxSQL), a chunk per
+// statement, records the cutoff and returns how many rows went.
 func Prune(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time, chunk int) (int64, error) {
 	if chunk <= 0 {
 		chunk = 10000
@@ -163,6 +179,16 @@ func Prune(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time, chunk int)
 SELECT ctid FROM processed_events WHERE event_time < $1 LIMIT $2))`, cutoff, chunk)
 		if err != nil {
 			return total, fmt.Errorf("prune processed events: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(chunk) {
+			break
+		}
+	}
+	for {
+		tag, err := pool.Exec(ctx, pruneOutboxSQL, cutoff, chunk)
+		if err != nil {
+			return total, fmt.Errorf("prune the outbox: %w", err)
 		}
 		total += tag.RowsAffected()
 		if tag.RowsAffected() < int64(chunk) {
@@ -235,7 +261,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config, interval time.Dura
 			wait = max(interval, failWait(failures))
 			logs.Log(cfg.Logger.Warn, "pruning processed events failed; trying again later", "retry_in", wait, "err", err)
 		case n > 0:
-			cfg.Logger.Info("pruned processed events", "rows", n, "older_than", cutoff.Format(time.RFC3339))
+			cfg.Logger.Info("pruned processed events and produced outbox rows", "rows", n, "older_than", cutoff.Format(time.RFC3339))
 		}
 		if err == nil {
 			failures = 0

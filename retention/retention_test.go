@@ -2,6 +2,7 @@ package retention_test
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -116,5 +117,52 @@ func TestPruneNoWindow(t *testing.T) {
 	exec(t, pool, `INSERT INTO applied_positions (topic, partition, next_offset, record_time) VALUES ($1, 0, 5, now())`, topicName)
 	if c, ok, err := retention.Cutoff(t.Context(), pool, retention.Config{Topic: topicName, Retention: time.Hour}); ok || err != nil {
 		t.Errorf("no window recorded as 0: cutoff %v, %v, %v; want nothing to prune", c, ok, err)
+	}
+}
+
+// Prune removes the outbox rows before the cutoff that the relay produced,
+// and keeps those it has not (however old: the relay still needs them),
+// those the broker refused for good, and the recent ones.
+func TestPruneOutbox(t *testing.T) {
+	pool := newPool(t)
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	row := func(p int32, off int64, name string, at time.Time) {
+		exec(t, pool, `INSERT INTO outbox (topic, origin_partition, origin_offset, name, event_id, key, key_hash, type, value, event_time)
+VALUES ($1, $2, $3, $4, gen_random_uuid(), 'k', 1, 't', '\x00', $5)`, topicName, p, off, name, at)
+	}
+	old, recent := t0.Add(-3*time.Hour), t0.Add(time.Hour)
+	row(0, 1, "credit", old)    // produced, old: pruned
+	row(0, 2, "credit", old)    // produced, old: pruned
+	row(0, 3, "credit", old)    // refused for good: kept
+	row(0, 4, "credit", recent) // produced, recent: kept
+	row(0, 9, "credit", old)    // not produced yet: kept
+	row(1, 1, "refund", old)    // partition 1's relay has produced nothing: kept
+	exec(t, pool, `INSERT INTO heed_outbox_relay (topic, origin_partition, next_offset) VALUES ($1, 0, 5), ($1, 1, 0)`, topicName)
+	exec(t, pool, `INSERT INTO heed_outbox_failed (topic, origin_partition, origin_offset, name, reason) VALUES ($1, 0, 3, 'credit', 'too large')`, topicName)
+
+	n, err := retention.Prune(t.Context(), pool, t0, 1) // a chunk of one row: the loop is tried too
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	if n != 2 {
+		t.Errorf("Prune removed %d rows; want the 2 produced old outbox rows", n)
+	}
+	rows, err := pool.Query(t.Context(), `SELECT origin_partition::text || '/' || origin_offset::text FROM outbox ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"0/3", "0/4", "0/9", "1/1"}; !slices.Equal(left, want) {
+		t.Errorf("outbox rows left %v; want %v", left, want)
 	}
 }
