@@ -289,6 +289,139 @@ func TestTransfersConserveMoneyAcrossPartitions(t *testing.T) {
 	if ended == 0 {
 		t.Error("no transfer settled or was refunded")
 	}
+	p.waitOutboxRelayed(t)
+	p.checkFollowUpOrder(t)
+}
+
+// waitOutboxRelayed waits until the relay's position is past every outbox row
+// (issue 28: no unsent rows once quiet), and fails naming the rows left.
+func (p *pipeline) waitOutboxRelayed(t *testing.T) {
+	t.Helper()
+	const unsentSQL = `SELECT o.origin_partition, o.origin_offset, o.name FROM outbox o
+WHERE o.origin_offset >= coalesce((SELECT r.next_offset FROM heed_outbox_relay r WHERE r.topic = o.topic AND r.origin_partition = o.origin_partition), 0)
+ORDER BY 1, 2, 3`
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rows, err := p.pool.Query(t.Context(), unsentSQL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left []string
+		for rows.Next() {
+			var (
+				part   int32
+				offset int64
+				name   string
+			)
+			if err := rows.Scan(&part, &offset, &name); err != nil {
+				t.Fatal(err)
+			}
+			left = append(left, fmt.Sprintf("%d/%d/%s", part, offset, name))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(left) == 0 {
+			if n := p.count(t, `SELECT count(*) FROM heed_outbox_failed`); n != 0 {
+				t.Errorf("%d follow-ups failed for good; want none", n)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quiet for 30s, and %d outbox rows are still at or past the relay's position: %v", len(left), left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkFollowUpOrder checks that the follow-ups one origin partition emitted
+// for one key are on the topic in the order they were emitted (issue 28:
+// follow-ups keep per-key order): for each (key, origin partition), the
+// outbox rows by origin offset (and name) meet their records, at their first
+// occurrence, in increasing offsets of the key's partition.
+func (p *pipeline) checkFollowUpOrder(t *testing.T) {
+	t.Helper()
+	ends := p.endOffsets(t)
+	starts := map[int32]kgo.Offset{}
+	for part := range ends {
+		starts[part] = kgo.NewOffset().AtStart()
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.broker...), kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{p.topic: starts}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	type at struct {
+		partition int32
+		offset    int64
+	}
+	first := map[string]at{} // event ID -> its first record
+	left := 0
+	for _, end := range ends {
+		left += int(end)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for left > 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("reading the topic: %d records not read", left)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if r.Offset >= ends[r.Partition] {
+				return
+			}
+			left--
+			var env envelopev1.Envelope
+			if proto.Unmarshal(r.Value, &env) != nil {
+				return
+			}
+			if _, ok := first[env.GetEventId()]; !ok {
+				first[env.GetEventId()] = at{r.Partition, r.Offset}
+			}
+		})
+	}
+	rows, err := p.pool.Query(t.Context(), `SELECT key, origin_partition, origin_offset, name, event_id::text FROM outbox ORDER BY key, origin_partition, origin_offset, name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	type group struct {
+		key       string
+		partition int32
+	}
+	last := map[group]at{}
+	checked := 0
+	for rows.Next() {
+		var (
+			g        group
+			offset   int64
+			name, id string
+		)
+		if err := rows.Scan(&g.key, &g.partition, &offset, &name, &id); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := first[id]
+		if !ok {
+			t.Errorf("follow-up %s (%s of %d/%d) is not on the topic", id, name, g.partition, offset)
+			continue
+		}
+		if prev, ok := last[g]; ok {
+			checked++
+			if got.partition != prev.partition || got.offset <= prev.offset {
+				t.Errorf("key %q: the follow-up of %d/%d (%s) is at %d/%d, not after the previous one of the same origin partition at %d/%d",
+					g.key, g.partition, offset, name, got.partition, got.offset, prev.partition, prev.offset)
+			}
+		}
+		last[g] = got
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if checked == 0 {
+		t.Error("no key had two follow-ups from one origin partition: the order was not checked")
+	}
+	t.Logf("follow-up order checked on %d pairs", checked)
 }
 
 // A request ID identifies a transfer within its source account (as for every
