@@ -39,7 +39,7 @@ func applyEnv(fs *flag.FlagSet) error {
 			return
 		}
 		if e := fs.Set(f.Name, v); e != nil {
-			err = fmt.Errorf("%s=%q: %v (fix the variable or pass --%s)", envName(f.Name), v, e, f.Name)
+			err = fmt.Errorf("%s=%q: %v%s (fix the variable or pass --%s)", envName(f.Name), v, e, durationHint(f, v), f.Name)
 		}
 	})
 	return err

@@ -4,11 +4,14 @@ import (
 	"github.com/heed-dev/heed"
 
 	"context"
+	"errors"
 
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -54,7 +57,7 @@ func (c *devCmd) flags(fs *flag.FlagSet) {
 	c.log.register(fs)
 }
 
-func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) (err error) {
 	c.apply.shutdownTimeout = c.serve.shutdownTimeout // one --shutdown-timeout for both
 	logger, err := c.log.logger(stderr)
 	if err != nil {
@@ -67,6 +70,23 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// stops here, before it binds a port, touches the broker's data or
 	// starts (or adopts) the private Postgres that lives there too.
 	kafkaDir := filepath.Join(c.dataDir, "kafka")
+	// A run that fails leaves no empty directories it created behind (a
+	// typo'd --data-dir, a database that refuses).
+	for _, dir := range []string{c.dataDir, kafkaDir} {
+		if _, statErr := os.Stat(dir); errors.Is(statErr, fs.ErrNotExist) {
+			defer func() {
+				if err == nil {
+					return
+				}
+				// The lock's file, once released, then the directory if
+				// that left it empty (os.Remove leaves one that is not).
+				if entries, rerr := os.ReadDir(dir); rerr == nil && len(entries) == 1 && entries[0].Name() == devstack.LockFile {
+					os.Remove(filepath.Join(dir, devstack.LockFile)) //nolint:errcheck // best effort, as below
+				}
+				os.Remove(dir) //nolint:errcheck // only when empty: what a failed run created and left
+			}()
+		}
+	}
 	lock, err := devstack.LockDataDir(kafkaDir, devstack.Holder{Program: "heed dev", Broker: c.brokerListen})
 	if err != nil {
 		return brokerError(err, "--broker-listen")
@@ -90,6 +110,15 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	defer stop()
 
+	// Postgres before the broker: a database that refuses leaves no broker
+	// data behind in a data directory this run created.
+	pg, err := devstack.ResolvePostgres(ctx, devstack.PostgresConfig{URL: c.db.url, DataDir: c.dataDir, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer pg.Close()
+	c.db.url = pg.URL()
+
 	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{
 		Listen:     c.brokerListen,
 		DataDir:    kafkaDir,
@@ -102,13 +131,6 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	defer broker.Close()
 	c.kafka.brokers = strings.Join(broker.Addrs(), ",")
-
-	pg, err := devstack.ResolvePostgres(ctx, devstack.PostgresConfig{URL: c.db.url, DataDir: c.dataDir, Logger: logger})
-	if err != nil {
-		return err
-	}
-	defer pg.Close()
-	c.db.url = pg.URL()
 	pool, err := openDB(ctx, c.db, int32(c.serve.partitions)+8, true, logger)
 	if err != nil {
 		return err

@@ -127,6 +127,14 @@ func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, std
 	rest := args[1:]
 	if len(v.actions) > 0 {
 		if len(rest) == 0 || !slices.Contains(v.actions, rest[0]) {
+			if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+				unknown := fmt.Sprintf("unknown action %q", rest[0])
+				if near := nearest(rest[0], v.actions); near != "" {
+					unknown += fmt.Sprintf(" (did you mean %s?)", near)
+				}
+				fmt.Fprintf(stderr, "%s %s: %s; the actions are %s (e.g. %s)\n", program, v.name, unknown, strings.Join(v.actions, ", "), named(v.example))
+				return 2
+			}
 			fmt.Fprintf(stderr, "%s %s: name an action first: %s (e.g. %s)\n", program, v.name, strings.Join(v.actions, ", "), named(v.example))
 			return 2
 		}
@@ -134,10 +142,14 @@ func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, std
 		rest = rest[1:]
 	}
 	fs := newFlagSet(v, cmd, stderr, domains, d)
+	fs.SetOutput(io.Discard) // flagError says what is wrong, without every flag's usage after it
+	fs.Usage = func() {}
 	if err := fs.Parse(rest); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, flag.ErrHelp) { // asked for: on stdout, like `heed help VERB`
+			printVerb(v, fs, stdout)
 			return 0
 		}
+		fmt.Fprintf(stderr, "%s %s: %s\n", program, v.name, flagError(fs, v, err))
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -173,11 +185,14 @@ func printVerb(v verb, fs *flag.FlagSet, w io.Writer) {
 		usage += " " + strings.Join(v.actions, "|")
 	}
 	fmt.Fprintf(w, "%s %s: %s\n\nUsage: %s [flags]\n\nExample:\n  %s\n\nFlags (each also read from the environment variable shown):\n", program, v.name, v.summary, usage, named(v.example))
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	printFlags(fs, w)
 }
 
 func help(domains []*heed.Domain, args []string, stdout, stderr io.Writer) int {
+	if len(args) >= 2 && args[1] == "help" {
+		fmt.Fprintf(stdout, "%[1]s help: list the verbs; %[1]s help VERB explains one: what it does, an example, and its flags with their environment variables\n\nUsage: %[1]s help [VERB]\n", program)
+		return 0
+	}
 	if len(args) >= 2 {
 		v, ok := find(domains, args[1])
 		if !ok {

@@ -82,6 +82,9 @@ func resolvePostgres(ctx context.Context, cfg PostgresConfig, localURL string) (
 			if missing := schema.AsMissingDatabase(cfg.URL, err); missing != nil {
 				return nil, fmt.Errorf("postgres: --database-url %s: %w; or pass the URL of an existing database", redact(cfg.URL), missing)
 			}
+			if refused := schema.AsLoginRefused(cfg.URL, err); refused != nil {
+				return nil, fmt.Errorf("postgres: --database-url %s: %w", redact(cfg.URL), refused)
+			}
 			return nil, fmt.Errorf("postgres: --database-url %s does not answer: %w; check that the server runs and the URL's host, port, user, password and database are right", redact(cfg.URL), err)
 		}
 		return &Postgres{url: cfg.URL, source: "given URL"}, nil

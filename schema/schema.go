@@ -36,6 +36,9 @@ func PoolConfig(databaseURL, schemaName string, maxConns int32) (*pgxpool.Config
 	if err := Validate(schemaName); err != nil {
 		return nil, err
 	}
+	if err := checkScheme(databaseURL); err != nil {
+		return nil, err
+	}
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w (expected postgres://user@host:port/db?sslmode=disable)", err)
@@ -52,7 +55,8 @@ func PoolConfig(databaseURL, schemaName string, maxConns int32) (*pgxpool.Config
 //
 // Errors: an unparseable URL or schema name; a server that answers but has
 // no such database (wraps a *MissingDatabaseError saying how to create it);
-// a server that does not answer or refuses the connection.
+// a server that refuses the login (wraps a *LoginRefusedError saying what to
+// change); a server that does not answer or refuses the connection.
 func Connect(ctx context.Context, databaseURL, schemaName string, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := PoolConfig(databaseURL, schemaName, maxConns)
 	if err != nil {
@@ -67,6 +71,9 @@ func Connect(ctx context.Context, databaseURL, schemaName string, maxConns int32
 		if missing := AsMissingDatabase(databaseURL, err); missing != nil {
 			return nil, fmt.Errorf("connect to %s@%s:%d: %w; or point --database-url / HEED_DATABASE_URL at an existing database",
 				cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, missing)
+		}
+		if refused := AsLoginRefused(databaseURL, err); refused != nil {
+			return nil, fmt.Errorf("connect to database %s: %w", cfg.ConnConfig.Database, refused)
 		}
 		return nil, fmt.Errorf("connect to database %s@%s:%d/%s: %w (is Postgres running? check --database-url / HEED_DATABASE_URL)",
 			cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)

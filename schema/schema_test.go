@@ -3,6 +3,7 @@ package schema_test
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -26,6 +27,27 @@ func TestConnectErrors(t *testing.T) {
 			wantMissing: true,
 			want:        []string{"does not exist", "createdb -h ", "psql -h ", "-d postgres -c 'create database heedtest_missing_", "--database-url"},
 			wantNot:     []string{"is Postgres running"},
+		},
+		{
+			name: "unknown role",
+			url: func(tb testing.TB) string {
+				u, err := url.Parse(testenv.PostgresURL(tb))
+				if err != nil {
+					tb.Fatal(err)
+				}
+				u.User = url.User("heedtest_no_such_role")
+				return u.String()
+			},
+			want:    []string{`refused the login of role "heedtest_no_such_role"`, "SQLSTATE 28000", "CREATE ROLE heedtest_no_such_role LOGIN", "--database-url"},
+			wantNot: []string{"is Postgres running"},
+		},
+		{
+			name: "not a Postgres URL",
+			url: func(testing.TB) string {
+				return "mysql://root:secret@127.0.0.1:3306/heed"
+			},
+			want:    []string{`scheme is "mysql"`, "postgres://user@host:port/db"},
+			wantNot: []string{"secret", "mysql:xx", "root"},
 		},
 		{
 			name: "nothing listening",
