@@ -119,6 +119,10 @@ type Config struct {
 	StallTimeout time.Duration
 	// Logger receives the applier's logs (default: discard).
 	Logger *slog.Logger
+	// KafkaLogger receives the Kafka client's logs (default: Logger, with
+	// component=kafka). heed rebuild, a one-shot tool, keeps only their
+	// warnings.
+	KafkaLogger *slog.Logger
 	// KafkaOpts are added to the Kafka client's options (TLS, SASL, hooks).
 	KafkaOpts []kgo.Opt
 	// Observer, if set, is told of every committed batch and every retried
@@ -195,6 +199,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.KafkaLogger == nil {
+		c.KafkaLogger = c.Logger.With("component", "kafka")
 	}
 }
 
@@ -304,7 +311,7 @@ func New(cfg Config, pool *pgxpool.Pool, h Handler) (*Applier, error) {
 		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/4)),
 		kgo.OnPartitionsRevoked(a.revoked),
 		kgo.OnPartitionsLost(a.lost),
-		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka"))),
+		kgo.WithLogger(kslog.New(cfg.KafkaLogger)),
 	}
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))

@@ -32,6 +32,9 @@ func (a *Applier) assigned(ctx context.Context, offsets map[string]map[int32]kgo
 		if errors.Is(err, ErrRetired) {
 			return backoff.Permanent(err)
 		}
+		if err != nil && ctx.Err() != nil {
+			return backoff.Permanent(err) // stopping: nothing to retry, nothing to warn about
+		}
 		if err != nil {
 			a.logs.Log(a.log.Warn, "read applied positions failed; retrying", "err", err)
 		}

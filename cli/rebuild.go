@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/rebuild"
 	"github.com/heed-dev/heed/schema"
 )
@@ -88,6 +89,7 @@ func (c *rebuildCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return nil
 	}
 	acfg := applierConfig(logger, c.kafka, c.apply)
+	acfg.KafkaLogger = slog.New(minLevel{Handler: logger.Handler(), min: slog.LevelWarn}).With("component", "kafka")
 	if acfg.KafkaOpts, err = c.kafka.sec.Opts(); err != nil {
 		return err
 	}
@@ -119,9 +121,9 @@ func (c *rebuildCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	s := r.Stats()
-	fmt.Fprintf(stdout, "rebuilt %s from %s in %v: %d records (%d applied, %d duplicates, %d quarantined), at %s (%s)\n",
-		c.into, c.kafka.topic, time.Since(started).Round(100*time.Millisecond), s.Applied+s.Duplicates+s.Conflicts+s.Quarantined+s.Parked,
-		s.Applied, s.Duplicates, s.Quarantined+s.Parked, positionsText(at), map[bool]string{true: "the live projection's positions", false: "the topic's end"}[toLive])
+	fmt.Fprintf(stdout, "rebuilt %s from %s in %v: %s, at %s (%s)\n",
+		c.into, c.kafka.topic, time.Since(started).Round(100*time.Millisecond), recordsText(s),
+		positionsText(at), map[bool]string{true: "the live projection's positions", false: "the topic's end"}[toLive])
 	if c.verify && !c.swap {
 		rep, err := r.Verify(ctx, c.hold)
 		if rep != nil {
@@ -268,4 +270,38 @@ func (p *progress) done() {
 	if p.tty && p.drawn {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// recordsText says what became of the records a rebuild read, in parts that
+// add up to the total: applied (rejected ones included), duplicates,
+// quarantined, and, when there are any, conflicting reuses of a request ID
+// and records parked behind a quarantined one.
+func recordsText(s applier.Stats) string {
+	parts := []string{fmt.Sprintf("%d applied", s.Applied), fmt.Sprintf("%d duplicates", s.Duplicates), fmt.Sprintf("%d quarantined", s.Quarantined)}
+	if s.Conflicts > 0 {
+		parts = append(parts, fmt.Sprintf("%d reusing a request ID with other content", s.Conflicts))
+	}
+	if s.Parked > 0 {
+		parts = append(parts, fmt.Sprintf("%d parked behind a quarantined record", s.Parked))
+	}
+	return fmt.Sprintf("%d records (%s)", s.Applied+s.Duplicates+s.Quarantined+s.Conflicts+s.Parked, strings.Join(parts, ", "))
+}
+
+// minLevel passes on the records of its Handler from min up: the Kafka
+// client's group-join chatter is not what a one-shot rebuild reports.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
 }
