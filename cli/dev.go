@@ -160,7 +160,7 @@ func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) (err error) 
   server    %s://%s (Connect, gRPC, gRPC-Web; reflection on)
   auth      %s
   metrics   %s
-%s`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, scheme, addr, authNote, metricsNote, c.db.dom.BannerText(addr)) // one write: readers of the banner see it whole
+%s`, broker.Addrs()[0], kafkaDir, c.kafka.topic, pg.Source(), c.db.schema, scheme, addr, authNote, metricsNote, grpcurlFor(c.db.dom.BannerText(addr), c.auth)) // one write: readers of the banner see it whole
 	}
 
 	// The applier starts once the server found the topic to match the
@@ -200,4 +200,51 @@ func (c *devCmd) validate(logger *slog.Logger) error {
 	}
 	icfg, acfg := ingestConfig(logger, kafka, c.serve), applierConfig(logger, kafka, c.apply)
 	return firstError(icfg.Validate(), acfg.Validate())
+}
+
+// grpcurlFor rewrites a banner's `grpcurl -plaintext` commands for the
+// server's security: with TLS they trust the served certificate (a dev
+// certificate is its own CA; name yours with -cacert otherwise) and, with
+// --client-ca, present a client certificate; with tokens they send one,
+// from $HEED_TOKEN.
+func grpcurlFor(text string, a authFlags) string {
+	if a.tlsCert == "" && a.tokensFile == "" {
+		return text
+	}
+	opts := "-plaintext "
+	if a.tlsCert != "" {
+		opts = "-cacert " + shellQuoteIfNeeded(a.tlsCert) + " "
+		if a.clientCA != "" {
+			opts += "-cert client.pem -key client-key.pem "
+		}
+	}
+	if a.tokensFile != "" {
+		opts += `-H "Authorization: Bearer $HEED_TOKEN" `
+	}
+	out := strings.ReplaceAll(text, "grpcurl -plaintext ", "grpcurl "+opts)
+	if out == text {
+		return text
+	}
+	var notes []string
+	if a.tokensFile != "" {
+		notes = append(notes, "HEED_TOKEN is a token whose hash is in --auth-tokens-file (heed token new prints a pair)")
+	}
+	if a.clientCA != "" {
+		notes = append(notes, "client.pem and client-key.pem: a client certificate signed by --client-ca")
+	}
+	for _, n := range notes {
+		out += "  (" + named(n) + ")\n"
+	}
+	return out
+}
+
+// shellQuoteIfNeeded quotes s for a POSIX shell when it holds anything but
+// plain path characters.
+func shellQuoteIfNeeded(s string) string {
+	for _, r := range s {
+		if !(r == '/' || r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+	}
+	return s
 }

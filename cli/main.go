@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -161,6 +162,13 @@ func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, std
 		return 2
 	}
 	if err := cmd.run(ctx, stdout, stderr); err != nil {
+		if f := fs.Lookup("log-format"); f != nil && f.Value.String() == "json" {
+			// The logs' shape, so that the error a process dies with is
+			// collected with them (passwords in URLs masked like theirs).
+			slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{ReplaceAttr: redactAttr})).
+				Error(program+" "+v.name+" failed", "err", named(err.Error()))
+			return 1
+		}
 		fmt.Fprintf(stderr, "%s %s: %s\n", program, v.name, named(err.Error()))
 		return 1
 	}

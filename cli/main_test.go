@@ -72,6 +72,8 @@ func TestConfigErrors(t *testing.T) {
 			wantStderr: []string{`HEED_READ_WAIT_MAX="5"`, "--read-wait-max", "a duration needs a unit: 5s"}},
 		{name: "unknown flag", args: []string{"serve", "--nope"}, wantCode: 2,
 			wantStderr: []string{"unknown flag --nope", "heed help serve"}, notStderr: []string{"Usage: heed serve"}},
+		{name: "failure as JSON with --log-format json", args: []string{"migrate", "--log-format", "json", "--database-url", "postgres://u:hunter2@127.0.0.1:1/x"}, wantCode: 1,
+			wantStderr: []string{`"level":"ERROR"`, `"msg":"heed migrate failed"`, `"err":"connect to database`}, notStderr: []string{"hunter2", "heed migrate: connect"}},
 		{name: "misspelt flag", args: []string{"serve", "--lisen", "127.0.0.1:1"}, wantCode: 2,
 			wantStderr: []string{"unknown flag --lisen; did you mean --listen?"}},
 		{name: "duration without a unit", args: []string{"dev", "--shutdown-timeout", "10"}, wantCode: 2,
