@@ -1,7 +1,8 @@
 // Package cli turns domains into a binary with every verb heed has: `dev`
 // runs everything in one process; `broker`, `serve`, `apply` and `migrate`
 // run the parts apart; `rebuild`, `audit`, `quarantine`, `topic`, `token` and
-// `healthcheck` operate them. `help VERB` explains a verb. A domain's main is
+// `healthcheck` operate them; `version` says which build it is. `help VERB`
+// explains a verb. A domain's main is
 //
 //	func main() { cli.Main(mydomain.Domain()) }
 //
@@ -81,7 +82,7 @@ type actionCommand interface {
 // verbs are the binary's verbs; bench, which measures the reference ledger,
 // only where the ledger is one of the domains.
 func verbs(domains []*heed.Domain) []verb {
-	vs := []verb{devVerb, brokerVerb, serveVerb, applyVerb, relayVerb, migrateVerb, topicVerb, quarantineVerb, rebuildVerb, auditVerb, tokenVerb, healthcheckVerb}
+	vs := []verb{devVerb, brokerVerb, serveVerb, applyVerb, relayVerb, migrateVerb, topicVerb, quarantineVerb, rebuildVerb, auditVerb, tokenVerb, healthcheckVerb, versionVerb}
 	for _, d := range domains {
 		if d.Name() == "ledger" {
 			vs = append(vs, benchVerb)
@@ -113,6 +114,9 @@ func Run(ctx context.Context, domains []*heed.Domain, args []string, stdout, std
 	}
 	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		return help(domains, args, stdout, stderr)
+	}
+	if args[0] == "--version" {
+		args = []string{"version"}
 	}
 	v, ok := find(domains, args[0])
 	if !ok {

@@ -1,10 +1,14 @@
 package deploy_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -14,9 +18,13 @@ import (
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
-func load(t *testing.T) *types.Project {
+func load(t *testing.T) *types.Project { return loadEnv(t, nil) }
+
+// loadEnv loads docker-compose.yml as `docker compose` would with only env
+// in the environment (KEY=value): the developer's own variables do not leak in.
+func loadEnv(t *testing.T, env []string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yml"}, cli.WithWorkingDirectory(".."), cli.WithName("heed"))
+	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yml"}, cli.WithWorkingDirectory(".."), cli.WithName("heed"), cli.WithEnv(env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,10 +42,11 @@ func env(s types.ServiceConfig, key string) string {
 	return ""
 }
 
-// TestCompose checks docker-compose.yml's structure: three KRaft brokers of
+// TestCompose checks docker-compose.yml's structure (three KRaft brokers of
 // the official image that replicate three times and need two in sync,
-// Postgres 16, the one-shot init, serve published on the README's address and
-// two apply replicas, each with a health check and in dependency order.
+// Postgres 16, the one-shot init, serve published and two apply replicas, in
+// dependency order) and, by meaning, what it makes (check): the file as it is
+// has no problem.
 func TestCompose(t *testing.T) {
 	p := load(t)
 	names := p.ServiceNames()
@@ -120,10 +129,10 @@ func TestCompose(t *testing.T) {
 	serve := p.Services["serve"]
 	published := false
 	for _, port := range serve.Ports {
-		published = published || (port.Target == 8080 && port.Published == "8080")
+		published = published || port.Target == 8080
 	}
 	if !published {
-		t.Errorf("serve does not publish 8080 on 8080: the README's grpcurl commands use 127.0.0.1:8080")
+		t.Errorf("serve does not publish its --listen port 8080 on the host: the README's grpcurl commands need it")
 	}
 	if serve.HealthCheck == nil || !strings.Contains(strings.Join(serve.HealthCheck.Test, " "), "healthcheck") {
 		t.Errorf("serve: health check %v, want heed healthcheck", serve.HealthCheck)
@@ -132,8 +141,8 @@ func TestCompose(t *testing.T) {
 	if apply.Deploy == nil || apply.Deploy.Replicas == nil || *apply.Deploy.Replicas != 2 {
 		t.Errorf("apply: want deploy.replicas 2, got %+v", apply.Deploy)
 	}
-	if apply.HealthCheck == nil || !strings.Contains(strings.Join(apply.HealthCheck.Test, " "), "9465") {
-		t.Errorf("apply: health check %v, want heed healthcheck on its metrics port 9465", apply.HealthCheck)
+	for _, problem := range check(p) {
+		t.Error(problem)
 	}
 }
 
@@ -181,5 +190,95 @@ func TestDockerfile(t *testing.T) {
 	}
 	if regexp.MustCompile(`(?m)^USER (root|0)`).MatchString(df) {
 		t.Errorf("the runtime stage runs as root")
+	}
+}
+
+// TestComposePortsOverridable: every host port the file publishes comes from
+// a HEED_..._PORT variable; set each to another value, the file publishes
+// exactly those, and what it advertises follows (check finds no problem).
+// Unset, the defaults are clear of heed dev's (check's devPorts).
+func TestComposePortsOverridable(t *testing.T) {
+	data, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := regexp.MustCompile(`\$\{(HEED_[A-Z0-9_]+_PORT):-([0-9]+)\}`).FindAllStringSubmatch(string(data), -1)
+	override := map[string]string{} // variable -> its test value
+	var env []string
+	for _, m := range vars {
+		if _, seen := override[m[1]]; !seen {
+			override[m[1]] = strconv.Itoa(30001 + len(override))
+			env = append(env, m[1]+"="+override[m[1]])
+		}
+	}
+	values := map[string]bool{}
+	for _, v := range override {
+		values[v] = true
+	}
+	p := loadEnv(t, env)
+	published := 0
+	for _, n := range p.ServiceNames() {
+		for _, pc := range p.Services[n].Ports {
+			published++
+			if !values[pc.Published] {
+				t.Errorf("%s publishes host port %s with every HEED_*_PORT set (%v): not overridable", n, pc.Published, env)
+			}
+			delete(values, pc.Published)
+		}
+	}
+	if published == 0 || len(values) != 0 {
+		t.Errorf("%d ports published; variables not used for one: %v", published, values)
+	}
+	for _, problem := range check(p) {
+		t.Errorf("with %v: %s", env, problem)
+	}
+	t.Logf("overridable: %v", env)
+}
+
+// TestDockerfileStampsVersion builds heed with the -ldflags of the
+// Dockerfile's go build, its VERSION and REVISION build arguments set, and
+// requires `heed version` (and --version) to print them: the image says
+// which build it is (heed_build_info carries the same, observe
+// TestBuildInfo).
+func TestDockerfileStampsVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds heed")
+	}
+	data, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(data)
+	build := df[:strings.Index(df, "\nFROM gcr.io/distroless")]
+	for _, arg := range []string{"VERSION", "REVISION"} {
+		if !regexp.MustCompile(`(?m)^ARG ` + arg + `\b`).MatchString(build) {
+			t.Errorf("the build stage declares no ARG %s", arg)
+		}
+	}
+	m := regexp.MustCompile(`go build [^\n]*-ldflags="([^"]*)"`).FindStringSubmatch(build)
+	if m == nil {
+		t.Fatal(`the Dockerfile's go build has no -ldflags="..."`)
+	}
+	const version, revision = "v9.8.7-deploytest", "0123456789abcdef"
+	ldflags := os.Expand(m[1], func(k string) string {
+		return map[string]string{"VERSION": version, "REVISION": revision}[k]
+	})
+	goBin := testenv.LookPath(t, "go")
+	mod, err := exec.Command(goBin, "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "heed")
+	cmd := exec.Command(goBin, "build", "-ldflags", ldflags, "-o", bin, "./cmd/heed")
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(mod)))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build -ldflags %q: %v\n%s", ldflags, err, out)
+	}
+	want := fmt.Sprintf("heed %s (revision %s, %s)\n", version, revision, runtime.Version())
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(bin, arg).CombinedOutput()
+		if err != nil || string(out) != want {
+			t.Errorf("heed %s: %q, %v; want %q", arg, out, err, want)
+		}
 	}
 }

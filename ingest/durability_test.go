@@ -7,6 +7,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/heed-dev/heed/ingest"
 )
@@ -39,6 +40,28 @@ func TestTopicDurability(t *testing.T) {
 		}
 		if brokers == 3 && (d.Replication != 3 || d.MinInsync != 2) {
 			t.Errorf("3 brokers: replication %d, min.insync.replicas %d; want 3 and 2", d.Replication, d.MinInsync)
+		}
+		// Each setting is the topic's own (DescribeConfigs: a dynamic topic
+		// config), not a default the cluster could change under it.
+		cfgs, err := kadm.NewClient(cl).DescribeTopicConfigs(t.Context(), "events")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := cfgs.On("events", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"unclean.leader.election.enable": "false", "cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+		for _, c := range rc.Configs {
+			if v, ok := want[c.Key]; ok {
+				if c.MaybeValue() != v || c.Source != kmsg.ConfigSourceDynamicTopicConfig {
+					t.Errorf("%d brokers: %s=%s (source %v), want %s set on the topic", brokers, c.Key, c.MaybeValue(), c.Source, v)
+				}
+				delete(want, c.Key)
+			}
+		}
+		if len(want) != 0 {
+			t.Errorf("%d brokers: the topic's configs lack %v", brokers, want)
 		}
 		if brokers != 3 {
 			continue

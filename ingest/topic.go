@@ -18,7 +18,7 @@ import (
 // factor if it does not exist, with the settings that keep what the broker
 // acknowledged (see Durability): infinite retention and cleanup.policy=delete
 // (the topic is the source of truth: never compacted), min.insync.replicas 2
-// when there are replicas to spare. replication -1 picks 3, or the number of
+// when there are replicas to spare, unclean.leader.election.enable=false. replication -1 picks 3, or the number of
 // brokers when there are fewer. An existing topic is left as it is (see
 // DescribeDurability for its problems); a partition count that differs is the
 // caller's to report (partitions cannot shrink, and growing them moves keys).
@@ -32,7 +32,7 @@ func EnsureTopic(ctx context.Context, cl *kgo.Client, topic string, partitions i
 		}
 		replication = int16(min(3, max(len(brokers), 1)))
 	}
-	retention, cleanup := "-1", "delete"
+	retention, cleanup, unclean := "-1", "delete", "false"
 	minInsync := strconv.Itoa(int(min(replication-1, 2)))
 	if replication == 1 {
 		minInsync = "1"
@@ -42,6 +42,9 @@ func EnsureTopic(ctx context.Context, cl *kgo.Client, topic string, partitions i
 		"retention.bytes":     &retention,
 		"cleanup.policy":      &cleanup,
 		"min.insync.replicas": &minInsync,
+		// Kafka's default too, set on the topic so that a cluster whose
+		// default says otherwise does not decide for it.
+		"unclean.leader.election.enable": &unclean,
 	}, topic)
 	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		return 0, fmt.Errorf("create topic %s: %w (check --brokers)", topic, err)

@@ -41,10 +41,11 @@ type Metrics struct {
 }
 
 // NewMetrics creates a registry with heed's metrics, the Go runtime's and
-// the process's.
+// the process's, and heed_build_info.
 func NewMetrics() *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(buildInfo())
 	latency := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 	m := &Metrics{
 		reg: reg,
