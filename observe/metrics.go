@@ -94,9 +94,10 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Gatherer gathers the registry for /metrics (Serve and Handler use it),
-// with the names kprom gives its buffered-record gauges
-// (heed_kafka_buffered_{produce,fetch}_records_total: gauges named like
-// counters) corrected to heed_kafka_buffered_{produce,fetch}_records.
+// with any gauge named like a counter (..._total) served without the
+// suffix: kprom names its buffered-record gauges
+// heed_kafka_buffered_{produce,fetch}_records_total, served as
+// heed_kafka_buffered_{produce,fetch}_records (promlint).
 func (m *Metrics) Gatherer() prometheus.Gatherer {
 	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 		fams, err := m.reg.Gather()
