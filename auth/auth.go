@@ -174,7 +174,7 @@ func (t *Tokens) Watch(ctx context.Context, interval time.Duration) {
 			t.log.Error("auth tokens file not reloaded; the tokens admitted before still are", "path", t.path, "err", err)
 			continue
 		}
-		t.log.Info("auth tokens file reloaded", "path", t.path, "tokens", t.Len())
+		t.log.Info("auth tokens file reloaded", "path", t.path, "admitted", t.Len())
 	}
 }
 

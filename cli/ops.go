@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -28,6 +29,8 @@ type ops struct {
 	metrics *observe.Metrics
 	health  *observe.Health
 	tracing *observe.Tracing
+
+	positionsOnce sync.Once // dev's serve and apply share one ops: the positions are exported once
 }
 
 // startOps serves metrics and health on o.metricsListen ("" serves none, but
@@ -35,6 +38,7 @@ type ops struct {
 // tracing from the OTEL_* variables. stop flushes traces.
 func startOps(ctx context.Context, o obsFlags, service string, logger *slog.Logger) (*ops, func(), error) {
 	x := &ops{metrics: observe.NewMetrics(), health: observe.NewHealth()}
+	x.metrics.WatchHealth(x.health)
 	tracing, shutdown, err := observe.TracingFromEnv(ctx, service)
 	if err != nil {
 		return nil, nil, err
@@ -102,12 +106,20 @@ func positions(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client) observe.Pos
 	}}
 }
 
+// exportPositions exports the projection's applied positions, the topic's
+// ends, the lag and the quarantine as metrics (once per process): every verb
+// that reads the projection and the topic does, so that lag shows whether
+// or not an applier runs.
+func (x *ops) exportPositions(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client) {
+	x.positionsOnce.Do(func() { x.metrics.WatchPositions(positions(kafka, pool, cl)) })
+}
+
 // applyChecks add the applier's readiness checks (the projection's topic is
 // the broker's; no more than maxLag records wait) and exports its positions,
 // lag and quarantine as metrics.
 func (x *ops) applyChecks(kafka kafkaFlags, pool *pgxpool.Pool, cl *kgo.Client, maxLag int64) {
 	pos := positions(kafka, pool, cl)
-	x.metrics.WatchPositions(pos)
+	x.exportPositions(kafka, pool, cl)
 	x.health.Add(observe.Check{Name: "topic", Fn: func(ctx context.Context) error {
 		rec, ok, err := topic.Recorded(ctx, pool, kafka.topic)
 		if err != nil || !ok {
@@ -175,7 +187,9 @@ func serverSecurityOf(ctx context.Context, a authFlags, listen string, refused f
 		return serverSec{}, err
 	}
 	go tokens.Watch(ctx, 2*time.Second)
-	logger.Info("RPCs need a bearer token", "tokens_file", a.tokensFile, "tokens", tokens.Len())
+	// Keys not named like a secret: the path and the count are not secrets,
+	// and an operator needs both (redactAttr would hide tokens_file).
+	logger.Info("RPCs need a bearer token", "path", a.tokensFile, "admitted", tokens.Len())
 	return serverSec{tls: tlsCfg, guard: auth.Guard(tokens, logger, refused)}, nil
 }
 

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -230,16 +229,7 @@ func TestOperations(t *testing.T) {
 			t.Errorf("/metrics has no %s", family)
 		}
 	}
-	// Every series the example alert rules use exists.
-	rules, err := os.ReadFile("../docs/alerts.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range regexp.MustCompile(`heed_[a-z_]+`).FindAllString(string(rules), -1) {
-		if _, ok := after[name]; !ok {
-			t.Errorf("docs/alerts.yml uses %s, which /metrics does not have", name)
-		}
-	}
+	// docs/alerts.yml and the dashboard are checked by TestDocsMatchMetrics.
 	kafka := false
 	for name := range after {
 		kafka = kafka || strings.HasPrefix(name, "heed_kafka_")
@@ -257,4 +247,93 @@ func TestOperations(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// TestRPCLabelsBounded: thousands of requests to distinct paths, refused
+// (no token, a wrong one) or admitted (the right token, to a path nothing
+// serves), leave the number of heed_rpc_* series where it was: a client's URL
+// path never becomes a label value; unknown procedures count as "unknown".
+func TestRPCLabelsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs heed dev with its embedded broker")
+	}
+	token, line, err := auth.NewToken("labels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := freeDevAddrs(t)
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	runHeed(t, "metrics   http://", append(devArgs(a, t.TempDir(), testenv.PostgresURL(t)), "--metrics-listen", metrics, "--auth-tokens-file", tokens)...)
+
+	const deposit = "/heed.ledger.v1.LedgerService/Deposit"
+	post := func(path, bearer string) int {
+		req, err := http.NewRequest(http.MethodPost, "http://"+a.listen+path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode
+	}
+	// round sends n requests of each kind to paths named after round r.
+	round := func(r, n int) {
+		for i := range n {
+			for _, p := range []string{fmt.Sprintf("/x/%d/%d", r, i), fmt.Sprintf("/heed.ledger.v1.LedgerService/Nope%d_%d", r, i)} {
+				if code := post(p, ""); code != http.StatusUnauthorized {
+					t.Fatalf("POST %s without a token: %d, want 401", p, code)
+				}
+				post(p, "heed_wrong")
+				if code := post(p, token); code != http.StatusNotFound {
+					t.Fatalf("POST %s with the token: %d, want 404", p, code)
+				}
+			}
+			post(deposit, "")
+		}
+	}
+	rpcSeries := func() (int, map[string]bool) {
+		n, procs := 0, map[string]bool{}
+		for name, f := range scrape(t, metrics) {
+			for _, m := range f.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if strings.Contains(lp.GetValue(), "/x/") || strings.Contains(lp.GetValue(), "Nope") {
+						t.Fatalf("%s has the label %s=%q: a client's path", name, lp.GetName(), lp.GetValue())
+					}
+					if strings.HasPrefix(name, "heed_rpc_") && lp.GetName() == "procedure" {
+						procs[lp.GetValue()] = true
+					}
+				}
+				if strings.HasPrefix(name, "heed_rpc_") {
+					n++
+				}
+			}
+		}
+		return n, procs
+	}
+	const n = 1000
+	round(1, n)
+	first, procs := rpcSeries()
+	round(2, n)
+	second, _ := rpcSeries()
+	if first != second {
+		t.Errorf("heed_rpc_* series: %d after %d requests to distinct paths, %d after %d more", first, 5*n, second, 5*n)
+	}
+	if !procs["unknown"] || !procs[deposit] || len(procs) != 2 {
+		t.Errorf("procedure label values %v, want exactly unknown and %s", procs, deposit)
+	}
+	if got := sample(scrape(t, metrics), "heed_rpc_requests_total", map[string]string{"procedure": "unknown", "code": "unauthenticated"}); got != 2*2*2*n {
+		t.Errorf(`heed_rpc_requests_total{procedure="unknown",code="unauthenticated"} = %v, want %d`, got, 2*2*2*n)
+	}
+	t.Logf("%d requests to %d distinct paths: %d heed_rpc_* series", 2*5*n, 2*2*n, second)
 }

@@ -123,6 +123,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	x.commonChecks(db, pool, adminCl)
 	x.health.Add(observe.Check{Name: "topic", Fn: func(context.Context) error { return guard.Admit() }})
 	x.metrics.WatchPool(pool)
+	x.exportPositions(kafka, pool, adminCl)
 	if ready != nil {
 		ready()
 	}
@@ -149,6 +150,7 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	for i, s := range services {
 		names[i] = s.Name
 	}
+	x.metrics.Services(names...) // the procedure label's values: any other path is "unknown"
 	opts := []ingest.ServerOption{ingest.WithMaxRequestBytes(sf.maxRequestBytes), ingest.WithShutdownTimeout(sf.shutdownTimeout),
 		ingest.WithHealthChecker(x.health.Checker(names...))}
 	if sec.guard != nil {
@@ -245,6 +247,7 @@ func applyFrom(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, af ap
 	x.commonChecks(db, pool, adminCl)
 	x.applyChecks(kafka, pool, adminCl, obs.readyMaxLag)
 	x.metrics.WatchStalls(a.Stalled)
+	x.metrics.WatchAssignment(a.Partitions)
 	if obs.readyMaxStall > 0 {
 		x.health.Add(observe.StallCheck(a.Stalled, obs.readyMaxStall))
 	}

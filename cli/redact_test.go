@@ -2,9 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/heed-dev/heed/auth"
 )
 
 // TestLogsRedactSecrets: a password in a URL (as a string or inside an
@@ -29,5 +34,41 @@ func TestLogsRedactSecrets(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("the log lacks %s:\n%s", want, out)
 		}
+	}
+}
+
+// TestTokensFileLogged: the line that says RPCs need a token shows the
+// tokens file's path and how many tokens it admits (neither is a secret),
+// and no token.
+func TestTokensFileLogged(t *testing.T) {
+	token, line, err := auth.NewToken("ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, line2, err := auth.NewToken("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte(line+"\n"+line2+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	logger, err := (&logFlags{level: "info", format: "json"}).logger(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := serverSecurityOf(t.Context(), authFlags{tokensFile: path}, "127.0.0.1:0", nil, logger); err != nil {
+		t.Fatal(err)
+	}
+	var first map[string]any
+	if err := json.Unmarshal([]byte(strings.SplitN(buf.String(), "\n", 2)[0]), &first); err != nil {
+		t.Fatalf("first log line: %v\n%s", err, buf.String())
+	}
+	if first["msg"] != "RPCs need a bearer token" || first["path"] != path || first["admitted"] != 2.0 {
+		t.Errorf("first log line %v, want the message, path %s and admitted 2", first, path)
+	}
+	if out := buf.String(); strings.Contains(out, "REDACTED") || strings.Contains(out, token) {
+		t.Errorf("the log hides what is not secret, or shows the token:\n%s", out)
 	}
 }

@@ -71,6 +71,7 @@ func (c *relayCmd) run(ctx context.Context, _, stderr io.Writer) error {
 	}
 	defer adminCl.Close()
 	x.commonChecks(c.db, pool, adminCl)
+	x.exportPositions(c.kafka, pool, adminCl)
 	pub, err := relayPublisher(ctx, logger, c.kafka, pool, adminCl, x)
 	if err != nil {
 		return err

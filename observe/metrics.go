@@ -13,14 +13,20 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/heed-dev/heed/applier"
 	"github.com/heed-dev/heed/outbox"
@@ -38,7 +44,15 @@ type Metrics struct {
 	batchSeconds   prometheus.Histogram
 	records        *prometheus.CounterVec
 	retries        *prometheus.CounterVec
+
+	mu         sync.RWMutex
+	procedures map[string]bool // the procedures served: other paths are counted as UnknownProcedure
 }
+
+// UnknownProcedure is the procedure label of a refused request whose path is
+// not a procedure the server serves: a client's URL path never becomes a
+// label value, so no client can grow the number of series.
+const UnknownProcedure = "unknown"
 
 // NewMetrics creates a registry with heed's metrics, the Go runtime's and
 // the process's, and heed_build_info.
@@ -76,15 +90,38 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// Registry is the registry to serve (Serve does) or to add collectors to.
+// Registry is the registry to add collectors to. Serve what Gatherer
+// gathers, not the registry itself.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Gatherer gathers the registry for /metrics (Serve and Handler use it),
+// with any gauge named like a counter (..._total) served without the
+// suffix: kprom names its buffered-record gauges
+// heed_kafka_buffered_{produce,fetch}_records_total, served as
+// heed_kafka_buffered_{produce,fetch}_records (promlint).
+func (m *Metrics) Gatherer() prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		fams, err := m.reg.Gather()
+		for _, f := range fams {
+			if name := f.GetName(); f.GetType() == dto.MetricType_GAUGE && strings.HasSuffix(name, "_total") {
+				f.Name = proto.String(strings.TrimSuffix(name, "_total"))
+			}
+		}
+		return fams, err
+	})
+}
 
 // KafkaOpts are the options of one Kafka client that feed heed_kafka_*
 // (kprom), labelled client=name: one name per client of the process
-// ("producer", "applier").
+// ("producer", "applier", "relay"), node_id and, for records and bytes
+// produced and fetched, topic.
 func (m *Metrics) KafkaOpts(name string) []kgo.Opt {
 	k := kprom.NewMetrics("heed_kafka", kprom.Registerer(m.reg), kprom.Gatherer(m.reg),
-		kprom.WithStaticLabel(prometheus.Labels{"client": name}))
+		kprom.WithStaticLabel(prometheus.Labels{"client": name}),
+		// Records and batches besides bytes, and the request latency: what
+		// docs/OPERATIONS.md lists (kprom's defaults export bytes alone).
+		kprom.FetchAndProduceDetail(kprom.ByNode, kprom.ByTopic, kprom.Records, kprom.Batches, kprom.UncompressedBytes),
+		kprom.Histograms(kprom.RequestDurationE2E))
 	return []kgo.Opt{kgo.WithHooks(k)}
 }
 
@@ -112,9 +149,55 @@ func (m *Metrics) BatchApplied(_ int32, records []*kgo.Record, took time.Duratio
 // BatchRetried implements applier.Observer.
 func (m *Metrics) BatchRetried(_ int32, class string) { m.retries.WithLabelValues(class).Inc() }
 
+// Procedures adds the procedures the server serves ("/pkg.Service/Method"):
+// the only values, with UnknownProcedure, of the procedure label of refused
+// requests (see Refused).
+func (m *Metrics) Procedures(procedures ...string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.procedures == nil {
+		m.procedures = map[string]bool{}
+	}
+	for _, p := range procedures {
+		m.procedures[p] = true
+	}
+}
+
+// Services adds the procedures of the services named (fully qualified, as
+// served), from their descriptors in protoregistry.GlobalFiles, where
+// generated code registers them (see Procedures). A name without a
+// descriptor adds nothing: its requests, when refused, count as unknown.
+func (m *Metrics) Services(names ...string) {
+	var procs []string
+	for _, name := range names {
+		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
+		sd, ok := d.(protoreflect.ServiceDescriptor)
+		if err != nil || !ok {
+			continue
+		}
+		for i := range sd.Methods().Len() {
+			procs = append(procs, "/"+name+"/"+string(sd.Methods().Get(i).Name()))
+		}
+	}
+	m.Procedures(procs...)
+}
+
+// procedure is the label value of a request for path: path if it is a
+// procedure the server serves, else UnknownProcedure.
+func (m *Metrics) procedure(path string) string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.procedures[path] {
+		return path
+	}
+	return UnknownProcedure
+}
+
 // Refused counts an RPC refused before its handler (auth.Guard) with code.
-func (m *Metrics) Refused(procedure string, code connect.Code) {
-	m.rpcs.WithLabelValues(procedure, code.String()).Inc()
+// path is the request's URL path: counted under its procedure when it is one
+// the server serves (Procedures), under UnknownProcedure otherwise.
+func (m *Metrics) Refused(path string, code connect.Code) {
+	m.rpcs.WithLabelValues(m.procedure(path), code.String()).Inc()
 }
 
 // Interceptor counts and times the RPCs of the handlers built with it.
@@ -198,12 +281,18 @@ type Positions struct {
 	Ends func(ctx context.Context) (map[int32]int64, error)
 }
 
+// Every process that reads the same projection and topic exports the same
+// values: several replicas (serve and apply, two appliers) export one series
+// per topic and partition each, told apart only by Prometheus's instance and
+// job labels. Aggregate them with max by (topic, partition) first, then sum
+// over the partitions (docs/OPERATIONS.md).
 var (
-	posApplied  = prometheus.NewDesc("heed_applier_position", "Next offset to apply, per partition (the applied position in Postgres).", []string{"partition"}, nil)
-	posEnd      = prometheus.NewDesc("heed_topic_end_offset", "The topic's high watermark, per partition.", []string{"partition"}, nil)
-	posLag      = prometheus.NewDesc("heed_applier_lag_records", "Records in the topic not applied yet (high watermark − applied position), per partition.", []string{"partition"}, nil)
-	quarantined = prometheus.NewDesc("heed_quarantine_records", "Records in the quarantine, by kind (poison, conflict, parked) and state (open, redriven, dropped).", []string{"kind", "state"}, nil)
-	scrapeErr   = prometheus.NewDesc("heed_positions_scrape_errors", "1 when the last scrape could not read the positions or the topic's end.", nil, nil)
+	posApplied  = prometheus.NewDesc("heed_applier_position", "Next offset to apply, per partition (the applied position in Postgres).", []string{"topic", "partition"}, nil)
+	posEnd      = prometheus.NewDesc("heed_topic_end_offset", "The topic's high watermark, per partition.", []string{"topic", "partition"}, nil)
+	posLag      = prometheus.NewDesc("heed_applier_lag_records", "Records in the topic not applied yet (high watermark − applied position), per partition; the same in every process that exports it: aggregate with max by (topic, partition).", []string{"topic", "partition"}, nil)
+	quarantined = prometheus.NewDesc("heed_quarantine_records", "Records in the quarantine, by kind (poison, conflict, parked) and state (open, redriven, dropped).", []string{"topic", "kind", "state"}, nil)
+	scrapeOK    = prometheus.NewDesc("heed_positions_scrape_success", "1 when this scrape read the applied positions, the quarantine and the topic's end; 0 when it could not.", []string{"topic"}, nil)
+	readyCheck  = prometheus.NewDesc("heed_readiness_check_success", "1 when the readiness check passes, 0 when it fails (what /readyz answers, per check).", []string{"check"}, nil)
 )
 
 // WatchStalls exports heed_applier_stalled_partitions: how many partitions
@@ -215,12 +304,46 @@ func (m *Metrics) WatchStalls(stalled func() []applier.Stall) {
 		func() float64 { return float64(len(stalled())) }))
 }
 
+// WatchAssignment exports heed_applier_assigned_partitions: how many
+// partitions this applier owns now (applier.Applier.Partitions). Only
+// appliers export it, so its absence says no applier runs, and its sum over
+// the group's members is the topic's partition count once the group settled.
+func (m *Metrics) WatchAssignment(partitions func() []int32) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "heed_applier_assigned_partitions",
+		Help: "Partitions this applier owns now; exported by appliers alone (absent: no applier runs)."},
+		func() float64 { return float64(len(partitions())) }))
+}
+
+// WatchHealth exports h's readiness checks as heed_readiness_check_success,
+// one series per check (their names are the code's: a bounded set), run at
+// most once a second like /readyz.
+func (m *Metrics) WatchHealth(h *Health) { m.reg.MustRegister(healthCollector{h}) }
+
+type healthCollector struct{ h *Health }
+
+func (c healthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- readyCheck }
+
+func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for name, err := range c.h.Results(ctx) {
+		ok := 1.0
+		if err != nil {
+			ok = 0
+		}
+		ch <- prometheus.MustNewConstMetric(readyCheck, prometheus.GaugeValue, ok, name)
+	}
+}
+
 // WatchPositions exports p as heed_applier_position, heed_topic_end_offset,
-// heed_applier_lag_records and heed_quarantine_records.
+// heed_applier_lag_records, heed_quarantine_records and
+// heed_positions_scrape_success. Every process that can read the projection
+// and the topic should (serve, apply, relay, dev): lag is then visible
+// whether or not an applier runs.
 func (m *Metrics) WatchPositions(p Positions) { m.reg.MustRegister(p) }
 
 func (p Positions) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{posApplied, posEnd, posLag, quarantined, scrapeErr} {
+	for _, d := range []*prometheus.Desc{posApplied, posEnd, posLag, quarantined, scrapeOK} {
 		ch <- d
 	}
 }
@@ -228,12 +351,11 @@ func (p Positions) Describe(ch chan<- *prometheus.Desc) {
 func (p Positions) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	err := p.collect(ctx, ch)
-	failed := 0.0
-	if err != nil {
-		failed = 1
+	ok := 1.0
+	if err := p.collect(ctx, ch); err != nil {
+		ok = 0
 	}
-	ch <- prometheus.MustNewConstMetric(scrapeErr, prometheus.GaugeValue, failed)
+	ch <- prometheus.MustNewConstMetric(scrapeOK, prometheus.GaugeValue, ok, p.Topic)
 }
 
 // Read returns the applied positions and the topic's end offsets.
@@ -269,9 +391,9 @@ func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) err
 	for part, end := range ends {
 		label := strconv.Itoa(int(part))
 		pos := applied[part]
-		ch <- prometheus.MustNewConstMetric(posApplied, prometheus.GaugeValue, float64(pos), label)
-		ch <- prometheus.MustNewConstMetric(posEnd, prometheus.GaugeValue, float64(end), label)
-		ch <- prometheus.MustNewConstMetric(posLag, prometheus.GaugeValue, float64(max(end-pos, 0)), label)
+		ch <- prometheus.MustNewConstMetric(posApplied, prometheus.GaugeValue, float64(pos), p.Topic, label)
+		ch <- prometheus.MustNewConstMetric(posEnd, prometheus.GaugeValue, float64(end), p.Topic, label)
+		ch <- prometheus.MustNewConstMetric(posLag, prometheus.GaugeValue, float64(max(end-pos, 0)), p.Topic, label)
 	}
 	rows, err := p.Pool.Query(ctx, `SELECT kind, state, count(*) FROM quarantine WHERE topic = $1 GROUP BY 1, 2`, p.Topic)
 	if err != nil {
@@ -288,10 +410,10 @@ func (p Positions) collect(ctx context.Context, ch chan<- prometheus.Metric) err
 			return err
 		}
 		seen[[2]string{kind, state}] = true
-		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, float64(n), kind, state)
+		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, float64(n), p.Topic, kind, state)
 	}
 	if !seen[[2]string{"poison", "open"}] { // the series alerts watch, present at 0
-		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, 0, "poison", "open")
+		ch <- prometheus.MustNewConstMetric(quarantined, prometheus.GaugeValue, 0, p.Topic, "poison", "open")
 	}
 	return rows.Err()
 }
