@@ -20,7 +20,7 @@ import (
 
 var benchVerb = verb{
 	name:    "bench",
-	summary: "measure the pipeline on this machine: hand-written references, applier drain, ingest, end to end, memory",
+	summary: "measure the pipeline on this machine: hand-written references, applier drain, transfers, ingest, end to end, memory",
 	example: "heed bench --duration 5s --rss-events 200000",
 	new:     func(d *heed.Domain) command { return &benchCmd{apply: applyFlags{dom: d}} },
 }
@@ -36,6 +36,7 @@ type benchCmd struct {
 	duration      time.Duration
 	rate          int
 	rssEvents     int
+	transfers     int
 	phases        string
 	protocol      string
 	json          bool
@@ -52,12 +53,13 @@ func (c *benchCmd) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", defaultDataDir, "where a private Postgres is kept if one is needed")
 	fs.IntVar(&c.events, "events", 200_000, "deposits written in the references and drain phases")
 	fs.IntVar(&c.naiveEvents, "naive-events", 0, "deposits applied one per transaction (default: events/40, at least 1,000)")
-	fs.IntVar(&c.accounts, "accounts", 10_000, "accounts the deposits spread over")
+	fs.IntVar(&c.accounts, "accounts", 10_000, "accounts the deposits and the transfers spread over")
 	fs.IntVar(&c.partitions, "partitions", defaultPartitions, "partitions of every benchmark topic")
 	fs.IntVar(&c.clients, "clients", 64, "concurrent callers in the ingest phase (and the caller pool of the e2e phase)")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each ingest run and of the e2e phase")
 	fs.IntVar(&c.rate, "rate", 5000, "commands/s offered in the e2e phase")
 	fs.IntVar(&c.rssEvents, "rss-events", 2_000_000, "deposits a separate heed apply process drains while its memory is sampled")
+	fs.IntVar(&c.transfers, "transfers", 50_000, "transfers the transfers phase settles end to end (debit, outbox, relay, credit), between --accounts accounts")
 	fs.StringVar(&c.phases, "phases", strings.Join(bench.Phases, ","), "comma-separated phases to run")
 	fs.StringVar(&c.protocol, "protocol", "connect", "what the ingest clients speak: connect (HTTP/1.1), connect-h2 (Connect over HTTP/2 without TLS) or grpc (HTTP/2)")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object instead of the table")
@@ -83,6 +85,7 @@ func (c *benchCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		Duration:    c.duration,
 		Rate:        c.rate,
 		RSSEvents:   c.rssEvents,
+		Transfers:   c.transfers,
 		HeedBinary:  c.heedBinary,
 		Protocol:    c.protocol,
 		Ingest:      ingest.Config{Linger: producerLinger(c.produceLinger), Compression: c.compression},
@@ -142,7 +145,7 @@ func (c *benchCmd) validate() error {
 		min  int
 	}{
 		{"--events", c.events, 1}, {"--accounts", c.accounts, 1}, {"--partitions", c.partitions, 1},
-		{"--clients", c.clients, 1}, {"--rate", c.rate, 1}, {"--rss-events", c.rssEvents, 1},
+		{"--clients", c.clients, 1}, {"--rate", c.rate, 1}, {"--rss-events", c.rssEvents, 1}, {"--transfers", c.transfers, 1},
 		{"--naive-events", c.naiveEvents, 0},
 	}
 	for _, ch := range checks {

@@ -15,8 +15,9 @@ import (
 
 // TestBenchBinaryJSON runs the built `heed bench --json` at a small size, all
 // phases including rss (which runs `heed apply` as a child process): it must
-// exit 0 and print one JSON object with every documented key measured, and
-// write a CPU profile whose samples are labelled by phase and ingest handler.
+// exit 0 and print one JSON object with every documented key measured (the
+// transfers' rate counting two records per settled transfer), and write a CPU
+// profile whose samples are labelled by phase and ingest handler.
 func TestBenchBinaryJSON(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the heed binary")
@@ -31,7 +32,7 @@ func TestBenchBinaryJSON(t *testing.T) {
 		"--database-url", dbURL,
 		"--events", "2000", "--accounts", "100", "--naive-events", "300",
 		"--clients", "8", "--duration", "300ms", "--rate", "300",
-		"--rss-events", "20000", "--cpuprofile", prof,
+		"--rss-events", "20000", "--transfers", "500", "--cpuprofile", prof,
 	)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -47,12 +48,22 @@ func TestBenchBinaryJSON(t *testing.T) {
 		"applier_to_peer_batched_ratio", "applier_to_floor_ratio", "ordered_ids_applier_events_per_s", "ordered_ids_floor_events_per_s",
 		"ingest_rps", "noop_rps", "ingest_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "rss_peak_mib", "rss_events_per_s",
 		"ingest_cpu_us_per_command", "noop_cpu_us_per_command", "ingest_records_per_produce_request",
-		"applier_cpu_us_per_event",
+		"applier_cpu_us_per_event", "transfers_per_s", "transfer_events_per_s", "transfer_events_to_drain_ratio",
+		"transfer_cross_partition_share",
 	} {
 		v, ok := got[key].(float64)
 		if !ok || v <= 0 {
 			t.Errorf("%s = %v, want a positive number", key, got[key])
 		}
+	}
+	if n, _ := got["transfers"].(float64); n != 500 {
+		t.Errorf("transfers = %v, want 500", got["transfers"])
+	}
+	if tps, eps := got["transfers_per_s"], got["transfer_events_per_s"]; tps == nil || eps != 2*tps.(float64) {
+		t.Errorf("transfer_events_per_s = %v, want twice transfers_per_s %v (a debit and a credit each)", eps, tps)
+	}
+	if n, _ := got["transfer_relayed"].(float64); n < 500 {
+		t.Errorf("transfer_relayed = %v, want a credit per transfer at least", got["transfer_relayed"])
 	}
 	if n, _ := got["rss_events"].(float64); n != 20100 {
 		t.Errorf("rss_events = %v, want 20100 (100 opens, 20,000 deposits)", got["rss_events"])

@@ -177,7 +177,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "apply short retention", args: []string{"apply", "--database-url", someDB, "--retention", "10m"}, wantCode: 1,
 			wantStderr: []string{"--retention 10m0s", "at least 1h"}},
 		{name: "bench unknown phase", args: []string{"bench", "--database-url", someDB, "--phases", "drain,warp"}, wantCode: 1,
-			wantStderr: []string{`phase "warp"`, "references, drain, rebuild, naive, ingest, e2e, rss"}},
+			wantStderr: []string{`phase "warp"`, "references, drain, transfers, rebuild, naive, ingest, e2e, rss"}},
 		{name: "bench bad protocol", args: []string{"bench", "--database-url", someDB, "--protocol", "carrier-pigeon"}, wantCode: 1,
 			wantStderr: []string{`protocol "carrier-pigeon"`, "connect, connect-h2 or grpc"}},
 		{name: "bench zero clients", args: []string{"bench", "--database-url", someDB, "--clients", "0"}, wantCode: 1,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -142,11 +143,14 @@ func matchOutput(got string, want []string) bool {
 
 // TestBannerThenWalkthrough does what a new user does: start heed dev, try
 // the commands its banner suggests, then follow the README's walkthrough and
-// the quarantine section after it. Every grpcurl and heed quarantine step must
-// print what the README prints (event IDs, consistency tokens, balances,
-// results), so the banner's examples must not touch the walkthrough's
-// accounts, request IDs or partitions; the kcat step that writes a record by
-// hand runs too.
+// the quarantine and transfer sections after it. Every grpcurl, kcat read and
+// heed quarantine step must print what the README prints (event IDs,
+// consistency tokens, balances, results, records), so the banner's examples
+// must not touch the walkthrough's accounts, request IDs or partitions; the
+// kcat step that writes a record by hand runs too. A transfer's later steps
+// apply after the position its token names, so a GetCommandResult that still
+// answers TRANSFER_STATE_PENDING where the README prints the transfer's end is
+// asked again, as the README tells a user to.
 func TestBannerThenWalkthrough(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs heed dev and grpcurl")
@@ -175,10 +179,11 @@ func TestBannerThenWalkthrough(t *testing.T) {
 		t.Fatalf("the README has %d grpcurl steps, want the walkthrough's (10 or more)", len(steps))
 	}
 	kcat := ""
+	var kcatReads int
 	for _, s := range readmeSteps(t, "") {
 		switch {
 		case strings.HasPrefix(s.command, "grpcurl "):
-			got, _ := runCommand(t, grpcurl, s.command, addrs.listen)
+			got := runSettled(t, grpcurl, s, addrs.listen)
 			if !matchOutput(got, s.output) {
 				t.Errorf("$ %s\ngot:\n%s\nthe README prints:\n%s", s.command, got, strings.Join(s.output, "\n"))
 			}
@@ -190,6 +195,22 @@ func TestBannerThenWalkthrough(t *testing.T) {
 			line := strings.ReplaceAll(s.command, "127.0.0.1:9092", addrs.broker)
 			if out, err := exec.CommandContext(t.Context(), "sh", "-c", line).CombinedOutput(); err != nil {
 				t.Fatalf("$ %s: %v\n%s", line, err, out)
+			}
+		case strings.HasPrefix(s.command, "kcat ") && strings.Contains(s.command, " -C "):
+			// A read of the topic: of one partition, since the whole topic
+			// holds the banner's records too.
+			if !slices.Contains(shellWords(t, s.command), "-p") {
+				t.Errorf("$ %s\nreads the whole topic, whose records include the banner's: read one partition (-p N)", s.command)
+				continue
+			}
+			if kcat == "" {
+				kcat = testenv.LookPath(t, "kcat")
+			}
+			kcatReads++
+			line := strings.ReplaceAll(s.command, "127.0.0.1:9092", addrs.broker)
+			got, err := exec.CommandContext(t.Context(), "sh", "-c", line).CombinedOutput()
+			if err != nil || !matchOutput(string(got), s.output) {
+				t.Errorf("$ %s\nerr %v, got:\n%s\nthe README prints:\n%s", s.command, err, got, strings.Join(s.output, "\n"))
 			}
 		case strings.HasPrefix(s.command, "heed quarantine "):
 			words := shellWords(t, s.command)
@@ -206,6 +227,27 @@ func TestBannerThenWalkthrough(t *testing.T) {
 				t.Errorf("$ %s\nexit %d, got:\n%s%s\nthe README prints:\n%s", s.command, code, got, errOut, strings.Join(s.output, "\n"))
 			}
 		}
+	}
+	if kcatReads < 3 {
+		t.Errorf("the README has %d kcat reads of the topic, want the walkthrough's and the transfer's (3 or more)", kcatReads)
+	}
+}
+
+// runSettled runs the grpcurl step s against addr and returns its output;
+// while that says a transfer is in flight (TRANSFER_STATE_PENDING) and the
+// README prints it ended, it asks again, for up to a minute.
+func runSettled(t *testing.T, grpcurl string, s consoleStep, addr string) string {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got, _ := runCommand(t, grpcurl, s.command, addr)
+		pending := strings.Contains(got, "TRANSFER_STATE_PENDING") && !slices.ContainsFunc(s.output, func(l string) bool {
+			return strings.Contains(l, "TRANSFER_STATE_PENDING")
+		})
+		if !pending || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -8,6 +8,9 @@
 //     the IDs and a summed upsert); see reference;
 //   - drain: the applier draining events produced straight to the topic (1%
 //     duplicates), with random request IDs and again with time-ordered ones;
+//   - transfers: transfers between accounts on different partitions, from
+//     the topic through the applier, the outbox and the relay until every
+//     one settled (its credit applied);
 //   - rebuild: heed rebuild replaying such a topic into a fresh schema,
 //     next to the floor (the COPY ceiling);
 //   - naive: the same with one event per transaction;
@@ -47,7 +50,7 @@ import (
 )
 
 // Phases are the phases Run knows, in the order it runs them.
-var Phases = []string{"references", "drain", "rebuild", "naive", "ingest", "e2e", "rss"}
+var Phases = []string{"references", "drain", "transfers", "rebuild", "naive", "ingest", "e2e", "rss"}
 
 // Config sizes a run. DatabaseURL is required; zero values take the defaults
 // documented on each field.
@@ -73,6 +76,9 @@ type Config struct {
 	Rate int
 	// RSSEvents is the number of deposits the rss phase drains (default 2,000,000).
 	RSSEvents int
+	// Transfers is the number of transfers the transfers phase settles
+	// (default 50,000), between Accounts accounts.
+	Transfers int
 	// HeedBinary is the heed executable the rss phase runs `heed apply` with
 	// (default: this process's executable).
 	HeedBinary string
@@ -119,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RSSEvents <= 0 {
 		c.RSSEvents = 2_000_000
+	}
+	if c.Transfers <= 0 {
+		c.Transfers = 50_000
 	}
 	if c.Protocol == "" {
 		c.Protocol = "connect"
@@ -206,6 +215,22 @@ type Result struct {
 	RebuildEvents   int      `json:"rebuild_records"`
 	RebuildToFloor  float64  `json:"rebuild_to_floor_ratio"`
 	RebuildPostgres perEvent `json:"rebuild_postgres_per_event"`
+
+	// Transfers transfers between TransferAccounts accounts, a share
+	// TransferCrossPartition of them between accounts on different
+	// partitions, settled end to end (debit applied, credit relayed and
+	// applied) at TransfersPerS, TransferEventsPerS records applied per
+	// second (debits and credits), from the applier's start to the last
+	// credit: TransferEventsToDrain times the drain's events/s. The relay
+	// produced TransferRelayed credits; the applier skipped TransferDups.
+	Transfers              int     `json:"transfers"`
+	TransferAccounts       int     `json:"transfer_accounts"`
+	TransferCrossPartition float64 `json:"transfer_cross_partition_share"`
+	TransfersPerS          float64 `json:"transfers_per_s"`
+	TransferEventsPerS     float64 `json:"transfer_events_per_s"`
+	TransferEventsToDrain  float64 `json:"transfer_events_to_drain_ratio"`
+	TransferRelayed        int64   `json:"transfer_relayed"`
+	TransferDups           int64   `json:"transfer_duplicates_skipped"`
 
 	NaiveEvents    int     `json:"naive_events"`
 	Naive          float64 `json:"naive_events_per_s"`
@@ -313,6 +338,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			e.settle(ctx)
 			return e.drainOrdered(ctx, r)
 		}},
+		{"transfers", func(ctx context.Context) error { return e.transfers(ctx, r) }},
 		{"rebuild", func(ctx context.Context) error { return e.rebuildPhase(ctx, r) }},
 		{"naive", func(ctx context.Context) error { return e.naive(ctx, r) }},
 		{"ingest", func(ctx context.Context) error { return e.ingest(ctx, r) }},
@@ -352,6 +378,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if r.Floor > 0 && r.Rebuild > 0 {
 		r.RebuildToFloor = r.Rebuild / r.Floor
+	}
+	if r.TransferEventsPerS > 0 && r.Applier > 0 {
+		r.TransferEventsToDrain = r.TransferEventsPerS / r.Applier
 	}
 	if r.Naive > 0 && r.Applier > 0 {
 		r.ApplierToNaive = r.Applier / r.Naive

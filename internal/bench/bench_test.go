@@ -11,6 +11,7 @@ import (
 
 	"github.com/heed-dev/heed/consistency"
 	"github.com/heed-dev/heed/dedup"
+	"github.com/heed-dev/heed/devstack"
 	"github.com/heed-dev/heed/internal/testenv"
 )
 
@@ -241,5 +242,124 @@ func TestTrackerReportsPollFailure(t *testing.T) {
 	err := tr.waitAll(t.Context(), time.Minute)
 	if err != context.DeadlineExceeded {
 		t.Fatalf("waitAll = %v, want the poll failure", err)
+	}
+}
+
+// TestTransfersSmall runs the drain and the transfers phases at a small size:
+// every transfer must settle (the phase checks each account's balance, their
+// sum and that nothing was refused, refunded or quarantined) and the figures
+// must agree with each other: two records per transfer, one credit relayed
+// per transfer at least, the ratio to the drain.
+func TestTransfersSmall(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	var progress bytes.Buffer
+	r, err := Run(t.Context(), Config{
+		DatabaseURL: url,
+		Events:      2000,
+		Accounts:    50,
+		Transfers:   1000,
+		Only:        []string{"drain", "transfers"},
+		Progress:    &progress,
+		Logger:      testenv.Logger(t),
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
+	}
+	if r.Transfers != 1000 || r.TransferAccounts != 50 {
+		t.Errorf("%d transfers between %d accounts, want 1000 between 50", r.Transfers, r.TransferAccounts)
+	}
+	if r.TransfersPerS <= 0 || r.TransferEventsPerS != 2*r.TransfersPerS {
+		t.Errorf("%v transfers/s, %v events/s: want a positive rate and two records (debit, credit) per transfer", r.TransfersPerS, r.TransferEventsPerS)
+	}
+	if r.TransferRelayed < 1000 {
+		t.Errorf("the relay produced %d credits, want one per transfer at least", r.TransferRelayed)
+	}
+	// 50 accounts over 8 partitions: most pairs straddle two.
+	if s := r.TransferCrossPartition; s <= 0 || s > 1 {
+		t.Errorf("cross-partition share %v, want in (0, 1]", s)
+	}
+	if r.Applier <= 0 || r.TransferEventsToDrain != r.TransferEventsPerS/r.Applier {
+		t.Errorf("ratio %v, want the transfers' %v events/s to the drain's %v", r.TransferEventsToDrain, r.TransferEventsPerS, r.Applier)
+	}
+	var table bytes.Buffer
+	if err := WriteTable(&table, r, Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "transfers, settled end to end") || !strings.Contains(table.String(), "× the drain's events/s") {
+		t.Errorf("table lacks the transfers' row:\n%s", table.String())
+	}
+}
+
+// TestCheckTransfersCatchesWrongResults: the check the transfers phase ends
+// with passes after real transfers settled, and fails on a lost credit, a
+// credit to the wrong account, a rejected step and a refund.
+func TestCheckTransfersCatchesWrongResults(t *testing.T) {
+	ctx := t.Context()
+	e := &env{cfg: Config{DatabaseURL: testenv.PostgresURL(t), Logger: testenv.Logger(t)}, run: randomSuffix()}
+	e.cfg.setDefaults()
+	broker, err := devstack.StartBroker(ctx, devstack.BrokerConfig{Listen: "127.0.0.1:0", Partitions: e.cfg.Partitions, Logger: e.cfg.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	e.broker = broker
+	admin, err := pgxpool.New(ctx, e.cfg.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	e.admin = admin
+	plan, err := newTransferPlan(4, 40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, _, drop, err := e.freshSchema(ctx, "check_transfers", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop()
+	name, cl, del, err := e.topic(ctx, "check_transfers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer del()
+	if err := e.produce(ctx, cl, plan.setup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.runTransfers(ctx, pool, cl, name, "check_setup", len(plan.setup), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.produce(ctx, cl, plan.transfers); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.runTransfers(ctx, pool, cl, name, "check_transfers", 80, 40); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTransfers(ctx, pool, plan); err != nil {
+		t.Fatalf("settled transfers: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		sql  string
+	}{
+		{"credit lost", `UPDATE accounts SET balance = balance - 1 WHERE account_id = 'acct-1'`},
+		{"credit to the wrong account", `UPDATE accounts SET balance = balance + (CASE account_id WHEN 'acct-1' THEN 1 ELSE -1 END) WHERE account_id IN ('acct-1', 'acct-2')`},
+		{"step rejected", `UPDATE processed_events SET status = 3 WHERE event_id = (SELECT event_id FROM outbox LIMIT 1)`},
+		{"refund emitted", `UPDATE outbox SET name = 'refund' WHERE event_id = (SELECT event_id FROM outbox LIMIT 1)`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background()) //nolint:errcheck
+			if tag, err := tx.Exec(ctx, c.sql); err != nil || tag.RowsAffected() == 0 {
+				t.Fatalf("%s: %v, %d rows", c.sql, err, tag.RowsAffected())
+			}
+			err = checkTransfers(ctx, tx, plan)
+			if err == nil || !strings.Contains(err.Error(), "WRONG RESULT") {
+				t.Fatalf("check after %s = %v, want a WRONG RESULT error", c.name, err)
+			}
+		})
 	}
 }

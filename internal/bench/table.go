@@ -49,6 +49,14 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 		}
 		fmt.Fprintf(tw, "applier drain, UUIDv7 request IDs\t%s events/s\ttime-ordered IDs insert near the end of the processed-event index%s\n", count(int(r.OrderedApplier)), floor)
 	}
+	if r.TransfersPerS > 0 {
+		ratio := ""
+		if r.TransferEventsToDrain > 0 {
+			ratio = fmt.Sprintf(", %.2f × the drain's events/s", r.TransferEventsToDrain)
+		}
+		fmt.Fprintf(tw, "transfers, settled end to end\t%s transfers/s\t%s events/s (debit and credit)%s; %s transfers of 1 between %s accounts, %.0f%% across partitions, each credit through the outbox and the relay; from the applier's start to the last credit applied\n",
+			count(int(r.TransfersPerS)), count(int(r.TransferEventsPerS)), ratio, count(r.Transfers), count(r.TransferAccounts), 100*r.TransferCrossPartition)
+	}
 	if r.Rebuild > 0 {
 		ratio := ""
 		if r.RebuildToFloor > 0 {
