@@ -140,6 +140,9 @@ func (c *rebuildCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		if res != nil && res.Report != nil {
 			printReport(stdout, res.Report)
 		}
+		if errors.Is(err, rebuild.ErrDiffers) {
+			return fmt.Errorf("%w (the live projection holds what the topic does not explain: rows written outside heed, a handler reading the clock or another table, a bug; compare the rows listed; to make the topic's version live anyway, --swap without --verify)", err)
+		}
 		if err != nil {
 			return err
 		}
