@@ -169,6 +169,11 @@ type Result struct {
 	PeerBatchedRuns []float64 `json:"peer_batched_runs_events_per_s"`
 	Floor           float64   `json:"floor_events_per_s"`
 	FloorRuns       []float64 `json:"floor_runs_events_per_s"`
+	// ConsumerReferences are the references reading the drain's records
+	// from a topic (see consumerBatched): the figures the drain's ratios in
+	// the table are to. PeerBatched and Floor are the same writes with no
+	// broker: Postgres alone.
+	ConsumerReferences
 
 	// Applier is the drain with random request IDs.
 	Applier        float64 `json:"applier_events_per_s"`
@@ -350,6 +355,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if r.PeerBatched > 0 && r.ApplyRate > 0 {
 		r.ApplyRateToPeer = r.ApplyRate / r.PeerBatched
 	}
+	r.consumerRatios(r)
 	if r.Floor > 0 && r.Rebuild > 0 {
 		r.RebuildToFloor = r.Rebuild / r.Floor
 	}
