@@ -5,7 +5,10 @@
 //   - references: two consumers written by hand, with no heed code, on the
 //     same events: peer_batched (a careful hand-written pipeline's batch
 //     statement) and floor (the least any correct consumer writes: COPY of
-//     the IDs and a summed upsert); see reference;
+//     the IDs and a summed upsert); see reference. Each runs as a franz-go
+//     consumer of a topic of the drain's records (consumerBatched,
+//     consumerFloor: the drain's ratios are to these) and on the events in
+//     memory with no broker (Postgres alone);
 //   - drain: the applier draining events produced straight to the topic (1%
 //     duplicates), with random request IDs and again with time-ordered ones;
 //   - rebuild: heed rebuild replaying such a topic into a fresh schema,
