@@ -28,7 +28,7 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 				count(int(c.ConsumerFloor)), count(int(c.ConsumerFloorFromFirst)), c.ConsumerFloorCPU, runs(c.ConsumerFloorRuns))
 		}
 		fmt.Fprintf(tw, "reference: Postgres alone\tbatch %s, floor %s events/s\tthe same batch and floor writes with no broker: the events from memory, no duplicates, no decoding%s%s\n",
-			count(int(r.PeerBatched)), count(int(r.Floor)), runs(r.PeerBatchedRuns), runs(r.FloorRuns))
+			count(int(r.PeerBatched)), count(int(r.Floor)), strings.Replace(runs(r.PeerBatchedRuns), "; ", "; batch: ", 1), strings.Replace(runs(r.FloorRuns), "; ", "; floor: ", 1))
 	}
 	if r.Applier > 0 {
 		ratio := ""
