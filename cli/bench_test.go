@@ -49,7 +49,8 @@ func TestBenchBinaryJSON(t *testing.T) {
 		"ingest_rps", "noop_rps", "ingest_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "rss_peak_mib", "rss_events_per_s",
 		"ingest_cpu_us_per_command", "noop_cpu_us_per_command", "ingest_records_per_produce_request",
 		"applier_cpu_us_per_event", "transfers_per_s", "transfer_events_per_s", "transfer_events_to_drain_ratio",
-		"transfer_cross_partition_share",
+		"transfer_cross_partition_share", "consumer_batched_events_per_s", "consumer_floor_events_per_s",
+		"applier_to_consumer_batched_ratio", "applier_to_consumer_floor_ratio", "consumer_batched_cpu_us_per_record",
 	} {
 		v, ok := got[key].(float64)
 		if !ok || v <= 0 {
@@ -68,7 +69,7 @@ func TestBenchBinaryJSON(t *testing.T) {
 	if n, _ := got["rss_events"].(float64); n != 20100 {
 		t.Errorf("rss_events = %v, want 20100 (100 opens, 20,000 deposits)", got["rss_events"])
 	}
-	for _, key := range []string{"peer_batched_runs_events_per_s", "floor_runs_events_per_s"} {
+	for _, key := range []string{"peer_batched_runs_events_per_s", "floor_runs_events_per_s", "consumer_batched_runs_events_per_s", "consumer_floor_runs_events_per_s"} {
 		if runs, _ := got[key].([]any); len(runs) != 2 {
 			t.Errorf("%s = %v, want 2 runs (before and after the drain)", key, got[key])
 		}

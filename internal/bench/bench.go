@@ -5,7 +5,10 @@
 //   - references: two consumers written by hand, with no heed code, on the
 //     same events: peer_batched (a careful hand-written pipeline's batch
 //     statement) and floor (the least any correct consumer writes: COPY of
-//     the IDs and a summed upsert); see reference;
+//     the IDs and a summed upsert); see reference. Each runs as a franz-go
+//     consumer of a topic of the drain's records (consumerBatched,
+//     consumerFloor: the drain's ratios are to these) and on the events in
+//     memory with no broker (Postgres alone);
 //   - drain: the applier draining events produced straight to the topic (1%
 //     duplicates), with random request IDs and again with time-ordered ones;
 //   - transfers: transfers between accounts on different partitions, from
@@ -178,6 +181,11 @@ type Result struct {
 	PeerBatchedRuns []float64 `json:"peer_batched_runs_events_per_s"`
 	Floor           float64   `json:"floor_events_per_s"`
 	FloorRuns       []float64 `json:"floor_runs_events_per_s"`
+	// ConsumerReferences are the references reading the drain's records
+	// from a topic (see consumerBatched): the figures the drain's ratios in
+	// the table are to. PeerBatched and Floor are the same writes with no
+	// broker: Postgres alone.
+	ConsumerReferences
 
 	// Applier is the drain with random request IDs.
 	Applier        float64 `json:"applier_events_per_s"`
@@ -376,6 +384,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if r.PeerBatched > 0 && r.ApplyRate > 0 {
 		r.ApplyRateToPeer = r.ApplyRate / r.PeerBatched
 	}
+	r.consumerRatios(r)
 	if r.Floor > 0 && r.Rebuild > 0 {
 		r.RebuildToFloor = r.Rebuild / r.Floor
 	}

@@ -3,10 +3,12 @@ package bench
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/heed-dev/heed/consistency"
@@ -67,6 +69,25 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s %v from runs %v, want two positive runs and their mean", name, ref.mean, runs)
 		}
 	}
+	// So are the consumer references, which read a topic of the drain's records.
+	c := r.ConsumerReferences
+	for name, ref := range map[string]struct {
+		mean, fromFirst, cpu float64
+		runs                 []float64
+	}{"consumer_batched": {c.ConsumerBatched, c.ConsumerBatchedFromFirst, c.ConsumerBatchedCPU, c.ConsumerBatchedRuns},
+		"consumer_floor": {c.ConsumerFloor, c.ConsumerFloorFromFirst, c.ConsumerFloorCPU, c.ConsumerFloorRuns}} {
+		if runs := ref.runs; len(runs) != 2 || runs[0] <= 0 || runs[1] <= 0 || ref.mean != (runs[0]+runs[1])/2 || ref.fromFirst <= 0 || ref.cpu <= 0 {
+			t.Errorf("%s %v from runs %v (%v from the first transaction, %v µs CPU per record), want two positive runs and their mean, positive figures",
+				name, ref.mean, runs, ref.fromFirst, ref.cpu)
+		}
+	}
+	if c.ConsumerRecords != 3130 {
+		t.Errorf("consumer references read %d records, want the drain's 3130", c.ConsumerRecords)
+	}
+	if c.ApplierToConsumerBatched != r.Applier/c.ConsumerBatched || c.ApplierToConsumerFloor != r.Applier/c.ConsumerFloor ||
+		c.ApplyRateToConsumerBatched != r.ApplyRate/c.ConsumerBatchedFromFirst || c.ApplyRateToConsumerFloor != r.ApplyRate/c.ConsumerFloorFromFirst {
+		t.Errorf("ratios %+v are not the drain's %v (%v from its first batch) to the consumer references'", c, r.Applier, r.ApplyRate)
+	}
 	if r.ApplierToFloor != r.Applier/r.Floor || r.ApplierToPeerBatched != r.Applier/r.PeerBatched {
 		t.Errorf("ratios %v and %v are not the drain's %v to the references' %v and %v", r.ApplierToFloor, r.ApplierToPeerBatched, r.Applier, r.Floor, r.PeerBatched)
 	}
@@ -88,7 +109,7 @@ func TestRunSmall(t *testing.T) {
 	if err := WriteTable(&table, r, Config{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"reference: hand-written batch", "reference: floor", "before the drain", "applier drain", "UUIDv7 request IDs", "one event per transaction", "ingest: no-op handler", "end to end"} {
+	for _, want := range []string{"reference: hand-written batch", "reference: floor", "reference: Postgres alone", "reads the drain's 3,130 records", "before the drain", "applier drain", "UUIDv7 request IDs", "one event per transaction", "ingest: no-op handler", "end to end"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -132,6 +153,57 @@ func TestIngestProtocols(t *testing.T) {
 			}
 			if r.Protocol != protocol || r.IngestRPS <= 0 || r.NoopRPS <= 0 || r.IngestToNoop <= 0 {
 				t.Errorf("protocol %q, ingest %v req/s, no-op %v req/s, ratio %v; want %q and positive figures", r.Protocol, r.IngestRPS, r.NoopRPS, r.IngestToNoop, protocol)
+			}
+		})
+	}
+}
+
+// TestConsumerWritesSkipDuplicates: the consumer references' writes apply a
+// record once, whether its duplicate is in the same batch or a later one.
+func TestConsumerWritesSkipDuplicates(t *testing.T) {
+	ctx := t.Context()
+	e := &env{cfg: Config{DatabaseURL: testenv.PostgresURL(t)}, run: randomSuffix()}
+	e.cfg.setDefaults()
+	admin, err := pgxpool.New(ctx, e.cfg.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	e.admin = admin
+	data, err := newDataset(2, 6, randomIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Decoded from their records, as the consumers see them.
+	evs := make([]event, len(data.events))
+	for i := range data.events {
+		if evs[i], err = decodeRecord(&data.events[i].rec); err != nil {
+			t.Fatal(err)
+		}
+		if evs[i].id != data.events[i].id || evs[i].account != data.events[i].account || evs[i].amount != data.events[i].amount {
+			t.Fatalf("record %d decoded to %+v, want %+v", i, evs[i], data.events[i])
+		}
+	}
+	// Opens and two deposits, one of them twice; then its third copy, the
+	// other deposit again and the rest.
+	batches := [][]event{append(slices.Clone(evs[:4]), evs[3]), append([]event{evs[3], evs[2]}, evs[4:]...)}
+	for _, ref := range []reference{consumerBatched, consumerFloor} {
+		t.Run(ref.phase, func(t *testing.T) {
+			pool, _, drop, err := e.freshSchema(ctx, "dups_"+ref.phase, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer drop()
+			if _, err := pool.Exec(ctx, `CREATE TABLE ref_processed (event_id uuid PRIMARY KEY)`); err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range batches {
+				if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return ref.write(ctx, tx, b) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := checkLedgerIn(ctx, pool, "ref_processed", 2, 6, 8); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

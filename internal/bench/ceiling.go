@@ -50,7 +50,7 @@ func (e *env) references(ctx context.Context, data *dataset, r *Result) error {
 		e.progress("%s: %.0f events/s", ref.phase, rate)
 	}
 	r.PeerBatched, r.Floor = r.PeerBatchedRuns[0], r.FloorRuns[0]
-	return nil
+	return e.consumerReferences(ctx, data, r, false)
 }
 
 // referencesAgain measures both references once more, on a dataset like the
@@ -76,7 +76,7 @@ func (e *env) referencesAgain(ctx context.Context, r *Result) error {
 		*ref.mean = mean(*ref.runs)
 		e.progress("%s after the drain: %.0f events/s; the figure is the mean of %v: %.0f events/s", ref.phase, rate, *ref.runs, *ref.mean)
 	}
-	return nil
+	return e.consumerReferences(ctx, data, r, true)
 }
 
 func mean(xs []float64) float64 {

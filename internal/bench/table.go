@@ -21,26 +21,32 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 			}
 			return fmt.Sprintf("; mean of %s before the drain and %s after", count(int(xs[0])), count(int(xs[1])))
 		}
-		fmt.Fprintf(tw, "reference: hand-written batch\t%s events/s\tno heed code: IDs inserted ON CONFLICT DO NOTHING + summed account upsert, %s events per transaction, %d at once%s\n",
-			count(int(r.PeerBatched)), count(refBatch), conc, runs(r.PeerBatchedRuns))
-		fmt.Fprintf(tw, "reference: floor\t%s events/s\tCOPY of the IDs + summed account upsert, no outcomes%s\n", count(int(r.Floor)), runs(r.FloorRuns))
+		if c := r.ConsumerReferences; c.ConsumerBatched > 0 && c.ConsumerFloor > 0 {
+			fmt.Fprintf(tw, "reference: hand-written batch\t%s events/s\tno heed code: a franz-go group member reads the drain's %s records, decodes envelope and payload, inserts the IDs ON CONFLICT DO NOTHING RETURNING the new ones + their summed account upsert, %s records per transaction, %d at once, offsets committed after; %s from its first transaction; %.1f µs CPU per record (consumer and broker)%s\n",
+				count(int(c.ConsumerBatched)), count(c.ConsumerRecords), count(refBatch), conc, count(int(c.ConsumerBatchedFromFirst)), c.ConsumerBatchedCPU, runs(c.ConsumerBatchedRuns))
+			fmt.Fprintf(tw, "reference: floor\t%s events/s\tthe same consumer writing the least: processed IDs read back, COPY of the others + summed account upsert, no outcomes; %s from its first transaction; %.1f µs CPU per record%s\n",
+				count(int(c.ConsumerFloor)), count(int(c.ConsumerFloorFromFirst)), c.ConsumerFloorCPU, runs(c.ConsumerFloorRuns))
+		}
+		fmt.Fprintf(tw, "reference: Postgres alone\tbatch %s, floor %s events/s\tthe same batch and floor writes with no broker: the events from memory, no duplicates, no decoding%s%s\n",
+			count(int(r.PeerBatched)), count(int(r.Floor)), strings.Replace(runs(r.PeerBatchedRuns), "; ", "; batch: ", 1), strings.Replace(runs(r.FloorRuns), "; ", "; floor: ", 1))
 	}
 	if r.Applier > 0 {
 		ratio := ""
-		if r.ApplierToPeerBatched > 0 {
-			ratio = fmt.Sprintf("%.2f × the hand-written batch, %.2f × the floor; ", r.ApplierToPeerBatched, r.ApplierToFloor)
+		if r.ApplierToConsumerBatched > 0 {
+			ratio = fmt.Sprintf("%.2f × the hand-written batch, %.2f × the floor (both reading the topic); ", r.ApplierToConsumerBatched, r.ApplierToConsumerFloor)
 		}
 		fmt.Fprintf(tw, "applier drain\t%s events/s\t%srandom request IDs, %s events per transaction; %s records from the topic, %s duplicates skipped; %.1f µs CPU per record (applier and broker)\n",
 			count(int(r.Applier)), ratio, count(batch), count(r.ApplierRecords), count(int(r.ApplierDups)), r.ApplierCPUPerEvent)
 		ratio = ""
-		if r.ApplyRateToPeer > 0 {
-			ratio = fmt.Sprintf("%.2f × the hand-written batch, %.2f × the floor; ", r.ApplyRateToPeer, r.ApplyRateToFloor)
+		if r.ApplyRateToConsumerBatched > 0 {
+			ratio = fmt.Sprintf("%.2f × the hand-written batch, %.2f × the floor from their first transactions; ", r.ApplyRateToConsumerBatched, r.ApplyRateToConsumerFloor)
 		}
 		fmt.Fprintf(tw, "applier drain, from its first batch\t%s events/s\t%sleaves out the %.0f ms to join the group and fetch\n", count(int(r.ApplyRate)), ratio, r.ApplierStartup)
 	}
 	if r.ApplierPostgres.WAL > 0 {
-		fmt.Fprintf(tw, "Postgres per event\t%.1f µs CPU, %.0f B WAL\tdrain; the hand-written batch %.1f µs, %.0f B; the floor %.1f µs, %.0f B (CPU: postgres processes on this machine)\n",
-			r.ApplierPostgres.CPU, r.ApplierPostgres.WAL, r.PeerBatchedPostgres.CPU, r.PeerBatchedPostgres.WAL, r.FloorPostgres.CPU, r.FloorPostgres.WAL)
+		fmt.Fprintf(tw, "Postgres per event\t%.1f µs CPU, %.0f B WAL\tdrain; the hand-written batch %.1f µs, %.0f B; the floor %.1f µs, %.0f B (reading the topic, per record); Postgres alone %.1f µs, %.0f B and %.1f µs, %.0f B (CPU: postgres processes on this machine)\n",
+			r.ApplierPostgres.CPU, r.ApplierPostgres.WAL, r.ConsumerBatchedPostgres.CPU, r.ConsumerBatchedPostgres.WAL, r.ConsumerFloorPostgres.CPU, r.ConsumerFloorPostgres.WAL,
+			r.PeerBatchedPostgres.CPU, r.PeerBatchedPostgres.WAL, r.FloorPostgres.CPU, r.FloorPostgres.WAL)
 	}
 	if r.OrderedApplier > 0 {
 		floor := ""
@@ -60,7 +66,7 @@ func WriteTable(w io.Writer, r *Result, cfg Config) error {
 	if r.Rebuild > 0 {
 		ratio := ""
 		if r.RebuildToFloor > 0 {
-			ratio = fmt.Sprintf("%.2f × the floor (the COPY ceiling); ", r.RebuildToFloor)
+			ratio = fmt.Sprintf("%.2f × the floor of Postgres alone (the COPY ceiling); ", r.RebuildToFloor)
 		}
 		fmt.Fprintf(tw, "rebuild: replay into a fresh schema	%s events/s	%sheed rebuild's defaults, %s records from the start (schema created and migrated) to the topic's end; Postgres %.1f µs CPU, %.0f B WAL per record\n",
 			count(int(r.Rebuild)), ratio, count(r.RebuildEvents), r.RebuildPostgres.CPU, r.RebuildPostgres.WAL)
