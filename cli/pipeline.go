@@ -159,6 +159,9 @@ func serveOn(ctx context.Context, logger *slog.Logger, kafka kafkaFlags, sf serv
 	if sec.tls != nil {
 		opts = append(opts, ingest.WithTLS(sec.tls))
 	}
+	if origins := sf.corsList(); len(origins) > 0 {
+		opts = append(opts, ingest.WithCORS(origins))
+	}
 	srv := ingest.NewServer(logger, opts...)
 	for _, s := range services {
 		srv.Mount(s.Name, s.Path, s.Handler)

@@ -102,6 +102,9 @@ func (s *serveFlags) validate() error {
 	); err != nil {
 		return err
 	}
+	if err := ingest.ValidateOrigins(s.corsList()); err != nil {
+		return fmt.Errorf("--cors-allowed-origins: %w", err)
+	}
 	return validateCompression(s.compression)
 }
 

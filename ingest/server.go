@@ -80,6 +80,9 @@ type Server struct {
 	health grpchealth.Checker
 	guard  func(http.Handler) http.Handler
 	tls    *tls.Config
+	// corsOrigins, when not empty, are the origins whose pages may call
+	// every service from a browser (WithCORS).
+	corsOrigins []string
 }
 
 // WithHealthChecker answers the gRPC health service with c instead of
@@ -126,8 +129,10 @@ func (s *Server) Mount(service, path string, h http.Handler) {
 	s.mux.Handle(path, h)
 }
 
-// Handler returns the server's HTTP handler, with reflection and health added
-// and the request body bounded (see WithMaxRequestBytes).
+// Handler returns the server's HTTP handler, with reflection and health added,
+// the request body bounded (see WithMaxRequestBytes) and, outermost, CORS
+// (WithCORS): a preflight is answered before the guard, which it could not
+// pass since browsers send it without the Authorization header.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	var domain http.Handler = s.mux
@@ -144,7 +149,11 @@ func (s *Server) Handler() http.Handler {
 		checker = grpchealth.NewStaticChecker(s.names...)
 	}
 	mux.Handle(grpchealth.NewHandler(checker, limits))
-	return limitBody(mux, s.maxRequestBytes)
+	h := limitBody(mux, s.maxRequestBytes)
+	if len(s.corsOrigins) > 0 {
+		h = corsHandler(s.corsOrigins, h)
+	}
+	return h
 }
 
 // Listen opens a TCP listener on addr, with an error that says what to do when
@@ -186,7 +195,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	s.logger.Info("serving Connect, gRPC and gRPC-Web", "addr", ln.Addr().String(), "services", s.names, "tls", s.tls != nil)
+	s.logger.Info("serving Connect, gRPC and gRPC-Web", "addr", ln.Addr().String(), "services", s.names, "tls", s.tls != nil, "cors_allowed_origins", s.corsOrigins)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)

@@ -3,14 +3,17 @@
 #
 #   scripts/buf.sh deps        prepare .buf-deps/ (protovalidate's validate.proto)
 #   scripts/buf.sh lint        deps + buf lint
-#   scripts/buf.sh generate    deps + buf generate, every template (into gen/, examples/booking/gen/)
+#   scripts/buf.sh generate    deps + buf generate, every template (into gen/, examples/booking/gen/,
+#                              examples/web/src/gen/: needs `npm ci` in examples/web)
 #   scripts/buf.sh check       deps + lint + generate, fail if generated code is stale (CI)
 #   scripts/buf.sh breaking [REF]  fail on a wire- or JSON-breaking change against REF (default HEAD~1)
 #   scripts/buf.sh buf ARGS... run the pinned buf, e.g. scripts/buf.sh buf curl --help
 #
 # buf runs via `go run module@version` (kept out of go.mod on purpose: its dependency
 # graph is huge); protoc-gen-go and protoc-gen-connect-go are `tool` directives in
-# go.mod; validate.proto comes from the Go module github.com/bufbuild/protovalidate.
+# go.mod; validate.proto comes from the Go module github.com/bufbuild/protovalidate;
+# the web example's protoc-gen-es is the one its package-lock.json pins, run
+# from examples/web/node_modules.
 set -euo pipefail
 
 # Pinned versions: change them here only.
@@ -22,9 +25,12 @@ cd "$ROOT"
 
 DEPS_DIR=.buf-deps
 # The generation templates, each writing (and cleaning) one directory: heed's
-# gen/ from proto/, and the booking example's own from examples/booking/proto.
-TEMPLATES=(buf.gen.yaml examples/booking/buf.gen.yaml)
-GEN_DIRS=(gen examples/booking/gen)
+# gen/ from proto/, the booking example's own from examples/booking/proto, and
+# the web example's TypeScript client from proto/ (ledger and command).
+TEMPLATES=(buf.gen.yaml examples/booking/buf.gen.yaml examples/web/buf.gen.yaml)
+GEN_DIRS=(gen examples/booking/gen examples/web/src/gen)
+# The npm-installed plugin examples/web/buf.gen.yaml runs.
+PROTOC_GEN_ES=examples/web/node_modules/.bin/protoc-gen-es
 # heed's own modules of the workspace (buf.yaml), checked for breaking changes.
 PROTO_MODULES=(proto examples/booking/proto)
 
@@ -75,6 +81,8 @@ lint() {
 
 generate() {
 	local t
+	[[ -x $PROTOC_GEN_ES ]] ||
+		die "no $PROTOC_GEN_ES (the web example's TypeScript generator): run 'npm ci' in examples/web first"
 	for t in "${TEMPLATES[@]}"; do
 		run_buf generate --template "$t"
 	done
