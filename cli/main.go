@@ -35,6 +35,7 @@ func Main(domains ...*heed.Domain) {
 		program = name
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	followGoRun() // after the handler: the signal it may send stops heed gracefully
 	go func() {
 		<-ctx.Done()
 		stop() // from now on a second signal kills the process at once
