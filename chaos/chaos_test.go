@@ -70,20 +70,36 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 
 	l := startLoad(tg, []string{s.serves[0].addr, s.serves[1].addr}, 6, seed)
 	defer l.stop()
+	stopDuring := func() string { return "" }
+	if tg.during != nil {
+		stopDuring = tg.during(t.Context(), t, s, l, seed)
+	}
+	defer stopDuring()
 
 	ctx := t.Context()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	stalls := watchPartitions(watchCtx, s, log.start)
 	start := time.Now()
-	end, half := start.Add(duration), start.Add(duration/2)
+	end, half, third := start.Add(duration), start.Add(duration/2), start.Add(duration/3)
 	swapped := false
 	var lastFault time.Time
 	for time.Now().Before(end) {
 		time.Sleep(gap/2 + time.Duration(rng.Int64N(int64(gap))))
 		f := faults[rng.IntN(len(faults))]
-		if !swapped && time.Now().After(half) {
+		if len(tg.faults) > 0 && rng.IntN(3) == 0 {
+			f = tg.faults[rng.IntN(len(tg.faults))]
+		}
+		switch now := time.Now(); {
+		case !swapped && now.After(half):
 			f = faultsNamed("rebuild-swap")[0] // every run swaps under the load at least once
+		case now.After(third):
+			for _, own := range tg.faults { // and has each of the target's own faults
+				if !log.has(own.name) {
+					f = own
+					break
+				}
+			}
 		}
 		swapped = swapped || f.name == "rebuild-swap"
 		what, err := f.inject(ctx, s, rng)
@@ -109,19 +125,21 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 	time.Sleep(2 * time.Second)
 	acked, retries := stopReviving(s, l)
 	checkDrained(t, s, l)
-	recovery, records := checkConverged(t, s, lastFault)
+	recovery, _ := checkConverged(t, s, lastFault)
+	outboxRows, records := checkQuiet(t, s)
 	stopWatch()
+	during := stopDuring()
 	processed, summary := checkCommands(t, s, acked)
 	checkRebuild(t, s)
 	checkTopicGuard(t, s)
 	faultCount := 0
 	for kind, n := range log.counts {
-		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
+		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && kind != "relay-back" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
 			faultCount += n
 		}
 	}
-	t.Logf("%s, seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault; %s; %s",
-		tg.name, seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls, summary)
+	t.Logf("%s, seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed; %d follow-ups emitted), through %d faults %v; converged %v after the last fault; %s; %s%s",
+		tg.name, seed, duration, len(acked), retries, records, records-processed, outboxRows, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls, summary, during)
 }
 
 // chaosSeed is HEED_CHAOS_SEED, or a new seed.
