@@ -28,13 +28,15 @@ import (
 )
 
 // TestChaos runs, for each target, the load through faults drawn from
-// faults on a seeded schedule, one of them a rebuild --verify --swap in the
-// second half if the draws brought none before; then it brings everything
-// back and checks the invariants: every partition applied to the topic's
-// end, each acknowledged command applied or rejected once, the target's
-// model of the projection, the projection equal to a rebuild of the topic,
-// and, last, that a recreated topic is refused. A failure prints the seed
-// and the schedule.
+// faults (and the target's own) on a seeded schedule, one of them a rebuild
+// --verify --swap in the second half if the draws brought none before, and
+// each of the target's own at least once, with the target's check during
+// the run beside it; then it brings everything back and checks the
+// invariants: every partition applied to the topic's end, no unsent
+// follow-up, each acknowledged command applied or rejected once, the
+// target's model of the projection, the projection equal to a rebuild of
+// the topic, and, last, that a recreated topic is refused. A failure prints
+// the seed and the schedule.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binaries and runs them as processes for a minute each")
@@ -81,7 +83,7 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 	defer stopWatch()
 	stalls := watchPartitions(watchCtx, s, log.start)
 	start := time.Now()
-	end, half, third := start.Add(duration), start.Add(duration/2), start.Add(duration/3)
+	end, half, sixth := start.Add(duration), start.Add(duration/2), start.Add(duration/6)
 	swapped := false
 	var lastFault time.Time
 	for time.Now().Before(end) {
@@ -93,7 +95,7 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 		switch now := time.Now(); {
 		case !swapped && now.After(half):
 			f = faultsNamed("rebuild-swap")[0] // every run swaps under the load at least once
-		case now.After(third):
+		case now.After(sixth):
 			for _, own := range tg.faults { // and has each of the target's own faults
 				if !log.has(own.name) {
 					f = own

@@ -20,6 +20,7 @@ type relayFaults struct {
 	once    sync.Once    // installs the blockade's control hook
 	until   atomic.Int64 // Unix nanoseconds: the broker refuses the relay's produce requests until then
 	refused atomic.Int64 // produce requests refused so, in all
+	piled   atomic.Int64 // the most unsent rows seen during a relay-broker-down
 	watch   sync.WaitGroup
 	extra   *slot // a fourth applier, a dynamic member (relay-revoke)
 }
@@ -61,6 +62,11 @@ var relayFaultKinds = []fault{
 		go func() {
 			defer s.relay.watch.Done()
 			most, err := s.watchUnsent(func() bool { return time.Now().UnixNano() < s.relay.until.Load() })
+			for {
+				if cur := s.relay.piled.Load(); most <= cur || s.relay.piled.CompareAndSwap(cur, most) {
+					break
+				}
+			}
 			s.log.add("relay-back", fmt.Sprintf("the broker takes the relay's produce requests again (%d refused meanwhile); unsent follow-ups rose to %d %v", s.relay.refused.Load()-before, most, errText(err)))
 		}()
 		return fmt.Sprintf("the broker drops the connection of every produce request carrying a follow-up (the relay's; commands and fetches go on) for %v", d), nil

@@ -31,6 +31,7 @@ type followUp struct {
 	partition int32   // the origin partition
 	offset    int64   // the origin offset
 	amount    int64   // the transfer's
+	source    string  // the transfer's source account
 	status    outcome // its processed row's; lost (0) for none
 }
 
@@ -59,7 +60,7 @@ FROM `+s.table("outbox")+` o WHERE o.topic = $1`, s.topic())
 			return nil, err
 		}
 		f.id = id
-		if f.amount, err = followUpAmount(value); err != nil {
+		if f.amount, f.source, err = followUpAmount(value); err != nil {
 			return nil, fmt.Errorf("outbox row %d/%d %s: %w", f.partition, f.offset, f.name, err)
 		}
 		out = append(out, f)
@@ -67,23 +68,24 @@ FROM `+s.table("outbox")+` o WHERE o.topic = $1`, s.topic())
 	return out, rows.Err()
 }
 
-// followUpAmount is the amount of a credit's or a refund's record value.
-func followUpAmount(value []byte) (int64, error) {
+// followUpAmount is the amount and the transfer's source account of a
+// credit's or a refund's record value.
+func followUpAmount(value []byte) (int64, string, error) {
 	var env envelopev1.Envelope
 	if err := proto.Unmarshal(value, &env); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	m, err := env.GetPayload().UnmarshalNew()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	switch p := m.(type) {
 	case *ledgerv1.TransferCredited:
-		return p.GetAmount(), nil
+		return p.GetAmount(), p.GetFromAccountId(), nil
 	case *ledgerv1.TransferRefunded:
-		return p.GetAmount(), nil
+		return p.GetAmount(), p.GetFromAccountId(), nil
 	}
-	return 0, fmt.Errorf("a follow-up of type %T", m)
+	return 0, "", fmt.Errorf("a follow-up of type %T", m)
 }
 
 // money is what one snapshot of the ledger holds, for conservation.
@@ -91,13 +93,13 @@ type money struct {
 	balances int64      // the sum of every balance
 	applied  []eventRef // the applied events that are not follow-ups
 	// credits sums the credits emitted (each applied debit emits one in its
-	// transaction), creditsApplied and refundsApplied the ones applied.
-	credits, creditsApplied, refundsApplied int64
+	// transaction), inFlight the ones neither applied nor refunded (their
+	// refund applied).
+	credits, inFlight int64
+	// twice lists the transfers both credited and refunded, strays the
+	// refunds of no credit in the outbox.
+	twice, strays []string
 }
-
-// inFlight is the money of the transfers debited and neither credited nor
-// refunded yet.
-func (m money) inFlight() int64 { return m.credits - m.creditsApplied - m.refundsApplied }
 
 // readMoney reads money in one REPEATABLE READ transaction on conn, one
 // projection whole (s.swap keeps a swap out).
@@ -135,26 +137,41 @@ AND NOT EXISTS (SELECT FROM `+s.table("outbox")+` o WHERE o.event_id = p.event_i
 	if err != nil {
 		return m, err
 	}
+	refunds := map[eventRef]followUp{}
 	for _, f := range fs {
-		switch {
-		case f.name == ledger.StepCredit:
-			m.credits += f.amount
-			if f.status == applied {
-				m.creditsApplied += f.amount
-			}
-		case f.name == ledger.StepRefund && f.status == applied:
-			m.refundsApplied += f.amount
+		if f.name == ledger.StepRefund {
+			refunds[f.eventRef] = f
 		}
+	}
+	for _, f := range fs {
+		if f.name != ledger.StepCredit {
+			continue
+		}
+		m.credits += f.amount
+		ref := eventRef{s.tg.dom.FollowUpEventID(f.id, f.key, ledger.StepRefund), f.source}
+		refund, refunded := refunds[ref]
+		delete(refunds, ref)
+		switch {
+		case f.status == applied && refunded:
+			m.twice = append(m.twice, fmt.Sprintf("credit %v of %s", f.id, f.key))
+		case f.status == applied, refunded && refund.status == applied:
+		default:
+			m.inFlight += f.amount
+		}
+	}
+	for _, r := range refunds {
+		m.strays = append(m.strays, fmt.Sprintf("refund %v of %s", r.id, r.key))
 	}
 	return m, nil
 }
 
 // watchMoney is the ledger's check during the run (target.during): at
 // random moments (every 0.2–0.8 s) it reads money in one snapshot and
-// checks that the balances plus the transfers in flight equal the deposits
-// minus the withdrawals applied in that snapshot (their amounts are the
-// load's, which registers every command before sending it), and that the
-// credits emitted equal the debits applied. A read that fails (Postgres
+// checks that the balances plus the transfers in flight (credits emitted,
+// neither applied nor refunded) equal the deposits minus the withdrawals
+// applied in that snapshot (their amounts are the load's, which registers
+// every command before sending it), that the credits emitted equal the
+// debits applied, and that no transfer is both credited and refunded. A read that fails (Postgres
 // down) is counted and skipped; a run must have some that succeed.
 func watchMoney(ctx context.Context, t *testing.T, s *stack, l *load, seed uint64) func() string {
 	ctx, cancel := context.WithCancel(ctx)
@@ -214,15 +231,15 @@ func watchMoney(ctx context.Context, t *testing.T, s *stack, l *load, seed uint6
 				}
 			})
 			at := time.Since(start).Seconds()
-			if f := m.inFlight(); f > 0 {
+			if m.inFlight > 0 {
 				inFlight++
-				most = max(most, f)
+				most = max(most, m.inFlight)
 			}
-			if len(unknown) > 0 || m.balances+m.inFlight() != deposits-withdrawals || debits != m.credits {
+			if len(unknown)+len(m.twice)+len(m.strays) > 0 || m.balances+m.inFlight != deposits-withdrawals || debits != m.credits {
 				if errs++; errs <= 5 {
-					t.Errorf("money read %d, at %.1fs: balances %d + in flight %d (credits emitted %d, applied %d, refunds applied %d) = %d, want deposits %d - withdrawals %d = %d; debits applied %d, credits emitted %d; applied events the load never sent: %v",
-						reads, at, m.balances, m.inFlight(), m.credits, m.creditsApplied, m.refundsApplied, m.balances+m.inFlight(),
-						deposits, withdrawals, deposits-withdrawals, debits, m.credits, unknown)
+					t.Errorf("money read %d, at %.1fs: balances %d + in flight %d = %d, want deposits %d - withdrawals %d = %d; debits applied %d, credits emitted %d; applied events the load never sent: %v; transfers ended twice: %v; refunds of no credit: %v",
+						reads, at, m.balances, m.inFlight, m.balances+m.inFlight, deposits, withdrawals, deposits-withdrawals,
+						debits, m.credits, first(unknown), first(m.twice), first(m.strays))
 				}
 			}
 		}
@@ -379,8 +396,8 @@ func checkLedger(t *testing.T, s *stack, acked []command, outcomes []outcome) st
 	checkTransferResults(t, s, ends)
 	asked := time.Since(started)
 	records, dups, cross := checkFollowUpOrder(t, s, fs)
-	return fmt.Sprintf("%d accounts; %d transfers acknowledged: %d rejected at the debit, %d settled, %d refunded (%d of them to accounts never opened), GetCommandResult of each in %v; %d follow-ups emitted, %d records of them on the topic (%d duplicates), %d credits to another partition",
-		len(got), transfers, rejectedDebits, settled, refunded, ghostsBack, asked.Round(100*time.Millisecond), len(fs), records, dups, cross)
+	return fmt.Sprintf("%d accounts; %d transfers acknowledged: %d rejected at the debit, %d settled, %d refunded (%d of them to accounts never opened), GetCommandResult of each in %v; %d follow-ups emitted, %d records of them on the topic (%d duplicates), %d credits to another partition; the relay's produce requests refused %d times, unsent follow-ups piled up to %d",
+		len(got), transfers, rejectedDebits, settled, refunded, ghostsBack, asked.Round(100*time.Millisecond), len(fs), records, dups, cross, s.relay.refused.Load(), s.relay.piled.Load())
 }
 
 // transferEnd is how an acknowledged transfer ended, by the projection.
@@ -550,3 +567,6 @@ func checkFollowUpOrder(t *testing.T, s *stack, fs []followUp) (records, dups, c
 	}
 	return records, dups, cross
 }
+
+// first is the first five of list, for a message.
+func first(list []string) []string { return list[:min(len(list), 5)] }
