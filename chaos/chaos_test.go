@@ -83,7 +83,7 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 	defer stopWatch()
 	stalls := watchPartitions(watchCtx, s, log.start)
 	start := time.Now()
-	end, half, sixth := start.Add(duration), start.Add(duration/2), start.Add(duration/6)
+	end, half := start.Add(duration), start.Add(duration/2)
 	swapped := false
 	var lastFault time.Time
 	for time.Now().Before(end) {
@@ -92,16 +92,17 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 		if len(tg.faults) > 0 && rng.IntN(3) == 0 {
 			f = tg.faults[rng.IntN(len(tg.faults))]
 		}
-		switch now := time.Now(); {
-		case !swapped && now.After(half):
-			f = faultsNamed("rebuild-swap")[0] // every run swaps under the load at least once
-		case now.After(sixth):
-			for _, own := range tg.faults { // and has each of the target's own faults
-				if !log.has(own.name) {
-					f = own
-					break
-				}
+		var missing []fault // the target's own faults not come yet: the first draws
+		for _, own := range tg.faults {
+			if !log.has(own.name) {
+				missing = append(missing, own)
 			}
+		}
+		switch {
+		case !swapped && time.Now().After(half):
+			f = faultsNamed("rebuild-swap")[0] // every run swaps under the load at least once
+		case len(missing) > 0:
+			f = missing[rng.IntN(len(missing))] // and has each of the target's own faults
 		}
 		swapped = swapped || f.name == "rebuild-swap"
 		what, err := f.inject(ctx, s, rng)
@@ -136,7 +137,7 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 	checkTopicGuard(t, s)
 	faultCount := 0
 	for kind, n := range log.counts {
-		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && kind != "relay-back" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
+		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && kind != "relay-back" && kind != "relay-revoke-leave" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
 			faultCount += n
 		}
 	}

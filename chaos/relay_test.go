@@ -28,26 +28,28 @@ type relayFaults struct {
 // relayFaultKinds are the ledger's own faults (target.faults): the relay's.
 // Booking emits no follow-ups, so they are the ledger's only.
 var relayFaultKinds = []fault{
-	{"relay-after-ack", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
-		// SIGKILL after the broker acked a run of follow-ups, before the
-		// relay moved its position past them: the restarted relay (or the
-		// partitions' next owner) produces them again, and the applier
-		// drops the duplicates.
-		sl := pick(rng, s.applies)
-		at := 1 + rng.IntN(3)
-		s.restartArmed(sl, fmt.Sprintf("relay/after-ack=crash@%d", at))
-		s.log.count("armed at relay/after-ack")
-		return fmt.Sprintf("%s restarted armed to crash after the broker acked a run of follow-ups, before the relay records it (hit %d)", sl.name, at), nil
-	}},
-	{"failpoint-emits", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
-		// SIGKILL at apply/before-commit in a batch that wrote outbox rows:
-		// nothing of it happened, the debits are applied again and emit
-		// again, byte for byte.
-		sl := pick(rng, s.applies)
-		at := 1 + rng.IntN(5)
-		s.restartArmed(sl, fmt.Sprintf("apply/before-commit-emits=crash@%d", at))
-		s.log.count("armed at apply/before-commit-emits")
-		return fmt.Sprintf("%s restarted armed to crash before the commit of a batch holding follow-ups (hit %d)", sl.name, at), nil
+	{"relay-revoke", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
+		// A rebalance while the relays publish: their produce requests
+		// are refused, so that each relay holding rows is stuck in the
+		// middle of a run, then a fourth applier joins as a dynamic
+		// member (partitions revoked from the others mid-run) and leaves
+		// again (its own revoked mid-run). The old and the new owner of a
+		// partition may both produce its rows: duplicates.
+		before := s.relay.refused.Load()
+		stay := time.Duration(3000+rng.IntN(2000)) * time.Millisecond
+		s.blockRelay(stay + 2*time.Second)
+		time.Sleep(500 * time.Millisecond)
+		atJoin := s.relay.refused.Load() - before
+		extra := s.extraApplier()
+		s.start(extra)
+		s.relay.watch.Add(1)
+		go func() { // the run goes on meanwhile
+			defer s.relay.watch.Done()
+			time.Sleep(stay)
+			s.terminate(extra)
+			s.log.add("relay-revoke-leave", fmt.Sprintf("%s left (SIGTERM); the relay's produce requests were refused %d times since the join", extra.name, s.relay.refused.Load()-before-atJoin))
+		}()
+		return fmt.Sprintf("with the relay's produce requests refused (%d so far), a fourth applier joins as a dynamic member, to leave %v later", atJoin, stay), nil
 	}},
 	{"relay-broker-down", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
 		// The broker unreachable for the relay while the load goes on:
@@ -71,23 +73,26 @@ var relayFaultKinds = []fault{
 		}()
 		return fmt.Sprintf("the broker drops the connection of every produce request carrying a follow-up (the relay's; commands and fetches go on) for %v", d), nil
 	}},
-	{"relay-revoke", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
-		// A rebalance while the relays publish: their produce requests
-		// are refused, so that each relay holding rows is stuck in the
-		// middle of a run, then a fourth applier joins as a dynamic
-		// member (partitions revoked from the others mid-run) and leaves
-		// again (its own revoked mid-run). The old and the new owner of a
-		// partition may both produce its rows: duplicates.
-		before := s.relay.refused.Load()
-		stay := time.Duration(3000+rng.IntN(2000)) * time.Millisecond
-		s.blockRelay(stay + 2*time.Second)
-		time.Sleep(500 * time.Millisecond)
-		atJoin := s.relay.refused.Load() - before
-		extra := s.extraApplier()
-		s.start(extra)
-		time.Sleep(stay)
-		s.terminate(extra)
-		return fmt.Sprintf("with the relay's produce requests refused (%d before the join, %d in all), a fourth applier joined as a dynamic member and left (SIGTERM) %v later", atJoin, s.relay.refused.Load()-before, stay), nil
+	{"failpoint-emits", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
+		// SIGKILL at apply/before-commit in a batch that wrote outbox rows:
+		// nothing of it happened, the debits are applied again and emit
+		// again, byte for byte.
+		sl := pick(rng, s.applies)
+		at := 1 + rng.IntN(5)
+		s.restartArmed(sl, fmt.Sprintf("apply/before-commit-emits=crash@%d", at))
+		s.log.count("armed at apply/before-commit-emits")
+		return fmt.Sprintf("%s restarted armed to crash before the commit of a batch holding follow-ups (hit %d)", sl.name, at), nil
+	}},
+	{"relay-after-ack", func(_ context.Context, s *stack, rng *rand.Rand) (string, error) {
+		// SIGKILL after the broker acked a run of follow-ups, before the
+		// relay moved its position past them: the restarted relay (or the
+		// partitions' next owner) produces them again, and the applier
+		// drops the duplicates.
+		sl := pick(rng, s.applies)
+		at := 1 + rng.IntN(3)
+		s.restartArmed(sl, fmt.Sprintf("relay/after-ack=crash@%d", at))
+		s.log.count("armed at relay/after-ack")
+		return fmt.Sprintf("%s restarted armed to crash after the broker acked a run of follow-ups, before the relay records it (hit %d)", sl.name, at), nil
 	}},
 }
 
@@ -136,8 +141,8 @@ func (s *stack) blockRelay(d time.Duration) {
 	}
 }
 
-// healRelay lifts the relay's blockade at once and stops the added
-// applier, if running.
+// healRelay lifts the relay's blockade at once and waits for the added
+// applier to have left, if it runs.
 func (s *stack) healRelay() {
 	s.relay.until.Store(0)
 	s.relay.watch.Wait()

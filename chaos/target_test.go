@@ -36,8 +36,8 @@ type target struct {
 	// and sums it up for the run's report.
 	check func(t *testing.T, s *stack, acked []command, outcomes []outcome) string
 	// faults are the target's own kinds (the relay's, for a domain that
-	// emits follow-ups): a run draws one of them a third of the time, and
-	// each at least once.
+	// emits follow-ups): a run's first draws are each of them once, in a
+	// random order, then one of them a third of the time.
 	faults []fault
 	// during, if set, starts a check that runs beside the load until the
 	// returned stop is called (before the checks at the end); stop returns
