@@ -55,8 +55,8 @@ var relayFaultKinds = []fault{
 		// The broker unreachable for the relay while the load goes on:
 		// debits apply, their credits pile up in the outbox, and drain
 		// once it is back. Longer than the relay producer's delivery
-		// timeout (10 s) now and then, so that a produce fails and the
-		// relay's position stops at it.
+		// timeout (10 s) now and then, so that a produce may fail and the
+		// relay's position stop at it.
 		d := time.Duration(3000+rng.IntN(9000)) * time.Millisecond
 		before := s.relay.refused.Load()
 		s.blockRelay(d)
