@@ -41,7 +41,7 @@ type querier interface {
 }
 
 // readFollowUps reads the outbox with each row's processed status, the
-// amount decoded from its record value.
+// amount and the source account decoded from its record value.
 func readFollowUps(ctx context.Context, q querier, s *stack) ([]followUp, error) {
 	rows, err := q.Query(ctx, `SELECT o.event_id, o.key, o.name, o.origin_partition, o.origin_offset, o.value,
 coalesce((SELECT p.status FROM `+s.table("processed_events")+` p WHERE p.event_id = o.event_id AND p.key_hash = o.key_hash), 0)
@@ -171,8 +171,9 @@ AND NOT EXISTS (SELECT FROM `+s.table("outbox")+` o WHERE o.event_id = p.event_i
 // neither applied nor refunded) equal the deposits minus the withdrawals
 // applied in that snapshot (their amounts are the load's, which registers
 // every command before sending it), that the credits emitted equal the
-// debits applied, and that no transfer is both credited and refunded. A read that fails (Postgres
-// down) is counted and skipped; a run must have some that succeed.
+// debits applied, and that no transfer is both credited and refunded. A
+// read that fails (Postgres down) is counted and skipped; a run must have
+// some that succeed.
 func watchMoney(ctx context.Context, t *testing.T, s *stack, l *load, seed uint64) func() string {
 	ctx, cancel := context.WithCancel(ctx)
 	var (
