@@ -207,6 +207,9 @@ func (w *partition) commit(ctx context.Context, t *txn, out sorted) error {
 	queueQuarantine(b, a.cfg.Topic, w.p, out.bad, out.blocked)
 	b.Queue("COMMIT").Exec(checkCommitted)
 	failpoint.Hit("apply/before-commit")
+	if t.emitted > 0 {
+		failpoint.Hit("apply/before-commit-emits")
+	}
 	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write and commit: %w", err)
 	}

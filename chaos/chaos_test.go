@@ -28,13 +28,15 @@ import (
 )
 
 // TestChaos runs, for each target, the load through faults drawn from
-// faults on a seeded schedule, one of them a rebuild --verify --swap in the
-// second half if the draws brought none before; then it brings everything
-// back and checks the invariants: every partition applied to the topic's
-// end, each acknowledged command applied or rejected once, the target's
-// model of the projection, the projection equal to a rebuild of the topic,
-// and, last, that a recreated topic is refused. A failure prints the seed
-// and the schedule.
+// faults (and the target's own) on a seeded schedule, one of them a rebuild
+// --verify --swap in the second half if the draws brought none before, and
+// each of the target's own at least once, with the target's check during
+// the run beside it; then it brings everything back and checks the
+// invariants: every partition applied to the topic's end, no unsent
+// follow-up, each acknowledged command applied or rejected once, the
+// target's model of the projection, the projection equal to a rebuild of
+// the topic, and, last, that a recreated topic is refused. A failure prints
+// the seed and the schedule.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binaries and runs them as processes for a minute each")
@@ -70,6 +72,11 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 
 	l := startLoad(tg, []string{s.serves[0].addr, s.serves[1].addr}, 6, seed)
 	defer l.stop()
+	stopDuring := func() string { return "" }
+	if tg.during != nil {
+		stopDuring = tg.during(t.Context(), t, s, l, seed)
+	}
+	defer stopDuring()
 
 	ctx := t.Context()
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -82,8 +89,20 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 	for time.Now().Before(end) {
 		time.Sleep(gap/2 + time.Duration(rng.Int64N(int64(gap))))
 		f := faults[rng.IntN(len(faults))]
-		if !swapped && time.Now().After(half) {
+		if len(tg.faults) > 0 && rng.IntN(3) == 0 {
+			f = tg.faults[rng.IntN(len(tg.faults))]
+		}
+		var missing []fault // the target's own faults not come yet: the first draws
+		for _, own := range tg.faults {
+			if !log.has(own.name) {
+				missing = append(missing, own)
+			}
+		}
+		switch {
+		case !swapped && time.Now().After(half):
 			f = faultsNamed("rebuild-swap")[0] // every run swaps under the load at least once
+		case len(missing) > 0:
+			f = missing[rng.IntN(len(missing))] // and has each of the target's own faults
 		}
 		swapped = swapped || f.name == "rebuild-swap"
 		what, err := f.inject(ctx, s, rng)
@@ -109,19 +128,21 @@ func runChaos(t *testing.T, tg *target, seed uint64) {
 	time.Sleep(2 * time.Second)
 	acked, retries := stopReviving(s, l)
 	checkDrained(t, s, l)
-	recovery, records := checkConverged(t, s, lastFault)
+	recovery, _ := checkConverged(t, s, lastFault)
+	outboxRows, records := checkQuiet(t, s)
 	stopWatch()
+	during := stopDuring()
 	processed, summary := checkCommands(t, s, acked)
 	checkRebuild(t, s)
 	checkTopicGuard(t, s)
 	faultCount := 0
 	for kind, n := range log.counts {
-		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
+		if kind != "revive" && kind != "clear-failpoint" && kind != "recreate-topic" && kind != "relay-back" && kind != "relay-revoke-leave" && !strings.HasPrefix(kind, "armed at ") && !strings.HasPrefix(kind, "crashed at ") {
 			faultCount += n
 		}
 	}
-	t.Logf("%s, seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed), through %d faults %v; converged %v after the last fault; %s; %s",
-		tg.name, seed, duration, len(acked), retries, records, records-processed, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls, summary)
+	t.Logf("%s, seed %d, %v: %d commands acknowledged (%d sends retried), %d records in the topic (%d duplicates suppressed; %d follow-ups emitted), through %d faults %v; converged %v after the last fault; %s; %s%s",
+		tg.name, seed, duration, len(acked), retries, records, records-processed, outboxRows, faultCount, log.counts, recovery.Round(100*time.Millisecond), stalls, summary, during)
 }
 
 // chaosSeed is HEED_CHAOS_SEED, or a new seed.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -35,7 +34,8 @@ func waitServing(t *testing.T, s *stack) {
 }
 
 // clearFailpoints stops every process started with a failpoint that has not
-// crashed yet; revive starts it again unarmed.
+// crashed yet, for revive to start again unarmed, and lifts the relay's
+// faults.
 func (s *stack) clearFailpoints() {
 	for _, sl := range s.all() {
 		sl.mu.Lock()
@@ -46,11 +46,13 @@ func (s *stack) clearFailpoints() {
 			s.log.add("clear-failpoint", sl.name+" stopped, to start again unarmed")
 		}
 	}
+	s.healRelay()
 }
 
 // checkConverged waits until every partition's applied position is the
-// topic's end, and returns how long after lastFault that was and how many
-// records the topic holds.
+// topic's end (read again each time: the relay may still produce
+// follow-ups), and returns how long after lastFault that was and how many
+// records the topic holds then.
 func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration, int64) {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokerAddr))
@@ -58,13 +60,17 @@ func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration,
 		t.Fatal(err)
 	}
 	defer cl.Close()
+	adm := kadm.NewClient(cl)
 	conn := s.connect(t)
-	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), s.topic())
-	if err != nil {
-		t.Fatal(err)
-	}
+	var ends kadm.ListedOffsets
 	testenv.Eventually(t, 120*time.Second, func() string {
-		behind := behindEnds(t, s, conn, ends)
+		if ends, err = adm.ListEndOffsets(t.Context(), s.topic()); err == nil {
+			err = ends.Error()
+		}
+		if err != nil {
+			return fmt.Sprintf("list end offsets: %v", err)
+		}
+		behind := behindEnds(t, s, conn, ends, false)
 		if len(behind) > 0 {
 			s.revive() // a process that died late (a failpoint) comes back
 		}
@@ -75,15 +81,17 @@ func checkConverged(t *testing.T, s *stack, lastFault time.Time) (time.Duration,
 	return time.Since(lastFault), records
 }
 
-// behindEnds lists the partitions whose applied position is not at their
-// end in ends, or the error reading it.
-func behindEnds(t *testing.T, s *stack, conn *pgx.Conn, ends kadm.ListedOffsets) []string {
+// behindEnds lists the partitions whose applied position is before their
+// end in ends (or, if exact, not at it), or the error reading it. A
+// position past an end read earlier is not behind: the relay's follow-ups
+// keep coming after the load stops.
+func behindEnds(t *testing.T, s *stack, conn *pgx.Conn, ends kadm.ListedOffsets, exact bool) []string {
 	var behind []string
 	ends.Each(func(o kadm.ListedOffset) {
 		var next int64
 		if err := conn.QueryRow(t.Context(), `SELECT coalesce(max(next_offset), 0) FROM `+s.table("applied_positions")+` WHERE topic = $1 AND partition = $2`, s.topic(), o.Partition).Scan(&next); err != nil {
 			behind = append(behind, err.Error())
-		} else if next != o.Offset {
+		} else if next < o.Offset || exact && next != o.Offset {
 			behind = append(behind, fmt.Sprintf("partition %d at %d of %d", o.Partition, next, o.Offset))
 		}
 	})
@@ -93,17 +101,16 @@ func behindEnds(t *testing.T, s *stack, conn *pgx.Conn, ends kadm.ListedOffsets)
 // checkOutcomes checks the processed events against the acknowledged
 // commands: each applied or rejected exactly once (one processed row each,
 // by its event ID in the domain's ID space and its key; none pending,
-// nothing else processed but the probes), and nothing quarantined. It
-// returns each acknowledged command's outcome and how many events are
-// processed, probes included.
+// nothing else processed but the probes and the follow-ups, which are the
+// outbox's and the target's check to account for), and nothing
+// quarantined. It returns each acknowledged command's outcome and how many
+// events are processed, probes and follow-ups included.
 func checkOutcomes(t *testing.T, s *stack, acked []command) ([]outcome, int64) {
 	t.Helper()
 	conn := s.connect(t)
-	type ref struct {
-		id  uuid.UUID
-		key string
-	}
-	rows, err := conn.Query(t.Context(), `SELECT event_id, aggregate, status FROM `+s.table("processed_events")+` WHERE aggregate <> 'probe'`)
+	type ref = eventRef
+	rows, err := conn.Query(t.Context(), `SELECT event_id, aggregate, status FROM `+s.table("processed_events")+` p WHERE aggregate <> 'probe'
+AND NOT EXISTS (SELECT FROM `+s.table("outbox")+` o WHERE o.event_id = p.event_id AND o.key_hash = p.key_hash)`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +156,62 @@ func checkOutcomes(t *testing.T, s *stack, acked []command) ([]outcome, int64) {
 		t.Errorf("the quarantine holds %d records (%v), want none: nothing was poisoned", quarantined, err)
 	}
 	return outcomes, processed
+}
+
+// checkQuiet waits, once the faults are over, until the outbox has no
+// unsent row (every follow-up applied or rejected: its event processed)
+// and every partition's applied position is the topic's end as it is then
+// (a follow-up applied may emit another), starting again what is down
+// meanwhile; then it checks that the relay gave up on no row
+// (heed_outbox_failed is empty). It returns how many outbox rows there are
+// and how many records the topic holds then.
+func checkQuiet(t *testing.T, s *stack) (rows, records int64) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokerAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	conn := s.connect(t)
+	unsent := func() (int64, error) {
+		var n int64
+		err := conn.QueryRow(t.Context(), `SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT FROM `+s.table("processed_events")+` p
+WHERE p.event_id = o.event_id AND p.key_hash = o.key_hash)) FROM `+s.table("outbox")+` o`).Scan(&rows, &n)
+		return n, err
+	}
+	testenv.Eventually(t, 120*time.Second, func() string {
+		before, err := unsent()
+		if err != nil {
+			return err.Error()
+		}
+		ends, err := adm.ListEndOffsets(t.Context(), s.topic())
+		if err == nil {
+			err = ends.Error()
+		}
+		if err != nil {
+			return fmt.Sprintf("list end offsets: %v", err)
+		}
+		behind := behindEnds(t, s, conn, ends, true)
+		// A record applied between the first count and the positions may
+		// have emitted: count again.
+		after, err := unsent()
+		if err != nil {
+			return err.Error()
+		}
+		if before == 0 && after == 0 && len(behind) == 0 {
+			records = 0
+			ends.Each(func(o kadm.ListedOffset) { records += o.Offset })
+			return ""
+		}
+		s.revive()
+		return fmt.Sprintf("%d of %d outbox rows unsent (their follow-up not processed); behind: %s", after, rows, strings.Join(behind, "; "))
+	})
+	var failed int64
+	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM `+s.table("heed_outbox_failed")).Scan(&failed); err != nil || failed != 0 {
+		t.Errorf("heed_outbox_failed holds %d rows (%v), want none: the relay gave up on no follow-up", failed, err)
+	}
+	return rows, records
 }
 
 // checkCommands checks every acknowledged command's outcome

@@ -148,6 +148,8 @@ var faults = []fault{
 		delay := time.Duration(rng.IntN(1500)) * time.Millisecond
 		killed := time.AfterFunc(delay, func() { s.kill(victim) })
 		started := time.Now()
+		s.swap.Lock()
+		defer s.swap.Unlock()
 		out, err := runHeed(ctx, s.bin, nil, append(args, "--verify", "--swap")...)
 		killed.Stop()
 		s.keep("rebuild", fmt.Sprintf("rebuild --verify --swap, started at %.2fs, took %v: %v\n%s", started.Sub(s.log.start).Seconds(), time.Since(started), err, out))
@@ -316,6 +318,13 @@ func (l *schedule) add(kind, what string) {
 	defer l.mu.Unlock()
 	l.counts[kind]++
 	l.lines = append(l.lines, fmt.Sprintf("%7.2fs %-20s %s", time.Since(l.start).Seconds(), kind, what))
+}
+
+// has says whether a fault of kind was added.
+func (l *schedule) has(kind string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.counts[kind] > 0
 }
 
 // count counts key without a line in the schedule.

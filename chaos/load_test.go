@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // command is one command the load sent and got acknowledged. Which fields
@@ -17,8 +19,9 @@ import (
 type command struct {
 	requestID string
 	key       string // its aggregate, the record key: an account, a show
-	kind      string // open, deposit, withdraw; create, hold, confirm, release
-	amount    int64  // a deposit's or a withdrawal's
+	kind      string // open, deposit, withdraw, transfer; create, hold, confirm, release
+	amount    int64  // a deposit's, a withdrawal's or a transfer's
+	to        string // a transfer's destination (key is its source)
 	hold      string // the hold a hold, confirm or release names
 	seats     []string
 	ttl       time.Duration // a hold's
@@ -27,12 +30,14 @@ type command struct {
 // load sends the target's commands from workers, each to a random server,
 // each retried with its request ID (on any error: unavailable, a timeout, a
 // connection refused by a server that is down) until acknowledged, and
-// records every acknowledged command.
+// records every acknowledged command, and every command sent (before its
+// first send), by its event, for the readers during the run.
 type load struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	acked   []command
+	sent    map[eventRef]command
 	retries int
 	once    sync.Once
 	// giveUp, once stop set it (Unix nanoseconds), is when a worker stops
@@ -50,7 +55,8 @@ const drainTimeout = 2 * time.Minute
 // addrs; worker w draws from a generator seeded with seed and w.
 func startLoad(tg *target, addrs []string, workers int, seed uint64) *load {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{cancel: cancel}
+	l := &load{cancel: cancel, sent: map[eventRef]command{}}
+	ids := tg.dom.IDs()
 	senders := make([]sender, len(addrs))
 	for i, a := range addrs {
 		senders[i] = tg.client(a)
@@ -63,6 +69,9 @@ func startLoad(tg *target, addrs []string, workers int, seed uint64) *load {
 			defer l.wg.Done()
 			for i := 0; ctx.Err() == nil; i++ {
 				c := next(i)
+				l.mu.Lock()
+				l.sent[eventRef{ids.EventID(c.requestID), c.key}] = c
+				l.mu.Unlock()
 				// Once sent, a command is retried until acknowledged, even
 				// after stop: it may have been written already.
 				var err error
@@ -91,6 +100,20 @@ func startLoad(tg *target, addrs []string, workers int, seed uint64) *load {
 		}()
 	}
 	return l
+}
+
+// eventRef names a processed event: its event ID and its key.
+type eventRef struct {
+	id  uuid.UUID
+	key string
+}
+
+// withSent calls f with the commands sent so far, by their events; f must
+// not keep the map.
+func (l *load) withSent(f func(map[eventRef]command)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f(l.sent)
 }
 
 // A sender sends one command to one server and returns once it is

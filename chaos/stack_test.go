@@ -38,6 +38,14 @@ type stack struct {
 	serves     []*slot // each on its own address
 	applies    []*slot
 	log        *schedule
+
+	// swap is held by a rebuild's swap (and the drop of the old schema),
+	// and read-held by a reader that must see one projection whole: a swap
+	// renames schemas under a running transaction.
+	swap sync.RWMutex
+	// relay is the state of the faults that stop the relay's produce
+	// requests (relay_test.go).
+	relay relayFaults
 }
 
 // slot is one process the stack keeps running: args, and the process now

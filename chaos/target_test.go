@@ -35,6 +35,14 @@ type target struct {
 	// their outcomes (checkOutcomes has checked that each has exactly one),
 	// and sums it up for the run's report.
 	check func(t *testing.T, s *stack, acked []command, outcomes []outcome) string
+	// faults are the target's own kinds (the relay's, for a domain that
+	// emits follow-ups): a run's first draws are each of them once, in a
+	// random order, then one of them a third of the time.
+	faults []fault
+	// during, if set, starts a check that runs beside the load until the
+	// returned stop is called (before the checks at the end); stop returns
+	// its summary. It reports failures through t.
+	during func(ctx context.Context, t *testing.T, s *stack, l *load, seed uint64) (stop func() string)
 }
 
 // targets are the domains TestChaos runs, each as a subtest.

@@ -15,7 +15,8 @@
 //
 // The points (see Points): apply/after-lookup (the batch's first round trip
 // done, nothing written), apply/before-commit (the batch's rows written, the
-// COMMIT not sent), apply/after-commit (the batch committed, its offset not
+// COMMIT not sent), apply/before-commit-emits (the same, hit only by a batch
+// that wrote outbox rows: follow-ups emitted), apply/after-commit (the batch committed, its offset not
 // marked for commit), apply/revoke (partitions being revoked, before their
 // workers stop), apply/drop-assigned (Fire: the partitions just assigned
 // are handed back to the Kafka client without a start offset, so the client
@@ -30,6 +31,7 @@ package failpoint
 var Points = []string{
 	"apply/after-lookup",
 	"apply/before-commit",
+	"apply/before-commit-emits",
 	"apply/after-commit",
 	"apply/revoke",
 	"apply/drop-assigned",
