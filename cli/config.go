@@ -290,7 +290,7 @@ func (s *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.produceTimeout, "produce-timeout", 10*time.Second, "longest wait for the broker's ack before a command fails with unavailable")
 	fs.DurationVar(&s.readWaitMax, "read-wait-max", 5*time.Second, "longest a read with a consistency_token waits for its write to be applied")
 	fs.IntVar(&s.maxRequestBytes, "max-request-bytes", ingest.DefaultMaxRequestBytes, "largest request message accepted, in bytes after decompression (larger: resource_exhausted)")
-	fs.StringVar(&s.corsOrigins, "cors-allowed-origins", "", "comma-separated origins whose web pages may call the services from a browser (CORS), e.g. https://app.example.com,http://localhost:5173; one * wildcard per origin (https://*.example.com), or * for any page; empty: none (browsers refuse pages on other origins)")
+	fs.StringVar(&s.corsOrigins, "cors-allowed-origins", "", "comma-separated origins whose web pages may call the services from a browser (CORS), e.g. https://app.example.com,http://localhost:5173; one * wildcard per origin (https://*.example.com), or * for any page (only with --auth-tokens-file); empty: none (browsers refuse pages on other origins)")
 }
 
 // corsList is --cors-allowed-origins as a list (nil when empty).

@@ -187,7 +187,7 @@ func (c *devCmd) validate(logger *slog.Logger) error {
 	if err := firstError(
 		nonEmpty("data-dir", c.dataDir, defaultDataDir),
 		c.db.validateIfSet(),
-		c.serve.validate(),
+		c.serve.validate(), corsNeedsTokens(c.serve, c.auth),
 		c.apply.validateBatch(), c.apply.validateRetention(),
 	); err != nil {
 		return err

@@ -72,7 +72,7 @@ func (c *serveCmd) run(ctx context.Context, _, stderr io.Writer) error {
 
 // validate checks every flag before serve starts anything.
 func (c *serveCmd) validate(logger *slog.Logger) error {
-	if err := firstError(c.db.validate(), c.serve.validate(), c.kafka.sec.Validate()); err != nil {
+	if err := firstError(c.db.validate(), c.serve.validate(), corsNeedsTokens(c.serve, c.auth), c.kafka.sec.Validate()); err != nil {
 		return err
 	}
 	cfg := ingestConfig(logger, c.kafka, c.serve)

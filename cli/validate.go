@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/heed-dev/heed/ingest"
@@ -130,4 +131,14 @@ func (a *applyFlags) validateRetention() error {
 		return fmt.Errorf("--retention %v: under an hour, a client retrying later than that would have its command applied again; use at least 1h (default 168h), or 0 to keep them forever", a.retention)
 	}
 	return positive("retention-interval", a.retentionInterval)
+}
+
+// corsNeedsTokens refuses --cors-allowed-origins '*' on a server without
+// tokens: every web page a user opens could send it commands (a loopback
+// heed dev included: the browser runs on the same machine).
+func corsNeedsTokens(s serveFlags, a authFlags) error {
+	if a.tokensFile == "" && slices.Contains(s.corsList(), "*") {
+		return errors.New("--cors-allowed-origins '*' without --auth-tokens-file: any web page a browser on a client machine opens could send this server commands; name the pages' origins (https://app.example.com), or turn tokens on")
+	}
+	return nil
 }
