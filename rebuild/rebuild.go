@@ -30,6 +30,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -346,6 +349,63 @@ func (r *Rebuilder) reach(ctx context.Context, targets map[int32]int64, timeout 
 	}
 }
 
+// waitLivePast waits until the live projection's applied positions are at or
+// past Into's on every partition, so that the two can be compared at the
+// same positions: Into may be ahead where an earlier run of the rebuild went
+// to the topic's end (without --verify) while a live partition lagged, and a
+// replay cannot go back. The live appliers get there as they apply; timeout
+// bounds the wait (they may not be running).
+func (r *Rebuilder) waitLivePast(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	logs := lograte.New(5 * time.Second)
+	for {
+		into, err := r.positions(ctx)
+		if err != nil {
+			return err
+		}
+		live, err := applier.AppliedPositions(ctx, r.live, r.cfg.Applier.Topic)
+		if err != nil {
+			return err
+		}
+		var ahead []string
+		for _, p := range slices.Sorted(maps.Keys(into)) {
+			if into[p] > live[p] {
+				ahead = append(ahead, fmt.Sprintf("partition %d: rebuilt %d, live %d", p, into[p], live[p]))
+			}
+		}
+		if len(ahead) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the rebuild is past the live projection (%s), and the live appliers did not get there within %v: "+
+				"they compare only at the same positions; run heed apply (or wait for it) and verify again, or rebuild into a fresh --into",
+				strings.Join(ahead, "; "), timeout)
+		}
+		logs.Log(r.log.Info, "the rebuild is past the live projection (an earlier run went to the topic's end): waiting for the live appliers", "ahead", ahead)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// exactlyAt checks that Into's positions are at (not past) the live ones it
+// is compared with: a comparison at other positions would report a false
+// difference.
+func (r *Rebuilder) exactlyAt(ctx context.Context, at map[int32]int64) error {
+	into, err := r.positions(ctx)
+	if err != nil {
+		return err
+	}
+	for p, pos := range into {
+		if pos > at[p] {
+			return fmt.Errorf("the rebuild passed the live projection on partition %d (%d > %d) before the comparison: compare again", p, pos, at[p])
+		}
+	}
+	return nil
+}
+
 // positions are Into's applied positions (a partition without a row is at 0).
 func (r *Rebuilder) positions(ctx context.Context) (map[int32]int64, error) {
 	return applier.AppliedPositions(ctx, r.into, r.cfg.Applier.Topic)
@@ -410,6 +470,9 @@ func (r *Rebuilder) Verify(ctx context.Context, timeout time.Duration) (*Report,
 	if !exists {
 		return nil, fmt.Errorf("verify: there is no live schema %s to compare with", r.cfg.Live)
 	}
+	if err := r.waitLivePast(ctx, timeout); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
 	hold, err := r.live.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
@@ -424,6 +487,9 @@ func (r *Rebuilder) Verify(ctx context.Context, timeout time.Duration) (*Report,
 	}
 	if err := r.reach(ctx, at, timeout); err != nil {
 		return nil, err
+	}
+	if err := r.exactlyAt(ctx, at); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
 	}
 	snap, err := r.live.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -516,6 +582,11 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 			res.OtherIncarnation = errors.Is(err, topic.ErrMissing) || cur.ID != rec.ID
 		}
 	}
+	if opts.Verify && liveExists && !res.OtherIncarnation {
+		if err := r.waitLivePast(ctx, opts.Timeout); err != nil {
+			return nil, fmt.Errorf("swap: %w", err)
+		}
+	}
 	tx, err := r.live.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("swap: %w", err)
@@ -562,6 +633,9 @@ func (r *Rebuilder) Swap(ctx context.Context, opts SwapOptions) (*SwapResult, er
 		return nil, fmt.Errorf("swap: the replay stopped: %w", r.runErr)
 	}
 	if opts.Verify && liveExists && !res.OtherIncarnation && !res.AheadOfTopic {
+		if err := r.exactlyAt(ctx, at); err != nil {
+			return nil, fmt.Errorf("swap: nothing swapped: %w", err)
+		}
 		rep, err := compare(ctx, tx, r.cfg.Live, r.cfg.Into)
 		if err != nil {
 			return nil, err
