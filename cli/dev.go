@@ -19,6 +19,7 @@ import (
 
 	"github.com/heed-dev/heed/devstack"
 	"github.com/heed-dev/heed/ingest"
+	"github.com/heed-dev/heed/internal/shell"
 )
 
 var devVerb = verb{
@@ -213,7 +214,7 @@ func grpcurlFor(text string, a authFlags) string {
 	}
 	opts := "-plaintext "
 	if a.tlsCert != "" {
-		opts = "-cacert " + shellQuoteIfNeeded(a.tlsCert) + " "
+		opts = "-cacert " + shell.Word(a.tlsCert) + " "
 		if a.clientCA != "" {
 			opts += "-cert client.pem -key client-key.pem "
 		}
@@ -236,15 +237,4 @@ func grpcurlFor(text string, a authFlags) string {
 		out += "  (" + named(n) + ")\n"
 	}
 	return out
-}
-
-// shellQuoteIfNeeded quotes s for a POSIX shell when it holds anything but
-// plain path characters.
-func shellQuoteIfNeeded(s string) string {
-	for _, r := range s {
-		if !(r == '/' || r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-		}
-	}
-	return s
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/heed-dev/heed/internal/shell"
 )
 
 // Layout of a private cluster directory.
@@ -165,7 +167,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 	}
 	opts := fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1", c.port)
 	if len(c.dir) <= maxSocketPath {
-		opts += " -k " + shellQuote(c.dir)
+		opts += " -k " + shell.Quote(c.dir) // pg_ctl passes its -o options through /bin/sh
 	} else {
 		opts += " -c unix_socket_directories=''"
 	}

@@ -46,12 +46,6 @@ func isAddrInUse(err error) bool {
 	return errors.Is(err, syscall.EADDRINUSE)
 }
 
-// shellQuote quotes s for /bin/sh; pg_ctl passes its -o options through a
-// shell.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
 // tailFile returns up to the last n bytes of the file at path, trimmed, or
 // "" when it cannot be read.
 func tailFile(path string, n int) string {

@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/heed-dev/heed/internal/shell"
 )
 
 // sqlstateNoDatabase is invalid_catalog_name: the server answered, but the
@@ -34,14 +35,14 @@ func (e *MissingDatabaseError) Unwrap() error { return e.Err }
 
 // createdb is the createdb command that creates the database.
 func (e *MissingDatabaseError) createdb() string {
-	return fmt.Sprintf("createdb -h %s -p %d -U %s %s", shellWord(e.Host), e.Port, shellWord(e.User), shellWord(e.Database))
+	return fmt.Sprintf("createdb -h %s -p %d -U %s %s", shell.Word(e.Host), e.Port, shell.Word(e.User), shell.Word(e.Database))
 }
 
 // psql is the psql command that creates the database, connected to the
 // server's postgres database.
 func (e *MissingDatabaseError) psql() string {
-	return fmt.Sprintf("psql -h %s -p %d -U %s -d postgres -c %s", shellWord(e.Host), e.Port, shellWord(e.User),
-		shellQuote("create database "+sqlIdent(e.Database)))
+	return fmt.Sprintf("psql -h %s -p %d -U %s -d postgres -c %s", shell.Word(e.Host), e.Port, shell.Word(e.User),
+		shell.Quote("create database "+sqlIdent(e.Database)))
 }
 
 // AsMissingDatabase returns err as a *MissingDatabaseError when it carries
@@ -59,10 +60,7 @@ func AsMissingDatabase(databaseURL string, err error) *MissingDatabaseError {
 	return &MissingDatabaseError{Host: cfg.Host, Port: cfg.Port, User: cfg.User, Database: cfg.Database, Err: err}
 }
 
-var (
-	plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
-	plainWord  = regexp.MustCompile(`^[A-Za-z0-9_./:@%+=-]+$`)
-)
+var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
 // sqlIdent quotes name as an SQL identifier unless it needs no quotes.
 func sqlIdent(name string) string {
@@ -70,16 +68,4 @@ func sqlIdent(name string) string {
 		return name
 	}
 	return pgx.Identifier{name}.Sanitize()
-}
-
-// shellWord quotes s for a POSIX shell unless it needs no quotes.
-func shellWord(s string) string {
-	if plainWord.MatchString(s) {
-		return s
-	}
-	return shellQuote(s)
-}
-
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
