@@ -152,6 +152,11 @@ func Cutoff(ctx context.Context, pool *pgxpool.Pool, cfg Config) (cutoff time.Ti
 	return earliest.Add(-window), true, nil
 }
 
+// pruneProcessedSQL deletes a chunk of the processed events whose event_time
+// is before the cutoff.
+const pruneProcessedSQL = `DELETE FROM processed_events WHERE ctid = ANY (ARRAY(
+SELECT ctid FROM processed_events WHERE event_time < $1 LIMIT $2))`
+
 // pruneOutboxSQL deletes a chunk of the outbox rows the relay is done with
 // (below its position: produced) whose event_time is before the cutoff. A
 // row not produced yet stays whatever its age, and so does one the broker
@@ -174,25 +179,19 @@ func Prune(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time, chunk int)
 		chunk = 10000
 	}
 	var total int64
-	for {
-		tag, err := pool.Exec(ctx, `DELETE FROM processed_events WHERE ctid = ANY (ARRAY(
-SELECT ctid FROM processed_events WHERE event_time < $1 LIMIT $2))`, cutoff, chunk)
-		if err != nil {
-			return total, fmt.Errorf("prune processed events: %w", err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(chunk) {
-			break
-		}
-	}
-	for {
-		tag, err := pool.Exec(ctx, pruneOutboxSQL, cutoff, chunk)
-		if err != nil {
-			return total, fmt.Errorf("prune the outbox: %w", err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(chunk) {
-			break
+	for _, step := range []struct{ what, sql string }{
+		{"processed events", pruneProcessedSQL},
+		{"the outbox", pruneOutboxSQL},
+	} {
+		for {
+			tag, err := pool.Exec(ctx, step.sql, cutoff, chunk)
+			if err != nil {
+				return total, fmt.Errorf("prune %s: %w", step.what, err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < int64(chunk) {
+				break
+			}
 		}
 	}
 	_, err := pool.Exec(ctx, `INSERT INTO heed_retention (cutoff, pruned, ran_at) VALUES ($1, $2, now())
