@@ -233,14 +233,24 @@ func TestBannerThenWalkthrough(t *testing.T) {
 	}
 }
 
-// runSettled runs the grpcurl step s against addr and returns its output;
-// while that says a transfer is in flight (TRANSFER_STATE_PENDING) and the
-// README prints it ended, it asks again, for up to a minute.
+// runSettled runs the grpcurl step s against addr and returns its output,
+// asked again while a transfer is in flight (see settled).
 func runSettled(t *testing.T, grpcurl string, s consoleStep, addr string) string {
 	t.Helper()
+	return settled(s, func() string {
+		got, _ := runCommand(t, grpcurl, s.command, addr)
+		return got
+	})
+}
+
+// settled returns what run, a README step's command, prints; while that says
+// a transfer is in flight (TRANSFER_STATE_PENDING) and the README prints it
+// ended, it runs it again, for up to a minute: a transfer's later steps come
+// after the position its token names, as the README tells a user.
+func settled(s consoleStep, run func() string) string {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		got, _ := runCommand(t, grpcurl, s.command, addr)
+		got := run()
 		pending := strings.Contains(got, "TRANSFER_STATE_PENDING") && !slices.ContainsFunc(s.output, func(l string) bool {
 			return strings.Contains(l, "TRANSFER_STATE_PENDING")
 		})

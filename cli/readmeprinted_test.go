@@ -132,20 +132,12 @@ func TestReadmeAsPrinted(t *testing.T) {
 			dev = startDev()
 			continue
 		}
-		var got string
-		deadline := time.Now().Add(time.Minute)
-		for {
-			got, err = sh(s.command)
-			// A transfer's later steps come after the position its token
-			// names: ask again while it is in flight, as the README says.
-			pending := strings.Contains(got, "TRANSFER_STATE_PENDING") && !slices.ContainsFunc(s.output, func(l string) bool {
-				return strings.Contains(l, "TRANSFER_STATE_PENDING")
-			})
-			if !pending || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		var err error
+		got := settled(s, func() string {
+			var out string
+			out, err = sh(s.command)
+			return out
+		})
 		if len(s.output) == 0 && strings.TrimSpace(got) != "" || len(s.output) > 0 && !matchOutput(got, s.output) {
 			t.Errorf("$ %s\nerr %v, got:\n%s\nthe README prints:\n%s", s.command, err, got, strings.Join(s.output, "\n"))
 		}
