@@ -9,7 +9,6 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/heed-dev/heed/applier"
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
@@ -48,14 +47,7 @@ func TestQuarantineDropRefusesFollowUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs.broker), kgo.DefaultProduceTopic(defaultTopic), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		t.Fatalf("produce: %v", err)
-	}
+	produceKeyed(t, addrs.broker, rec)
 	db := []string{"--database-url", dbURL}
 	testenv.Eventually(t, 20*time.Second, func() string {
 		if _, out, _ := runOnce(t, append([]string{"quarantine", "list"}, db...)...); !strings.Contains(out, "poison") {

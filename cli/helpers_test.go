@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/gen/heed/ledger/v1/ledgerv1connect"
@@ -351,4 +352,18 @@ func startParts(t *testing.T, bin string, brokerArgs ...string) parts {
 	runTool(t, time.Minute, false, bin, "migrate", "--database-url", p.dbURL)
 	p.common = []string{"--brokers", p.brokerAddr, "--database-url", p.dbURL}
 	return p
+}
+
+// produceKeyed writes recs to the default topic at broker, partitioned by key
+// as heed's producer does, and fails the test unless the broker acknowledged.
+func produceKeyed(tb testing.TB, broker string, recs ...*kgo.Record) {
+	tb.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.DefaultProduceTopic(defaultTopic), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(tb.Context(), recs...).FirstErr(); err != nil {
+		tb.Fatalf("produce: %v", err)
+	}
 }

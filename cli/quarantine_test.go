@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	ledgerv1 "github.com/heed-dev/heed/gen/heed/ledger/v1"
 	"github.com/heed-dev/heed/ingest"
@@ -48,14 +47,7 @@ func TestQuarantineVerb(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs.broker), kgo.DefaultProduceTopic(defaultTopic), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.ProduceSync(ctx, junk).FirstErr(); err != nil {
-		t.Fatalf("produce: %v", err)
-	}
+	produceKeyed(t, addrs.broker, junk)
 	dep, err := c.Deposit(ctx, connect.NewRequest(&ledgerv1.DepositRequest{RequestId: "q-dep", AccountId: "quinn", Amount: 30}))
 	if err != nil {
 		t.Fatalf("Deposit: %v", err)

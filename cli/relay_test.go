@@ -25,8 +25,8 @@ import (
 // it: the restarted relay produces it again, and the applier applies it
 // once, dropping the duplicate by its event ID.
 //
-// The ledger emits no follow-ups yet, so the test writes the outbox row an
-// emit would (a deposit to the account) by hand, in the same form.
+// The test writes the outbox row an emit would (a deposit to the account) by
+// hand, in the same form, so that exactly one follow-up is in flight.
 func TestRelayCrashAfterAck(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the heed binary")
